@@ -1,0 +1,3 @@
+from knn_cli.cli import main
+
+main()

@@ -1,0 +1,182 @@
+"""The core network: gradients against numerical differences, batch-norm behaviour, cost values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from knn_cli.gradcheck import check_network, compare_gradients, numerical_gradients
+from knn_cli.network import Network, cross_entropy, softmax
+
+ASSIGNMENT_WIDTHS = {3: [50, 50], 9: [50, 30, 20, 20, 10, 10, 10, 10]}
+
+
+def small_problem(seed: int, n: int = 12, d: int = 15, classes: int = 10):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)), rng.integers(0, classes, n)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["no-bn", "bn"])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 6, 9])
+def test_gradients_match_centred_differences(k: int, batch_norm: bool) -> None:
+    X, y = small_problem(seed=k)
+    hidden = [12, 10, 8, 8, 6, 6, 6, 6][: k - 1]
+    net = Network(X.shape[1], hidden, 10, batch_norm=batch_norm, dtype="float64", seed=k)
+    rows = check_network(net, X, y, lambda_=0.01)
+    assert {r.name for r in rows} == set(net.params)
+    failures = [r for r in rows if not r.passed]
+    assert not failures, failures
+    if batch_norm and k > 1:
+        assert {r.name for r in rows if r.judged_by == "absolute"} == {
+            f"b{layer}" for layer in range(1, k)
+        }
+
+
+@pytest.mark.parametrize("k", [3, 9])
+def test_gradients_at_assignment_widths_with_bn(k: int) -> None:
+    X, y = small_problem(seed=100 + k, n=10, d=8)
+    net = Network(8, ASSIGNMENT_WIDTHS[k], 10, batch_norm=True, dtype="float64", seed=k)
+    assert all(r.passed for r in check_network(net, X, y, lambda_=0.005))
+
+
+def test_checker_catches_a_wrong_gradient() -> None:
+    """The comparison must be able to fail: a gradient off by 0.1% is flagged."""
+    X, y = small_problem(seed=7)
+    net = Network(X.shape[1], [8], 10, batch_norm=True, dtype="float64", seed=7)
+    _, analytic = net.cost_and_gradients(X, y, 0.01)
+    numeric = numerical_gradients(lambda: net.cost(X, y, 0.01, train=True)[0], net.params)
+    analytic["gamma1"] = analytic["gamma1"] * 1.001
+    verdict = {r.name: r.passed for r in compare_gradients(analytic, numeric)}
+    assert verdict["gamma1"] is False
+    assert verdict["W1"] is True
+
+
+def test_numerical_gradient_of_a_known_function() -> None:
+    params = {"a": np.array([1.0, -2.0]), "B": np.array([[0.5, 3.0]])}
+    grads = numerical_gradients(lambda: float(np.sum(params["a"] ** 3) + np.sum(params["B"] ** 2)), params)
+    np.testing.assert_allclose(grads["a"], 3 * params["a"] ** 2, rtol=1e-8)
+    np.testing.assert_allclose(grads["B"], 2 * params["B"], rtol=1e-8)
+
+
+def test_cost_on_a_hand_checkable_case() -> None:
+    """All-zero weights give uniform probabilities: loss = log(C); the penalty is lambda*sum W^2."""
+    net = Network(4, [3], 5, dtype="float64")
+    net.set_params({name: np.zeros_like(v) for name, v in net.params.items()})
+    X = np.ones((6, 4))
+    y = np.array([0, 1, 2, 3, 4, 0])
+    cost, loss = net.cost(X, y, lambda_=0.1)
+    assert loss == pytest.approx(np.log(5))
+    assert cost == pytest.approx(np.log(5))
+    W2 = np.zeros((3, 5))
+    W2[0, 0] = 2.0
+    net.set_params({"W2": W2})
+    cost, loss = net.cost(X, y, lambda_=0.1)
+    assert cost - loss == pytest.approx(0.1 * 4.0)
+
+
+def test_cross_entropy_and_softmax_agree_and_stay_finite() -> None:
+    scores = np.array([[1000.0, 0.0, -1000.0], [0.1, 0.2, 0.3]])
+    y = np.array([2, 1])
+    probs = softmax(scores.copy())
+    assert np.allclose(probs.sum(axis=1), 1.0)
+    assert np.isfinite(cross_entropy(scores, y))
+    assert cross_entropy(scores, y) == pytest.approx((2000.0 - np.log(np.exp(0.2) / np.exp([0.1, 0.2, 0.3]).sum())) / 2)
+
+
+def test_batch_norm_train_mode_normalizes_each_unit() -> None:
+    """In training mode a BN layer's output before the ReLU has per-unit mean beta and std gamma."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 7)) * 5 + 3
+    net = Network(7, [6], 4, batch_norm=True, dtype="float64", seed=0, init="normal", sigma=1e-4)
+    gamma = rng.uniform(0.5, 2.0, 6)
+    beta = rng.uniform(-1.0, 1.0, 6)
+    net.set_params({"gamma1": gamma, "beta1": beta, "W2": np.eye(6, 4)})
+    # Read the normalized pre-activation through a linear probe: make the ReLU transparent by a
+    # large beta shift and undo it afterwards.
+    net.set_params({"beta1": beta + 100.0})
+    hidden = net.scores(X, train=True)[:, :4] - 100.0  # W2 = identity on the first 4 units
+    np.testing.assert_allclose(hidden.mean(axis=0), beta[:4], atol=1e-8)
+    np.testing.assert_allclose(hidden.std(axis=0), gamma[:4], rtol=1e-6)
+
+
+def test_bn_eps_is_small_enough_for_tiny_init() -> None:
+    """sigma = 1e-4 makes pre-activations ~1e-6 in scale; eps must not swamp their variance."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((100, 20))
+    net = Network(20, [10, 10], 3, batch_norm=True, init="normal", sigma=1e-4, dtype="float32")
+    net.set_params({"beta1": np.full(10, 100.0, dtype=np.float32), "beta2": np.full(10, 100.0, np.float32)})
+    net.set_params({"W3": np.eye(10, 3)})
+    out = net.scores(X, train=True) - 100.0
+    np.testing.assert_allclose(out.std(axis=0), 1.0, rtol=1e-3)
+
+
+def test_eval_mode_uses_moving_averages() -> None:
+    rng = np.random.default_rng(2)
+    net = Network(5, [4], 3, batch_norm=True, dtype="float64", bn_alpha=0.5)
+    first, second = rng.standard_normal((50, 5)), rng.standard_normal((50, 5)) + 2.0
+    y = rng.integers(0, 3, 50)
+    net.train_step(first, y, lambda_=0.0, eta=0.0)
+    s1 = first @ net.params["W1"] + net.params["b1"]
+    np.testing.assert_allclose(net.moving_averages["mu1"], s1.mean(axis=0))  # starts from batch 1
+    np.testing.assert_allclose(net.moving_averages["var1"], s1.var(axis=0))
+    net.train_step(second, y, lambda_=0.0, eta=0.0)
+    s2 = second @ net.params["W1"] + net.params["b1"]
+    expected_mu = 0.5 * s1.mean(axis=0) + 0.5 * s2.mean(axis=0)
+    np.testing.assert_allclose(net.moving_averages["mu1"], expected_mu)
+    # Eval mode output depends on the moving averages, not on the batch it is given.
+    single = net.scores(second[:1])
+    assert np.allclose(single, net.scores(second)[:1])
+    assert not np.allclose(net.scores(second, train=True), net.scores(second))
+
+
+def test_float32_and_float64_agree() -> None:
+    X, y = small_problem(seed=3, n=40, d=30)
+    results = {}
+    for dtype in ("float32", "float64"):
+        net = Network(30, [20, 20], 10, batch_norm=True, dtype=dtype, seed=5)
+        for _ in range(5):
+            net.train_step(X.astype(dtype), y, 0.01, 0.05)
+        results[dtype] = (net.cost(X.astype(dtype), y, 0.01), net.params["W1"])
+    assert results["float32"][0][0] == pytest.approx(results["float64"][0][0], rel=1e-4)
+    np.testing.assert_allclose(results["float32"][1], results["float64"][1], atol=1e-5)
+    assert results["float32"][1].dtype == np.float32
+
+
+def test_he_and_normal_init_scales_and_seeding() -> None:
+    he = Network(3000, [500], 10, init="he", seed=1, dtype="float64")
+    assert he.params["W1"].std() == pytest.approx(np.sqrt(2 / 3000), rel=0.02)
+    assert he.params["W2"].std() == pytest.approx(np.sqrt(2 / 500), rel=0.05)
+    normal = Network(3000, [500], 10, init="normal", sigma=1e-3, seed=1)
+    assert normal.params["W1"].std() == pytest.approx(1e-3, rel=0.02)
+    again = Network(3000, [500], 10, init="he", seed=1, dtype="float64")
+    assert np.array_equal(he.params["W1"], again.params["W1"])
+    other = Network(3000, [500], 10, init="he", seed=2, dtype="float64")
+    assert not np.array_equal(he.params["W1"], other.params["W1"])
+
+
+def test_parameters_are_held_by_name() -> None:
+    net = Network(10, [8, 6], 4, batch_norm=True)
+    assert list(net.params) == [
+        "W1", "b1", "gamma1", "beta1", "W2", "b2", "gamma2", "beta2", "W3", "b3",
+    ]
+    assert net.params["W2"].shape == (8, 6)
+    plain = Network(10, [8, 6], 4, batch_norm=False)
+    assert list(plain.params) == ["W1", "b1", "W2", "b2", "W3", "b3"]
+    with pytest.raises(ValueError, match="shape"):
+        net.set_params({"W1": np.zeros((3, 3))})
+    with pytest.raises(KeyError):
+        plain.set_params({"gamma1": np.ones(8)})
+
+
+def test_training_steps_reduce_the_cost() -> None:
+    rng = np.random.default_rng(4)
+    centers = rng.standard_normal((3, 10)) * 3
+    y = rng.integers(0, 3, 300)
+    X = centers[y] + rng.standard_normal((300, 10))
+    for bn in (False, True):
+        net = Network(10, [16], 3, batch_norm=bn, seed=0)
+        before = net.cost(X.astype(np.float32), y, 0.0, train=True)[0]
+        for _ in range(100):
+            net.train_step(X.astype(np.float32), y, 0.0, 0.1)
+        assert net.cost(X.astype(np.float32), y, 0.0)[0] < 0.5 * before
+        assert (net.predict(X.astype(np.float32)) == y).mean() > 0.9

@@ -54,7 +54,7 @@ class _LayerCache:
 
 
 class Network:
-    """Parameters and batch-norm moving averages of one network, with its forward and backward pass."""
+    """Parameters and batch-norm moving averages of one network, with its passes."""
 
     def __init__(
         self,
@@ -75,8 +75,12 @@ class Network:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         self.arch = Architecture(
-            int(input_dim), tuple(int(w) for w in hidden), int(n_classes), bool(batch_norm),
-            float(bn_eps), float(bn_alpha),
+            int(input_dim),
+            tuple(int(w) for w in hidden),
+            int(n_classes),
+            bool(batch_norm),
+            float(bn_eps),
+            float(bn_alpha),
         )
         self.dtype = np.dtype(dtype)
         self.params = initial_parameters(self.arch, init, sigma, seed, self.dtype)
@@ -128,28 +132,55 @@ class Network:
     def predict(self, X: np.ndarray, block_size: int = 10_000) -> np.ndarray:
         """Predicted labels in evaluation mode, in blocks so a whole split fits in memory."""
         return np.concatenate(
-            [self.scores(X[i : i + block_size]).argmax(axis=1) for i in range(0, len(X), block_size)]
+            [
+                self.scores(X[i : i + block_size]).argmax(axis=1)
+                for i in range(0, len(X), block_size)
+            ]
         )
 
-    def cost(self, X: np.ndarray, y: np.ndarray, lambda_: float, *, train: bool = False) -> tuple[float, float]:
+    def cost(
+        self, X: np.ndarray, y: np.ndarray, lambda_: float, *, train: bool = False
+    ) -> tuple[float, float]:
         """(cost, loss): mean cross-entropy plus lambda times the sum of squared weights."""
         loss = cross_entropy(self.scores(X, train=train), y)
         return loss + lambda_ * self.weight_penalty(), loss
 
-    def weight_penalty(self) -> float:
-        return float(sum(np.sum(np.square(self.params[f"W{layer}"], dtype=np.float64))
-                         for layer in range(1, self.arch.n_layers + 1)))
+    def weight_penalty(self, params: Mapping[str, np.ndarray] | None = None) -> float:
+        p = self.params if params is None else params
+        total = sum(
+            np.sum(np.square(p[f"W{layer}"], dtype=np.float64), axis=(-2, -1))
+            for layer in range(1, self.arch.n_layers + 1)
+        )
+        return float(total) if np.ndim(total) == 0 else total
+
+    def cost_of(
+        self, params: Mapping[str, np.ndarray], X: np.ndarray, y: np.ndarray, lambda_: float
+    ) -> np.ndarray:
+        """Training-mode cost for parameter sets stacked along a leading axis, shape (P,).
+
+        Every array in `params` has shape (P, *shape): P variants of the network evaluated in one
+        pass. This is what lets a numerical gradient check perturb hundreds of entries per call
+        instead of paying Python overhead for each one. The moving averages are not touched.
+        """
+        scores, _caches, _stats = self._forward(X, train=True, params=params)
+        return cross_entropy(scores, y) + lambda_ * self.weight_penalty(params)
 
     def _forward(
-        self, X: np.ndarray, *, train: bool, keep_cache: bool = False
+        self,
+        X: np.ndarray,
+        *,
+        train: bool,
+        keep_cache: bool = False,
+        params: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, list[_LayerCache], dict[str, np.ndarray]]:
         """The one forward loop for every depth, with and without batch norm.
 
         Returns the output scores, per-layer caches for the backward pass (when asked) and the
         batch statistics of each normalized layer (in training mode), which the caller may fold
-        into the moving averages.
+        into the moving averages. Vectors are broadcast with `[..., None, :]` and statistics
+        taken over axis -2 so that the same loop serves stacked parameter sets (see `cost_of`).
         """
-        p = self.params
+        p = self.params if params is None else params
         H = np.asarray(X, dtype=self.dtype)
         caches: list[_LayerCache] = []
         batch_stats: dict[str, np.ndarray] = {}
@@ -157,17 +188,18 @@ class Network:
         for layer in range(1, k + 1):
             cache = _LayerCache(inputs=H)
             S = H @ p[f"W{layer}"]
-            S += p[f"b{layer}"]
+            S += p[f"b{layer}"][..., None, :]
             if layer == k:
                 if keep_cache:
                     caches.append(cache)
                 return S, caches, batch_stats
             if self.arch.batch_norm:
                 if train or not self.moving_averages:
-                    mean = S.mean(axis=0)
-                    var = S.var(axis=0)
-                    if train:
-                        batch_stats[f"mu{layer}"], batch_stats[f"var{layer}"] = mean, var
+                    mean = S.mean(axis=-2, keepdims=True)
+                    var = S.var(axis=-2, keepdims=True)
+                    if train and params is None:
+                        batch_stats[f"mu{layer}"] = mean[..., 0, :]
+                        batch_stats[f"var{layer}"] = var[..., 0, :]
                 else:
                     mean = self.moving_averages[f"mu{layer}"]
                     var = self.moving_averages[f"var{layer}"]
@@ -176,8 +208,8 @@ class Network:
                 S *= inv_std
                 if keep_cache:
                     cache.s_hat, cache.inv_std = S.copy(), inv_std
-                S *= p[f"gamma{layer}"]
-                S += p[f"beta{layer}"]
+                S *= p[f"gamma{layer}"][..., None, :]
+                S += p[f"beta{layer}"][..., None, :]
             np.maximum(S, 0, out=S)
             if keep_cache:
                 cache.active = S > 0
@@ -199,7 +231,7 @@ class Network:
         return cost, grads
 
     def train_step(self, X: np.ndarray, y: np.ndarray, lambda_: float, eta: float) -> float:
-        """One step of gradient descent on a mini-batch; returns the batch's cost before the step."""
+        """One gradient-descent step on a mini-batch; returns the cost before the step."""
         cost, grads, stats = self._cost_gradients_stats(X, y, lambda_)
         for name, grad in grads.items():
             param = self.params[name]
@@ -283,8 +315,13 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return shifted
 
 
-def cross_entropy(scores: np.ndarray, y: np.ndarray) -> float:
-    """Mean cross-entropy from scores via log-sum-exp, finite even for confident wrong answers."""
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(shifted).sum(axis=1))
-    return float(np.mean(log_norm - shifted[np.arange(len(y)), y]))
+def cross_entropy(scores: np.ndarray, y: np.ndarray):
+    """Mean cross-entropy from scores via log-sum-exp, finite even for confident wrong answers.
+
+    Scores may carry leading stack axes; the result then has those axes.
+    """
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=-1))
+    picked = shifted[..., np.arange(len(y)), y]
+    loss = np.mean(log_norm - picked, axis=-1)
+    return float(loss) if np.ndim(loss) == 0 else loss

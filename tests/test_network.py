@@ -44,7 +44,7 @@ def test_checker_catches_a_wrong_gradient() -> None:
     X, y = small_problem(seed=7)
     net = Network(X.shape[1], [8], 10, batch_norm=True, dtype="float64", seed=7)
     _, analytic = net.cost_and_gradients(X, y, 0.01)
-    numeric = numerical_gradients(lambda: net.cost(X, y, 0.01, train=True)[0], net.params)
+    numeric = numerical_gradients(lambda stacked: net.cost_of(stacked, X, y, 0.01), net.params)
     analytic["gamma1"] = analytic["gamma1"] * 1.001
     verdict = {r.name: r.passed for r in compare_gradients(analytic, numeric)}
     assert verdict["gamma1"] is False
@@ -53,7 +53,11 @@ def test_checker_catches_a_wrong_gradient() -> None:
 
 def test_numerical_gradient_of_a_known_function() -> None:
     params = {"a": np.array([1.0, -2.0]), "B": np.array([[0.5, 3.0]])}
-    grads = numerical_gradients(lambda: float(np.sum(params["a"] ** 3) + np.sum(params["B"] ** 2)), params)
+
+    def cost(p):  # stacked: every array has a leading axis of variants
+        return np.sum(p["a"] ** 3, axis=1) + np.sum(p["B"] ** 2, axis=(1, 2))
+
+    grads = numerical_gradients(cost, params, chunk=1)
     np.testing.assert_allclose(grads["a"], 3 * params["a"] ** 2, rtol=1e-8)
     np.testing.assert_allclose(grads["B"], 2 * params["B"], rtol=1e-8)
 
@@ -80,7 +84,9 @@ def test_cross_entropy_and_softmax_agree_and_stay_finite() -> None:
     probs = softmax(scores.copy())
     assert np.allclose(probs.sum(axis=1), 1.0)
     assert np.isfinite(cross_entropy(scores, y))
-    assert cross_entropy(scores, y) == pytest.approx((2000.0 - np.log(np.exp(0.2) / np.exp([0.1, 0.2, 0.3]).sum())) / 2)
+    assert cross_entropy(scores, y) == pytest.approx(
+        (2000.0 - np.log(np.exp(0.2) / np.exp([0.1, 0.2, 0.3]).sum())) / 2
+    )
 
 
 def test_batch_norm_train_mode_normalizes_each_unit() -> None:
@@ -104,7 +110,9 @@ def test_bn_eps_is_small_enough_for_tiny_init() -> None:
     rng = np.random.default_rng(1)
     X = rng.standard_normal((100, 20))
     net = Network(20, [10, 10], 3, batch_norm=True, init="normal", sigma=1e-4, dtype="float32")
-    net.set_params({"beta1": np.full(10, 100.0, dtype=np.float32), "beta2": np.full(10, 100.0, np.float32)})
+    net.set_params(
+        {"beta1": np.full(10, 100.0, dtype=np.float32), "beta2": np.full(10, 100.0, np.float32)}
+    )
     net.set_params({"W3": np.eye(10, 3)})
     out = net.scores(X, train=True) - 100.0
     np.testing.assert_allclose(out.std(axis=0), 1.0, rtol=1e-3)
@@ -157,7 +165,16 @@ def test_he_and_normal_init_scales_and_seeding() -> None:
 def test_parameters_are_held_by_name() -> None:
     net = Network(10, [8, 6], 4, batch_norm=True)
     assert list(net.params) == [
-        "W1", "b1", "gamma1", "beta1", "W2", "b2", "gamma2", "beta2", "W3", "b3",
+        "W1",
+        "b1",
+        "gamma1",
+        "beta1",
+        "W2",
+        "b2",
+        "gamma2",
+        "beta2",
+        "W3",
+        "b3",
     ]
     assert net.params["W2"].shape == (8, 6)
     plain = Network(10, [8, 6], 4, batch_norm=False)
@@ -180,3 +197,18 @@ def test_training_steps_reduce_the_cost() -> None:
             net.train_step(X.astype(np.float32), y, 0.0, 0.1)
         assert net.cost(X.astype(np.float32), y, 0.0)[0] < 0.5 * before
         assert (net.predict(X.astype(np.float32)) == y).mean() > 0.9
+
+
+def test_stacked_costs_equal_one_at_a_time_costs() -> None:
+    """The numerical checker relies on cost_of giving what P separate calls would."""
+    X, y = small_problem(seed=9)
+    net = Network(X.shape[1], [7, 5], 10, batch_norm=True, dtype="float64", seed=9)
+    rng = np.random.default_rng(0)
+    variants = [
+        {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in net.params.items()} for _ in range(3)
+    ]
+    stacked = {k: np.stack([v[k] for v in variants]) for k in net.params}
+    costs = net.cost_of(stacked, X, y, 0.02)
+    for i, variant in enumerate(variants):
+        net.set_params(variant)
+        assert costs[i] == pytest.approx(net.cost(X, y, 0.02, train=True)[0], rel=1e-12)

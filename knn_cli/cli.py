@@ -1,0 +1,247 @@
+"""The `knn` command line: parse, load a config, call one experiment, turn known errors into a
+one-line message and an exit code. No arithmetic and no file formats here.
+
+Exit codes: 0 success; 1 a run failed (diverged) or a check failed; 2 bad usage or input;
+130 interrupted (Ctrl-C or SIGTERM), after saving what was computed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from knn_cli import __version__
+from knn_cli.errors import KnnError, RunFailed
+
+EXIT_INTERRUPTED = 130
+
+
+def default_runs_dir() -> str:
+    return os.environ.get("KNN_RUNS_DIR", "runs")
+
+
+def progress_wanted() -> bool:
+    """Progress bars on a terminal only, so logs and CI output stay clean."""
+    return sys.stderr.isatty()
+
+
+runs_dir_option = click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_runs_dir,
+    show_default="runs (or $KNN_RUNS_DIR)",
+    help="Parent folder of the new run folder.",
+)
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config setting, e.g. --set training.lambda=0.01 (repeatable).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="knn")
+def cli() -> None:
+    """Train and study k-layer networks with and without batch normalization on CIFAR-10."""
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
+@set_option
+@runs_dir_option
+def train(config_path: Path, overrides: tuple[str, ...], runs_dir: Path) -> None:
+    """Train the network CONFIG describes; write curves, metrics and the model to a run folder."""
+    from knn_cli.config import load_config
+    from knn_cli.experiment import train_run
+    from knn_cli.runs import new_run_dir
+
+    config = load_config(config_path, overrides)
+    run_dir = new_run_dir(runs_dir, config.name)
+    click.echo(f"run folder: {run_dir}")
+    summary = train_run(config, run_dir, progress=progress_wanted())
+    if summary["status"] != "finished":
+        raise RunFailed(f"run {summary['status']}: {summary['message']} (see {run_dir})")
+    click.echo(
+        f"test accuracy {summary['test_accuracy']:.4f}, final validation accuracy "
+        f"{summary['final_val_accuracy']:.4f} (best {summary['best_val_accuracy']:.4f}) "
+        f"in {summary['wall_seconds']:.1f} s"
+    )
+
+
+@cli.command()
+@click.option(
+    "--layers",
+    "-k",
+    type=click.IntRange(1, 50),
+    default=3,
+    show_default=True,
+    help="Number of weight layers k.",
+)
+@click.option(
+    "--hidden",
+    default=None,
+    metavar="W1,W2,...",
+    help="Hidden widths (k-1 of them). Default: the assignment's for k=3 and 9, else 50s.",
+)
+@click.option(
+    "--bn/--no-bn",
+    "batch_norm",
+    default=None,
+    help="Check only with (or only without) batch norm. Default: both.",
+)
+@click.option(
+    "--dims",
+    type=click.IntRange(1, 3072),
+    default=20,
+    show_default=True,
+    help="Input features used (the first ones of each image).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(2, 10000),
+    default=20,
+    show_default=True,
+    help="Samples in the batch.",
+)
+@click.option("--lambda", "lambda_", type=click.FloatRange(min=0), default=0.005, show_default=True)
+@click.option(
+    "--step",
+    "h",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-5,
+    show_default=True,
+    help="Centred-difference step h.",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-6,
+    show_default=True,
+    help="Largest relative error that passes.",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--data-dir", default=None, help="CIFAR-10 folder (default: $KNN_DATA_DIR or the cache)."
+)
+@runs_dir_option
+def gradcheck(
+    layers: int,
+    hidden: str | None,
+    batch_norm: bool | None,
+    dims: int,
+    batch: int,
+    lambda_: float,
+    h: float,
+    tolerance: float,
+    seed: int,
+    data_dir: str | None,
+    runs_dir: Path,
+) -> None:
+    """Compare analytic and centred-difference gradients (float64) for every parameter."""
+    from knn_cli.experiment import default_hidden, gradcheck_problem
+    from knn_cli.gradcheck import check_network
+    from knn_cli.network import Network
+    from knn_cli.reports import gradcheck_table, write_gradcheck
+    from knn_cli.runs import new_run_dir
+
+    widths = parse_widths(hidden, layers) if hidden is not None else default_hidden(layers)
+    X, y, source = gradcheck_problem(dims, batch, seed, data_dir)
+    click.echo(f"k={layers}, hidden {list(widths)}, {batch} samples x {dims} features of {source}")
+    results = {}
+    for bn in [False, True] if batch_norm is None else [batch_norm]:
+        network = Network(dims, widths, 10, batch_norm=bn, dtype="float64", seed=seed)
+        results["with BN" if bn else "without BN"] = check_network(
+            network, X, y, lambda_, h=h, rel_tol=tolerance
+        )
+    click.echo(gradcheck_table(results))
+    run_dir = new_run_dir(runs_dir, f"gradcheck-k{layers}")
+    write_gradcheck(
+        run_dir,
+        results,
+        {
+            "layers": layers,
+            "hidden": list(widths),
+            "dims": dims,
+            "batch": batch,
+            "lambda": lambda_,
+            "h": h,
+            "tolerance": tolerance,
+            "seed": seed,
+            "data": source,
+        },
+    )
+    failed = [
+        f"{variant} {row.name}"
+        for variant, rows in results.items()
+        for row in rows
+        if not row.passed
+    ]
+    click.echo(f"table written to {run_dir}")
+    if failed:
+        raise RunFailed(f"gradient check failed for: {', '.join(failed)}")
+    click.echo("all gradients match")
+
+
+def parse_widths(text: str, layers: int) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"expected comma-separated integers, got {text!r}", param_hint="--hidden"
+        ) from None
+    if len(widths) != layers - 1 or any(w < 1 for w in widths):
+        raise click.BadParameter(
+            f"need {layers - 1} positive widths for --layers {layers}, got {text!r}",
+            param_hint="--hidden",
+        )
+    return widths
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def plot(run_dir: Path) -> None:
+    """Redraw a run's cost, loss and accuracy plots from its metrics file."""
+    from knn_cli.plots import plot_run
+
+    for path in plot_run(run_dir):
+        click.echo(str(path))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def evaluate(run_dir: Path) -> None:
+    """Reload a run's model and print its test accuracy."""
+    from knn_cli.experiment import evaluate_run
+
+    click.echo(f"test accuracy {evaluate_run(run_dir, progress=progress_wanted()):.4f}")
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Entry point: SIGTERM is treated like Ctrl-C so both save what was computed."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        code = cli.main(args=argv, prog_name="knn", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except KnnError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; what was computed is saved", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)

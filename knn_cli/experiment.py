@@ -1,0 +1,216 @@
+"""`knn train` and `knn evaluate` as functions: config in, run folder out.
+
+This is the layer that joins the pure core to the edges -- data loading, the run folder, the
+progress bar -- and it is what sweeps call once per trial.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from knn_cli.config import RunConfig, dump_config, load_config
+from knn_cli.data import Dataset, load_cifar10
+from knn_cli.errors import ConfigError, RunFolderError
+from knn_cli.network import Network
+from knn_cli.plots import plot_run
+from knn_cli.runs import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    SUMMARY_FILE,
+    MetricsLog,
+    atomic_save_npz,
+    atomic_write_json,
+    atomic_write_text,
+    provenance,
+    require_run_dir,
+)
+from knn_cli.trainer import Schedule, Splits, TrainingOutcome, train
+
+N_CLASSES = 10
+
+
+def build_network(config: RunConfig, input_dim: int) -> Network:
+    model = config.model
+    return Network(
+        input_dim,
+        model.hidden,
+        N_CLASSES,
+        batch_norm=model.batch_norm,
+        init=model.init,
+        sigma=model.sigma,
+        seed=config.training.seed,
+        dtype=config.training.dtype,
+        bn_eps=model.bn_eps,
+        bn_alpha=model.bn_alpha,
+    )
+
+
+def resolve_schedule(config: RunConfig, n_train: int) -> Schedule:
+    training = config.training
+    if training.batch_size > n_train:
+        raise ConfigError(
+            f"training.batch_size ({training.batch_size}) is larger than the training set "
+            f"({n_train})"
+        )
+    n_s = training.resolve_n_s(n_train)
+    return Schedule(
+        lambda_=training.lambda_,
+        batch_size=training.batch_size,
+        eta_min=training.eta_min,
+        eta_max=training.eta_max,
+        n_s=n_s,
+        cycles=training.cycles,
+        eval_every=training.resolve_eval_every(n_s),
+        seed=training.seed,
+    )
+
+
+def train_run(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    dataset: Dataset | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train one network as `config` says, recording everything in `run_dir` as it comes.
+
+    On Ctrl-C (KeyboardInterrupt) the metrics so far, the latest model and a summary with status
+    `interrupted` are saved before the interrupt goes on up.
+    """
+    started = time.time()
+    atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))
+    if dataset is None:
+        dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress)
+    schedule = resolve_schedule(config, len(dataset.X_train))
+    network = build_network(config, dataset.X_train.shape[1])
+    splits = Splits(dataset.X_train, dataset.y_train, dataset.X_val, dataset.y_val)
+
+    log = MetricsLog(run_dir)
+    best: dict[str, Any] = {"val_accuracy": None, "step": None}
+    latest: dict[str, Any] = {}
+    bar = tqdm(
+        total=schedule.total_steps,
+        desc=config.name,
+        unit="step",
+        disable=not progress,
+        leave=True,
+        dynamic_ncols=True,
+    )
+
+    def on_evaluation(records: list[dict[str, Any]]) -> None:
+        log.append(records)
+        for record in records:
+            latest[record["split"]] = record
+        val = latest["val"]
+        if best["val_accuracy"] is None or val["accuracy"] > best["val_accuracy"]:
+            best.update(val_accuracy=val["accuracy"], step=val["step"])
+        bar.set_postfix(val_acc=f"{val['accuracy']:.3f}", refresh=False)
+
+    def on_step(step: int, eta: float) -> None:
+        bar.update(1)
+        if step % 100 == 0:
+            bar.set_postfix(
+                eta=f"{eta:.2e}", val_acc=f"{best['val_accuracy'] or 0:.3f}", refresh=False
+            )
+
+    outcome = TrainingOutcome("interrupted", 0, "interrupted by the user")
+    try:
+        outcome = train(network, splits, schedule, on_evaluation=on_evaluation, on_step=on_step)
+    finally:
+        bar.close()
+        log.close()
+        atomic_save_npz(run_dir / MODEL_FILE, network.state())
+        test_accuracy = None
+        if outcome.status == "finished":
+            test_accuracy = float(np.mean(network.predict(dataset.X_test) == dataset.y_test))
+        summary = {
+            "name": config.name,
+            "status": outcome.status,
+            "message": outcome.message,
+            "steps": outcome.steps
+            if outcome.status != "interrupted"
+            else latest.get("val", {}).get("step", 0),
+            "total_steps": schedule.total_steps,
+            "n_s": schedule.n_s,
+            "n_train": len(dataset.X_train),
+            "final_train_accuracy": latest.get("train", {}).get("accuracy"),
+            "final_val_accuracy": latest.get("val", {}).get("accuracy"),
+            "best_val_accuracy": best["val_accuracy"],
+            "best_val_step": best["step"],
+            "test_accuracy": test_accuracy,
+            "wall_seconds": round(time.time() - started, 3),
+            "seed": config.training.seed,
+            "data": dataset.source,
+            "versions": provenance(),
+        }
+        atomic_write_json(run_dir / SUMMARY_FILE, summary)
+        if latest:
+            plot_run(run_dir)
+    return summary
+
+
+def load_trained_network(run_dir: str | Path) -> tuple[RunConfig, Network]:
+    """Rebuild a run's network from its config and model.npz (never unpickling anything)."""
+    run_dir = require_run_dir(run_dir, CONFIG_FILE, MODEL_FILE)
+    config = load_config(run_dir / CONFIG_FILE)
+    try:
+        with np.load(run_dir / MODEL_FILE, allow_pickle=False) as archive:
+            state = {name: archive[name] for name in archive.files}
+        network = build_network(config, state["W1"].shape[0])
+        network.load_state(state)
+    except (OSError, ValueError, KeyError) as error:
+        raise RunFolderError(f"{run_dir / MODEL_FILE} cannot be loaded: {error}") from None
+    return config, network
+
+
+def evaluate_run(run_dir: str | Path, *, progress: bool = False) -> float:
+    """Test accuracy of a saved model, on the data its config names (or the data found now)."""
+    config, network = load_trained_network(run_dir)
+    dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress)
+    if dataset.X_test.shape[1] != network.arch.input_dim:
+        raise RunFolderError(
+            f"the model expects {network.arch.input_dim} input features, "
+            f"the data has {dataset.X_test.shape[1]}"
+        )
+    return float(np.mean(network.predict(dataset.X_test) == dataset.y_test))
+
+
+# -- gradient check -------------------------------------------------------------------------------
+
+ASSIGNMENT_HIDDEN = {3: (50, 50), 9: (50, 30, 20, 20, 10, 10, 10, 10)}
+
+
+def default_hidden(layers: int) -> tuple[int, ...]:
+    """The assignment's widths for k = 3 and 9; k - 1 layers of 50 otherwise."""
+    return ASSIGNMENT_HIDDEN.get(layers, (50,) * (layers - 1))
+
+
+def gradcheck_problem(
+    dims: int, batch: int, seed: int, data_dir: str | None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """A reduced problem: the first `dims` features of `batch` real CIFAR-10 images when the data
+    is on this machine (never downloading for a check), random data otherwise; says which."""
+    from knn_cli.data import find_data_dir, read_batch
+    from knn_cli.errors import DataError
+
+    try:
+        folder = find_data_dir(data_dir, download=False)
+        pixels, labels = read_batch(folder / "data_batch_1")
+    except DataError as error:
+        if data_dir is not None:
+            raise
+        rng = np.random.default_rng(seed)
+        reason = str(error).split(";")[0]
+        return (
+            rng.standard_normal((batch, dims)),
+            rng.integers(0, N_CLASSES, batch),
+            f"random data ({reason})",
+        )
+    features = pixels[:, :dims].astype(np.float64)
+    features = (features - features.mean(axis=0)) / features.std(axis=0)
+    return features[:batch], labels[:batch].astype(np.int64), f"CIFAR-10 from {folder}"

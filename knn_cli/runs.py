@@ -1,0 +1,211 @@
+"""The run folder: where every command leaves what it computed.
+
+A run folder is never overwritten. Files that mark completion (summary, model, tables) are
+written atomically -- to a temporary file in the same folder, then renamed -- so a crash never
+leaves a half-written file that looks complete. Metrics are appended and flushed one record at a
+time, so an interrupted run keeps every point it had computed.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from knn_cli.errors import KnnError, RunFolderError
+
+METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.yaml"
+MODEL_FILE = "model.npz"
+METRIC_FIELDS = ("step", "epoch", "eta", "split", "cost", "loss", "accuracy")
+MIN_FREE_BYTES = 50 * 1024 * 1024
+
+
+def new_run_dir(parent: str | Path, name: str, now: dt.datetime | None = None) -> Path:
+    """Create `parent/<YYYY-MM-DD_HH-MM-SS>_<name>`, adding `-2`, `-3`... if that exists.
+
+    Creating the folder with exist_ok=False is the reservation, so two runs started in the same
+    second (even in two processes) get two folders. Fails early, before any long work, when the
+    parent is not writable or the disk is nearly full.
+    """
+    parent = Path(parent)
+    stamp = (now or dt.datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise KnnError(f"cannot create runs folder {parent}: {error.strerror or error}") from None
+    check_writable(parent)
+    for attempt in range(1, 10_000):
+        candidate = parent / (f"{stamp}_{name}" if attempt == 1 else f"{stamp}_{name}-{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise KnnError(
+                f"cannot create run folder {candidate}: {error.strerror or error}"
+            ) from None
+        return candidate
+    raise KnnError(f"cannot find a free run folder name under {parent}")
+
+
+def check_writable(folder: Path, min_free_bytes: int = MIN_FREE_BYTES) -> None:
+    """Say so now, not after an hour of training, if results could not be saved."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise KnnError(f"runs folder {folder} is not writable; choose another with --runs-dir")
+    free = shutil.disk_usage(folder).free
+    if free < min_free_bytes:
+        raise KnnError(
+            f"only {free // 2**20} MiB free on the disk of {folder}; "
+            f"need at least {min_free_bytes // 2**20} MiB (free space or use --runs-dir)"
+        )
+
+
+@contextmanager
+def _atomic_file(path: Path, mode: str) -> Iterator[IO[Any]]:
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with _atomic_file(Path(path), "w") as handle:
+        handle.write(text)
+
+
+def atomic_write_json(path: str | Path, data: Mapping[str, Any]) -> None:
+    atomic_write_text(
+        path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+    )
+
+
+def atomic_save_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
+    with _atomic_file(Path(path), "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+class MetricsLog:
+    """Append-only CSV of evaluation points, flushed per record."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / METRICS_FILE
+        is_new = not self.path.exists()
+        self._handle = self.path.open("a", newline="")
+        self._writer = csv.DictWriter(self._handle, fieldnames=METRIC_FIELDS)
+        if is_new:
+            self._writer.writeheader()
+
+    def append(self, records: Sequence[Mapping[str, Any]]) -> None:
+        for record in records:
+            self._writer.writerow({key: record[key] for key in METRIC_FIELDS})
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder: it has no {METRICS_FILE}")
+    rows = []
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                rows.append(
+                    {
+                        "step": int(row["step"]),
+                        "epoch": float(row["epoch"]),
+                        "eta": float(row["eta"]),
+                        "split": row["split"],
+                        "cost": float(row["cost"]),
+                        "loss": float(row["loss"]),
+                        "accuracy": float(row["accuracy"]),
+                    }
+                )
+            except (KeyError, TypeError, ValueError):
+                # A record cut short by a crash mid-write is the only partial line there can be.
+                continue
+    return rows
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / SUMMARY_FILE
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir} is not a finished run folder: it has no {SUMMARY_FILE}")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise RunFolderError(f"{path} cannot be read: {error}") from None
+
+
+def require_run_dir(run_dir: str | Path, *files: str) -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} does not exist")
+    missing = [name for name in files if not (run_dir / name).is_file()]
+    if missing:
+        raise RunFolderError(
+            f"{run_dir} is not a complete run folder: missing {', '.join(missing)}"
+        )
+    return run_dir
+
+
+def provenance() -> dict[str, Any]:
+    """What is needed to reproduce a run beyond its config: versions and the code's commit."""
+    import click
+    import matplotlib
+
+    from knn_cli import __version__
+
+    return {
+        "knn_cli": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "click": click.__version__,
+        "matplotlib": matplotlib.__version__,
+        "platform": platform.platform(),
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None

@@ -1,0 +1,17 @@
+"""The triangular cyclical learning rate (Smith, 2015), as used by the study."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cyclical_learning_rate(step: int | np.ndarray, eta_min: float, eta_max: float, n_s: int):
+    """Rate at update `step` (0-based): eta_min at 2*l*n_s, eta_max at (2*l + 1)*n_s, linear
+    between.
+
+    A pure function of the step, so a resumed or re-plotted run recomputes the same rates.
+    """
+    position = np.mod(step, 2 * n_s)
+    distance_from_peak = np.abs(position - n_s)
+    eta = eta_max - (eta_max - eta_min) * distance_from_peak / n_s
+    return float(eta) if np.ndim(eta) == 0 else eta

@@ -180,17 +180,19 @@ def require_run_dir(run_dir: str | Path, *files: str) -> Path:
 
 def provenance() -> dict[str, Any]:
     """What is needed to reproduce a run beyond its config: versions and the code's commit."""
-    import click
-    import matplotlib
+    from importlib.metadata import PackageNotFoundError, version
 
-    from knn_cli import __version__
+    def installed(package: str) -> str | None:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return None
 
     return {
-        "knn_cli": __version__,
+        "knn_cli": installed("knn-cli"),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "click": click.__version__,
-        "matplotlib": matplotlib.__version__,
+        **{package: installed(package) for package in ("click", "pyyaml", "matplotlib")},
         "platform": platform.platform(),
         "git_commit": _git_commit(),
     }

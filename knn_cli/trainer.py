@@ -116,24 +116,27 @@ def train(
     def rate(step: int) -> float:
         return cyclical_learning_rate(step, schedule.eta_min, schedule.eta_max, schedule.n_s)
 
-    record(0, rate(0))
-    for step in range(schedule.total_steps):
-        batch = step % batches_per_epoch
-        if batch == 0 and step > 0:
-            order = rng.permutation(n_train)
-        idx = order[batch * schedule.batch_size : (batch + 1) * schedule.batch_size]
-        eta = rate(step)
-        cost = network.train_step(splits.X_train[idx], splits.y_train[idx], schedule.lambda_, eta)
-        if not np.isfinite(cost):
-            return TrainingOutcome(
-                "diverged",
-                step,
-                f"cost became {cost} at step {step} (eta {eta:.3g}); "
-                "lower eta_max or check the init",
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported, not warned
+        record(0, rate(0))
+        for step in range(schedule.total_steps):
+            batch = step % batches_per_epoch
+            if batch == 0 and step > 0:
+                order = rng.permutation(n_train)
+            idx = order[batch * schedule.batch_size : (batch + 1) * schedule.batch_size]
+            eta = rate(step)
+            cost = network.train_step(
+                splits.X_train[idx], splits.y_train[idx], schedule.lambda_, eta
             )
-        done = step + 1
-        if on_step is not None:
-            on_step(done, eta)
-        if done % schedule.eval_every == 0 or done == schedule.total_steps:
-            record(done, rate(done))
-    return TrainingOutcome("finished", schedule.total_steps)
+            if not np.isfinite(cost):
+                return TrainingOutcome(
+                    "diverged",
+                    step,
+                    f"cost became {cost} at step {step} (eta {eta:.3g}); "
+                    "lower eta_max or check the init",
+                )
+            done = step + 1
+            if on_step is not None:
+                on_step(done, eta)
+            if done % schedule.eval_every == 0 or done == schedule.total_steps:
+                record(done, rate(done))
+        return TrainingOutcome("finished", schedule.total_steps)

@@ -1,0 +1,174 @@
+"""Training end to end on small synthetic data: learning, run folders, reproducibility, faults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from knn_cli.config import config_from_dict
+from knn_cli.data import Dataset
+from knn_cli.experiment import evaluate_run, load_trained_network, train_run
+from knn_cli.network import Network
+from knn_cli.runs import new_run_dir, read_metrics
+from knn_cli.trainer import Schedule, Splits, train
+
+pytestmark = pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+
+
+def synthetic_dataset(seed: int = 0, n_train: int = 600, d: int = 32) -> Dataset:
+    """Ten Gaussian blobs: learnable, far from chance, and tiny."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((10, d)) * 1.5
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 10, n)
+        return (centers[y] + rng.standard_normal((n, d))).astype(np.float32), y
+
+    (X_train, y_train), (X_val, y_val), (X_test, y_test) = split(n_train), split(200), split(200)
+    names = tuple(f"class{i}" for i in range(10))
+    return Dataset(X_train, y_train, X_val, y_val, X_test, y_test, names, "synthetic")
+
+
+def small_config(batch_norm: bool = True, **training: object):
+    doc = {
+        "name": "tiny",
+        "model": {"hidden": [20, 20], "batch_norm": batch_norm},
+        "training": {"n_s": 30, "cycles": 2, "batch_size": 20, "eval_every": 10, **training},
+    }
+    return config_from_dict(doc)
+
+
+def test_training_learns_and_writes_a_complete_run_folder(tmp_path: Path) -> None:
+    config = small_config()
+    run_dir = new_run_dir(tmp_path, config.name)
+    summary = train_run(config, run_dir, dataset=synthetic_dataset())
+    assert summary["status"] == "finished"
+    assert summary["test_accuracy"] > 0.6  # chance is 0.1
+    assert summary["best_val_accuracy"] >= summary["final_val_accuracy"] > 0.6
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+        "model.npz",
+        "cost.png",
+        "loss.png",
+        "accuracy.png",
+    ):
+        assert (run_dir / name).is_file(), name
+    metrics = read_metrics(run_dir)
+    steps = sorted({m["step"] for m in metrics})
+    assert steps == list(range(0, 121, 10))  # step 0, every 10 steps, and the end (120 = 2*2*30)
+    assert {m["split"] for m in metrics} == {"train", "val"}
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk["test_accuracy"] == summary["test_accuracy"]
+    assert on_disk["n_s"] == 30 and on_disk["total_steps"] == 120
+
+
+def test_saved_model_reloads_to_the_same_predictions(tmp_path: Path) -> None:
+    data = synthetic_dataset()
+    run_dir = new_run_dir(tmp_path, "reload")
+    summary = train_run(small_config(), run_dir, dataset=data)
+    _config, network = load_trained_network(run_dir)
+    accuracy = float(np.mean(network.predict(data.X_test) == data.y_test))
+    assert accuracy == summary["test_accuracy"]
+    assert set(network.moving_averages) == {"mu1", "var1", "mu2", "var2"}
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path: Path) -> None:
+    data = synthetic_dataset()
+    first, second, other = (new_run_dir(tmp_path, f"r{i}") for i in range(3))
+    train_run(small_config(), first, dataset=data)
+    train_run(small_config(), second, dataset=data)
+    train_run(small_config(seed=1), other, dataset=data)
+    assert (first / "metrics.csv").read_text() == (second / "metrics.csv").read_text()
+    assert (first / "metrics.csv").read_text() != (other / "metrics.csv").read_text()
+
+
+def test_divergence_is_detected_and_recorded(tmp_path: Path) -> None:
+    config = small_config(batch_norm=False, eta_min=1e3, eta_max=1e6)
+    run_dir = new_run_dir(tmp_path, "boom")
+    summary = train_run(config, run_dir, dataset=synthetic_dataset())
+    assert summary["status"] == "diverged"
+    assert "cost became" in summary["message"]
+    assert summary["test_accuracy"] is None
+    assert read_metrics(run_dir)  # the step-0 evaluation is kept
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_interrupted_run_keeps_metrics_model_and_says_interrupted(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A KeyboardInterrupt raised mid-training (as Ctrl-C or SIGTERM would) loses nothing."""
+    calls = {"n": 0}
+    original = Network.train_step
+
+    def interrupting_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 55:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Network, "train_step", interrupting_step)
+    run_dir = new_run_dir(tmp_path, "ctrl-c")
+    with pytest.raises(KeyboardInterrupt):
+        train_run(small_config(), run_dir, dataset=synthetic_dataset())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["steps"] == 50  # the last evaluated step before the interrupt at step 55
+    assert max(m["step"] for m in read_metrics(run_dir)) == 50
+    assert (run_dir / "model.npz").is_file()
+    load_trained_network(run_dir)  # the saved model is complete and loadable
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_trainer_reports_evaluations_through_a_callback_only() -> None:
+    data = synthetic_dataset(n_train=100)
+    network = Network(32, [8], 10, seed=0)
+    schedule = Schedule(0.0, 25, 1e-3, 1e-1, n_s=4, cycles=1, eval_every=3, seed=0)
+    seen: list[int] = []
+    outcome = train(
+        network,
+        Splits(data.X_train, data.y_train, data.X_val, data.y_val),
+        schedule,
+        on_evaluation=lambda rows: seen.append(rows[0]["step"]),
+    )
+    assert outcome.status == "finished" and outcome.steps == 8
+    assert seen == [0, 3, 6, 8]
+
+
+def test_batch_larger_than_training_set_is_a_config_error(tmp_path: Path) -> None:
+    from knn_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="batch_size"):
+        train_run(
+            small_config(batch_size=5000), new_run_dir(tmp_path, "big"), dataset=synthetic_dataset()
+        )
+
+
+def test_run_folders_are_unique_within_one_second(tmp_path: Path) -> None:
+    import datetime as dt
+
+    now = dt.datetime(2026, 1, 2, 3, 4, 5)
+    first = new_run_dir(tmp_path, "same", now=now)
+    second = new_run_dir(tmp_path, "same", now=now)
+    assert first != second
+    assert first.name == "2026-01-02_03-04-05_same"
+    assert second.name == "2026-01-02_03-04-05_same-2"
+
+
+def test_evaluate_run_uses_the_data_the_config_names(tmp_path: Path, fake_cifar_dir: Path) -> None:
+    config = config_from_dict(
+        {
+            "name": "fake",
+            "model": {"hidden": [16]},
+            "training": {"n_s": 10, "cycles": 1, "batch_size": 10},
+            "data": {"dir": str(fake_cifar_dir), "validation_size": 20},
+        }
+    )
+    run_dir = new_run_dir(tmp_path, "fake")
+    summary = train_run(config, run_dir)
+    assert summary["status"] == "finished"
+    assert evaluate_run(run_dir) == pytest.approx(summary["test_accuracy"])

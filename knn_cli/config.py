@@ -1,0 +1,459 @@
+"""Run settings: YAML plus `key=value` overrides in, frozen and validated dataclasses out.
+
+Validation happens once, here, so the network, trainer and sweeps can trust every value without
+re-checking it. Anything a user can get wrong becomes a one-line `ConfigError` that names the key,
+the value given and what is allowed; no other exception escapes for any document or override.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+from knn_cli.errors import ConfigError
+
+CIFAR10_TRAIN_IMAGES = 50_000
+"""Images in the five CIFAR-10 training batches; the validation set is carved out of these."""
+
+_NAME_MAX = 100  # keeps `<timestamp>_<name>` run folders well inside file-name limits
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Shape and initialisation of the network."""
+
+    hidden: tuple[int, ...] = (50, 50)
+    batch_norm: bool = True
+    bn_alpha: float = 0.8
+    bn_eps: float = 1e-12
+    init: str = "he"
+    sigma: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingConfig:
+    """Mini-batch gradient descent with a cyclical learning rate."""
+
+    lambda_: float = 0.005
+    batch_size: int = 100
+    eta_min: float = 1e-5
+    eta_max: float = 0.1
+    n_s: int | None = None
+    n_s_factor: float = 5.0
+    cycles: int = 2
+    seed: int = 0
+    eval_every: int | None = None
+    dtype: str = "float32"
+
+    def resolve_n_s(self, n_train: int) -> int:
+        """Steps per half cycle; a factor ties the schedule to epochs whatever the batch size."""
+        if self.n_s is not None:
+            return self.n_s
+        return max(1, round(self.n_s_factor * n_train / self.batch_size))
+
+    def resolve_eval_every(self, n_s: int) -> int:
+        """Update steps between evaluations; by default ten points per cycle give smooth curves."""
+        if self.eval_every is not None:
+            return self.eval_every
+        return max(1, 2 * n_s // 10)
+
+    def total_steps(self, n_s: int) -> int:
+        """Update steps in the whole run: each cycle is one rise and one fall of n_s steps."""
+        return 2 * n_s * self.cycles
+
+
+@dataclass(frozen=True, slots=True)
+class DataConfig:
+    """Where CIFAR-10 lives and how much of the training set is held out."""
+
+    dir: str | None = None
+    validation_size: int = 5000
+
+    @property
+    def n_train(self) -> int:
+        """Training images left once the validation set has been held out."""
+        return CIFAR10_TRAIN_IMAGES - self.validation_size
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """Everything one training run needs; saved with the run so it can be reproduced."""
+
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+# --- one parser per kind of value -------------------------------------------------------------
+# A parser takes the dotted key (for the message) and the raw YAML value, and returns the typed
+# value or raises ConfigError.
+
+Parser = Callable[[str, Any], Any]
+
+
+def _show(value: Any) -> str:
+    """A short, single-line rendering of a user's value, safe for any YAML-made object."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) and value.bit_length() > 200:  # repr fails past 4300 digits
+        return f"an integer of about {int(value.bit_length() * math.log10(2))} digits"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # a huge integer inside, or thousands of levels deep
+        return f"{_kind(value)} too large or too deeply nested to show"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_KINDS = {list: "a list", tuple: "a list", dict: "a mapping", str: "a string", bool: "a boolean"}
+_KINDS |= {int: "an integer", float: "a number", type(None): "null"}
+
+
+def _kind(value: Any) -> str:
+    return _KINDS.get(type(value), f"a {type(value).__name__}")
+
+
+def _invalid(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{key} must be {allowed}, got {_show(value)}")
+
+
+def _integer(low: int, below: int | None = None, *, nullable: bool = False) -> Parser:
+    allowed = f"an integer >= {low}" + (f" and < {below}" if below is not None else "")
+    allowed += " or null" if nullable else ""
+
+    def parse(key: str, value: Any) -> int | None:
+        if value is None and nullable:
+            return None
+        # bool is an int subclass, but `batch_size: true` is a mistake, not 1.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Integral)
+            or value < low
+            or (below is not None and value >= below)
+        ):
+            raise _invalid(key, value, allowed)
+        return int(value)
+
+    return parse
+
+
+def _as_float(value: Any) -> float | None:
+    """The value as a finite float, or None; strings count because YAML reads `1e-5` as one."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real | str):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _number(low: float, *, low_open: bool = False, below: float | None = None) -> Parser:
+    allowed = f"a number {'>' if low_open else '>='} {low}"
+    allowed += f" and < {below}" if below is not None else ""
+
+    def parse(key: str, value: Any) -> float:
+        number = _as_float(value)
+        if (
+            number is None
+            or number < low
+            or (low_open and number == low)
+            or (below is not None and number >= below)
+        ):
+            raise _invalid(key, value, allowed)
+        return number
+
+    return parse
+
+
+def _choice(*options: str) -> Parser:
+    def parse(key: str, value: Any) -> str:
+        if not isinstance(value, str) or value not in options:
+            raise ConfigError(f"{key} must be one of: {', '.join(options)}; got {_show(value)}")
+        return str(value)
+
+    return parse
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _invalid(key, value, "true or false")
+    return value
+
+
+def _widths(key: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list | tuple):
+        raise _invalid(key, value, "a list of hidden-layer widths such as [50, 50], or []")
+    width = _integer(1)
+    return tuple(width(f"{key}[{i}]", w) for i, w in enumerate(value))
+
+
+def _folder_or_null(key: str, value: Any) -> str | None:
+    # A NUL byte would only fail later, inside os calls, with a ValueError.
+    if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+        raise _invalid(key, value, "a folder path or null")
+    return None if value is None else str(value)
+
+
+_NAME_PATTERN = re.compile(rf"[A-Za-z0-9._-]{{1,{_NAME_MAX}}}")
+
+
+def _name(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _NAME_PATTERN.fullmatch(value):
+        allowed = f"a name of letters, digits, '.', '_' and '-' (1 to {_NAME_MAX} characters)"
+        raise _invalid(key, value, allowed)
+    return str(value)
+
+
+# --- the schema: one entry per YAML key; defaults live on the dataclasses ---------------------
+
+
+class _Field(NamedTuple):
+    key: str
+    parse: Parser
+    rename: str | None = None  # the dataclass attribute, where it differs from the YAML key
+
+    @property
+    def attr(self) -> str:
+        return self.rename or self.key
+
+
+_SECTIONS: dict[str, tuple[type, tuple[_Field, ...]]] = {
+    "model": (
+        ModelConfig,
+        (
+            _Field("hidden", _widths),
+            _Field("batch_norm", _boolean),
+            _Field("bn_alpha", _number(0, below=1)),
+            _Field("bn_eps", _number(0, low_open=True)),
+            _Field("init", _choice("he", "normal")),
+            _Field("sigma", _number(0, low_open=True)),
+        ),
+    ),
+    "training": (
+        TrainingConfig,
+        (
+            _Field("lambda", _number(0), rename="lambda_"),
+            _Field("batch_size", _integer(1)),
+            _Field("eta_min", _number(0)),
+            _Field("eta_max", _number(0, low_open=True)),
+            _Field("n_s", _integer(1, nullable=True)),
+            _Field("n_s_factor", _number(0, low_open=True)),
+            _Field("cycles", _integer(1)),
+            _Field("seed", _integer(0)),
+            _Field("eval_every", _integer(1, nullable=True)),
+            _Field("dtype", _choice("float32", "float64")),
+        ),
+    ),
+    "data": (
+        DataConfig,
+        (
+            _Field("dir", _folder_or_null),
+            _Field("validation_size", _integer(1, CIFAR10_TRAIN_IMAGES)),
+        ),
+    ),
+}
+_TOP_KEYS = ("name", *_SECTIONS)
+_SETTING_KEYS = ("name", *(f"{s}.{f.key}" for s, (_, fs) in _SECTIONS.items() for f in fs))
+
+
+def _did_you_mean(key: Any, allowed: Sequence[str], prefix: str) -> str:
+    if not isinstance(key, str):
+        return ""
+    close = difflib.get_close_matches(key, allowed, n=1)
+    if close:
+        return f" (did you mean {prefix + close[0]!r}?)"
+    # A setting written outside its section, e.g. `lambda: 0.01` at the top level.
+    owners = [s for s, (_, fs) in _SECTIONS.items() if prefix == "" and key in {f.key for f in fs}]
+    return f" (did you mean '{owners[0]}.{key}'?)" if owners else ""
+
+
+def _reject_unknown(mapping: Mapping[Any, Any], allowed: Sequence[str], prefix: str) -> None:
+    for key in mapping:
+        if not isinstance(key, str) or key not in allowed:
+            dotted = prefix + (key if isinstance(key, str) else _show(key))
+            hint = _did_you_mean(key, allowed, prefix)
+            raise ConfigError(f"unknown config key {_show(dotted)}{hint}")
+
+
+def _section_mapping(section: str, raw: Any) -> Mapping[Any, Any]:
+    """The section's settings; an empty `model:` (null) means all defaults, as it reads."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{section} must be a mapping of settings, got {_kind(raw)}")
+    return raw
+
+
+def _parse_section(section: str, raw: Any) -> Any:
+    cls, fields = _SECTIONS[section]
+    settings = _section_mapping(section, raw)
+    _reject_unknown(settings, [f.key for f in fields], prefix=f"{section}.")
+    values = {
+        f.attr: f.parse(f"{section}.{f.key}", settings[f.key]) for f in fields if f.key in settings
+    }
+    return cls(**values)
+
+
+def _check_together(cfg: RunConfig) -> None:
+    """Rules that span keys, checked once every key is known to be well-typed."""
+    train, n_train = cfg.training, cfg.data.n_train
+    if train.eta_min > train.eta_max:
+        raise ConfigError(
+            f"training.eta_min ({train.eta_min!r}) must be <= training.eta_max ({train.eta_max!r})"
+        )
+    if train.batch_size > n_train:
+        raise ConfigError(
+            f"training.batch_size must be <= the {n_train} training images left after "
+            f"data.validation_size ({cfg.data.validation_size}), got {_show(train.batch_size)}"
+        )
+    if train.n_s is None:
+        steps = train.n_s_factor * n_train / train.batch_size
+        if not math.isfinite(steps) or round(steps) < 1:
+            raise ConfigError(
+                f"training.n_s_factor ({train.n_s_factor!r}) gives {steps:.3g} steps per half "
+                f"cycle with {n_train} images in batches of {train.batch_size}; it must give at "
+                "least 1 (or set training.n_s)"
+            )
+
+
+# --- YAML and overrides -----------------------------------------------------------------------
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _load_yaml(source: str | bytes, where: str) -> Any:
+    try:
+        return yaml.safe_load(source)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = _one_line(err.problem or str(err))
+        raise ConfigError(f"{where} is not valid YAML: {problem}{at}") from err
+    except Exception as err:
+        # Not only YAMLError: PyYAML lets some failures through as plain exceptions, e.g. an
+        # integer with more digits than Python converts (ValueError), a document nested
+        # thousands of levels deep (RecursionError) or `!!timestamp x` (AttributeError).
+        # Whatever the cause, it lies in the user's text, so it is the user's error.
+        raise ConfigError(f"{where} is not valid YAML: {_one_line(str(err))}") from err
+
+
+def _apply_override(doc: dict[Any, Any], text: Any) -> None:
+    if not isinstance(text, str):
+        raise ConfigError(
+            f"an override must be a string like 'training.lambda=0.01', got {_show(text)}"
+        )
+    key, equals, raw = text.partition("=")
+    key = key.strip()
+    if not equals or not key:
+        raise ConfigError(
+            f"override {_show(text)} must look like key=value, e.g. training.lambda=0.01"
+        )
+    if key in _SECTIONS:
+        first = _SECTIONS[key][1][0].key
+        raise ConfigError(f"override {_show(text)} must set one setting, e.g. {key}.{first}=...")
+    if key not in _SETTING_KEYS:
+        hint = _did_you_mean(key, _SETTING_KEYS, "")
+        raise ConfigError(f"override {_show(text)}: unknown config key {_show(key)}{hint}")
+    value = _load_yaml(raw, f"the value in override {_show(text)}")
+    section, _, leaf = key.rpartition(".")
+    if section:
+        doc[section] = {**_section_mapping(section, doc.get(section)), leaf: value}
+    else:
+        doc[leaf] = value
+
+
+def _name_from_stem(stem: str) -> str:
+    """A valid run name from a file name: `my config.yaml` must not fail over an unwritten key."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:_NAME_MAX] or "run"
+
+
+# --- public API -------------------------------------------------------------------------------
+
+
+def config_from_dict(
+    doc: Mapping[Any, Any] | None,
+    overrides: Sequence[str] = (),
+    default_name: str = "run",
+) -> RunConfig:
+    """Validate a parsed YAML document (overrides applied on top) into a `RunConfig`."""
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"a config must be a mapping of settings, got {_kind(doc)}")
+    doc = dict(doc)
+    for text in [overrides] if isinstance(overrides, str) else overrides:
+        _apply_override(doc, text)
+    _reject_unknown(doc, _TOP_KEYS, prefix="")
+    cfg = RunConfig(
+        name=_name("name", doc.get("name", default_name)),
+        model=_parse_section("model", doc.get("model")),
+        training=_parse_section("training", doc.get("training")),
+        data=_parse_section("data", doc.get("data")),
+    )
+    _check_together(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML config file (None: all defaults); the run is named after the file by default."""
+    if path is None:
+        return config_from_dict({}, overrides)
+    path = Path(path)
+    shown = _show(str(path))
+    try:
+        source = path.read_bytes()  # bytes, so PyYAML can honour a UTF-16 byte-order mark
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file not found: {shown}") from err
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ConfigError(f"cannot read config file {shown}: {_one_line(reason)}") from err
+    doc = _load_yaml(source, f"config file {shown}")
+    if doc is not None and not isinstance(doc, Mapping):
+        raise ConfigError(f"config file {shown} must hold a mapping of settings, got {_kind(doc)}")
+    return config_from_dict(doc, overrides, default_name=_name_from_stem(path.stem))
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain data under the YAML key names, so a saved config loads back to an equal one."""
+    doc: dict[str, Any] = {"name": cfg.name}
+    for section, (_, fields) in _SECTIONS.items():
+        values = getattr(cfg, section)
+        doc[section] = {f.key: _plain(getattr(values, f.attr)) for f in fields}
+    return doc
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def with_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
+    """A validated variant of `cfg`, e.g. a sweep trial; `dataclasses.replace` would skip checks."""
+    return config_from_dict(config_to_dict(cfg), overrides)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML that keeps lists on one line (`hidden: [50, 50]`), as people write them."""
+
+
+_Dumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, True)
+)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """YAML text in schema order, for the run folder and for `knn`'s users to copy from."""
+    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False)

@@ -76,8 +76,12 @@ def train_run(
     *,
     dataset: Dataset | None = None,
     progress: bool = False,
+    evaluate_test: bool = True,
 ) -> dict[str, Any]:
     """Train one network as `config` says, recording everything in `run_dir` as it comes.
+
+    `evaluate_test=False` is for model selection (a lambda search), where the test set must not
+    be looked at; `test_accuracy` is then None.
 
     On Ctrl-C (KeyboardInterrupt) the metrics so far, the latest model and a summary with status
     `interrupted` are saved before the interrupt goes on up.
@@ -126,7 +130,7 @@ def train_run(
         log.close()
         atomic_save_npz(run_dir / MODEL_FILE, network.state())
         test_accuracy = None
-        if outcome.status == "finished":
+        if outcome.status == "finished" and evaluate_test:
             test_accuracy = float(np.mean(network.predict(dataset.X_test) == dataset.y_test))
         summary = {
             "name": config.name,

@@ -46,7 +46,33 @@ set_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class UserFacingError(click.ClickException):
+    """A known error shown as one line (`error: ...`) with the exit code its kind calls for."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class KnnGroup(click.Group):
+    """Turns the project's own errors and interrupts into messages and exit codes, in one place,
+    so that click's test runner sees exactly what a user would."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KnnError as error:
+            raise UserFacingError(str(error), error.exit_code) from None
+        except KeyboardInterrupt:
+            raise UserFacingError(
+                "interrupted; what was computed so far is saved", EXIT_INTERRUPTED
+            ) from None
+
+
+@click.group(cls=KnnGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="knn")
 def cli() -> None:
     """Train and study k-layer networks with and without batch normalization on CIFAR-10."""
@@ -145,8 +171,10 @@ def gradcheck(
     runs_dir: Path,
 ) -> None:
     """Compare analytic and centred-difference gradients (float64) for every parameter."""
+    import numpy as np
+
     from knn_cli.experiment import default_hidden, gradcheck_problem
-    from knn_cli.gradcheck import check_network
+    from knn_cli.gradcheck import check_network, choose_check_point
     from knn_cli.network import Network
     from knn_cli.reports import gradcheck_table, write_gradcheck
     from knn_cli.runs import new_run_dir
@@ -157,6 +185,8 @@ def gradcheck(
     results = {}
     for bn in [False, True] if batch_norm is None else [batch_norm]:
         network = Network(dims, widths, 10, batch_norm=bn, dtype="float64", seed=seed)
+        margin = choose_check_point(network, X, np.random.default_rng(seed))
+        click.echo(f"{'with' if bn else 'without'} BN: nearest ReLU kink {margin:.1e} away")
         results["with BN" if bn else "without BN"] = check_network(
             network, X, y, lambda_, h=h, rel_tol=tolerance
         )
@@ -227,21 +257,13 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> NoReturn:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> NoReturn:
-    """Entry point: SIGTERM is treated like Ctrl-C so both save what was computed."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: SIGTERM is treated like Ctrl-C, so both save what was computed."""
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        code = cli.main(args=argv, prog_name="knn", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    except KnnError as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted; what was computed is saved", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    sys.exit(code if isinstance(code, int) else 0)
+    cli.main(args=argv, prog_name="knn")
+
+
+from knn_cli.cli_sweeps import init_sensitivity, lambda_search  # noqa: E402
+
+cli.add_command(lambda_search)
+cli.add_command(init_sensitivity)

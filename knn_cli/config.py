@@ -413,7 +413,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
     if path is None:
         return config_from_dict({}, overrides)
     path = Path(path)
-    shown = _show(str(path))
+    shown = repr(str(path))  # in full: a cut path does not say which file
     try:
         source = path.read_bytes()  # bytes, so PyYAML can honour a UTF-16 byte-order mark
     except FileNotFoundError as err:

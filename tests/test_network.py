@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from knn_cli.gradcheck import check_network, compare_gradients, numerical_gradients
+from knn_cli.gradcheck import (
+    check_network,
+    choose_check_point,
+    compare_gradients,
+    numerical_gradients,
+)
 from knn_cli.network import Network, cross_entropy, softmax
 
 ASSIGNMENT_WIDTHS = {3: [50, 50], 9: [50, 30, 20, 20, 10, 10, 10, 10]}
@@ -22,6 +27,7 @@ def test_gradients_match_centred_differences(k: int, batch_norm: bool) -> None:
     X, y = small_problem(seed=k)
     hidden = [12, 10, 8, 8, 6, 6, 6, 6][: k - 1]
     net = Network(X.shape[1], hidden, 10, batch_norm=batch_norm, dtype="float64", seed=k)
+    assert choose_check_point(net, X, np.random.default_rng(k)) >= 6e-4
     rows = check_network(net, X, y, lambda_=0.01)
     assert {r.name for r in rows} == set(net.params)
     failures = [r for r in rows if not r.passed]
@@ -36,6 +42,7 @@ def test_gradients_match_centred_differences(k: int, batch_norm: bool) -> None:
 def test_gradients_at_assignment_widths_with_bn(k: int) -> None:
     X, y = small_problem(seed=100 + k, n=10, d=8)
     net = Network(8, ASSIGNMENT_WIDTHS[k], 10, batch_norm=True, dtype="float64", seed=k)
+    assert choose_check_point(net, X, np.random.default_rng(k)) >= 6e-4
     assert all(r.passed for r in check_network(net, X, y, lambda_=0.005))
 
 

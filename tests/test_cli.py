@@ -1,0 +1,303 @@
+"""The command line as a user meets it: one-line errors, exit codes, and the happy paths."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from knn_cli.cli import EXIT_INTERRUPTED, cli
+
+GOOD_CONFIG = """
+name: tiny
+model: {hidden: [16], batch_norm: true}
+training: {n_s: 5, cycles: 1, batch_size: 10, eval_every: 5}
+data: {validation_size: 20}
+"""
+
+
+def run(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def assert_one_line_error(result, exit_code: int, *fragments: str) -> str:
+    """Ours are one line; click's usage errors keep its usage hint above their one line."""
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    message = lines[-1]
+    assert len(lines) == 1 or lines[0].startswith("Usage:"), lines
+    assert message.startswith("error: ") or message.startswith("Error: "), message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
+
+
+def write(tmp_path: Path, text: str, name: str = "c.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+# -- bad config files and overrides --
+
+BAD_CONFIGS = [
+    ("model: [1, 2", "YAML"),
+    ("- just\n- a list\n", "mapping"),
+    ("training:\n  lamda: 0.1\n", "did you mean 'training.lambda'"),
+    ("training:\n  batch_size: abc\n", "training.batch_size"),
+    ("training:\n  lambda: -0.1\n", "training.lambda"),
+    ("training:\n  eta_min: 0.5\n  eta_max: 0.1\n", "eta_min"),
+    ("training:\n  batch_size: 0\n", "training.batch_size"),
+    ("training:\n  batch_size: 60000\n", "training.batch_size"),
+    ("model:\n  hidden: []\n  batch_norm: [1]\n", "model.batch_norm"),
+    ("model:\n  hidden: [50, 0]\n", "model.hidden"),
+    ("model:\n  hidden: [50, null]\n", "model.hidden"),
+    ("model:\n  sigma: 0\n", "model.sigma"),
+    ("model:\n  bn_alpha: 1.0\n", "model.bn_alpha"),
+    ("model:\n  init: xavier\n", "model.init"),
+    ("training:\n  dtype: float16\n", "training.dtype"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"), BAD_CONFIGS, ids=[f[1] + str(i) for i, f in enumerate(BAD_CONFIGS)]
+)
+def test_bad_config_file_is_one_line_and_exit_2(tmp_path: Path, text: str, fragment: str) -> None:
+    result = run("train", write(tmp_path, text), "--runs-dir", str(tmp_path / "runs"))
+    assert_one_line_error(result, 2, fragment)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = run("train", str(tmp_path / "nope.yaml"))
+    assert_one_line_error(result, 2, "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("training.lamda=0.1", "did you mean 'training.lambda'"),
+        ("training.lambda=-1", "training.lambda"),
+        ("nokeyvalue", "="),
+        ("model.hidden=[50,-3]", "model.hidden"),
+        ("model.init=foo", "model.init"),
+    ],
+)
+def test_bad_override_is_one_line_and_exit_2(tmp_path: Path, override: str, fragment: str) -> None:
+    result = run(
+        "train", write(tmp_path, GOOD_CONFIG), "--set", override, "--runs-dir", str(tmp_path)
+    )
+    assert_one_line_error(result, 2, fragment)
+
+
+# -- bad data --
+
+
+def test_missing_data_folder(tmp_path: Path) -> None:
+    result = run(
+        "train",
+        write(tmp_path, GOOD_CONFIG),
+        "--set",
+        f"data.dir={tmp_path / 'absent'}",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    )
+    assert_one_line_error(result, 2, "absent")
+
+
+def test_incomplete_data_folder(tmp_path: Path, fake_cifar_dir: Path) -> None:
+    (fake_cifar_dir / "data_batch_3").unlink()
+    result = run(
+        "train",
+        write(tmp_path, GOOD_CONFIG),
+        "--set",
+        f"data.dir={fake_cifar_dir}",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    )
+    assert_one_line_error(result, 2, "data_batch_3")
+
+
+def test_data_file_of_the_wrong_kind(tmp_path: Path, fake_cifar_dir: Path) -> None:
+    (fake_cifar_dir / "test_batch").write_bytes(b"this is not a pickle")
+    result = run(
+        "train",
+        write(tmp_path, GOOD_CONFIG),
+        "--set",
+        f"data.dir={fake_cifar_dir}",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    )
+    assert_one_line_error(result, 2, "test_batch")
+
+
+def test_download_with_a_wrong_checksum_unpacks_nothing(tmp_path: Path, monkeypatch) -> None:
+    import knn_cli.data as data
+
+    archive = tmp_path / "cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        payload = b"hello"
+        info = tarfile.TarInfo("cifar-10-batches-py/readme.txt")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    monkeypatch.setattr(data, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(b"something else").hexdigest())
+    result = run("train", write(tmp_path, GOOD_CONFIG), "--runs-dir", str(tmp_path / "runs"))
+    assert_one_line_error(result, 2)
+    assert "MD5" in result.stderr or "checksum" in result.stderr.lower()
+    cache = data.cache_dir()
+    assert not (cache / "cifar-10-batches-py").exists()
+    assert (
+        not [p for p in cache.rglob("*") if p.suffix in {".gz", ".tmp"}] if cache.exists() else True
+    )
+
+
+# -- bad run folders --
+
+
+@pytest.mark.parametrize("command", ["plot", "evaluate"])
+def test_run_folder_that_does_not_exist(tmp_path: Path, command: str) -> None:
+    assert_one_line_error(run(command, str(tmp_path / "nothing")), 2)
+
+
+@pytest.mark.parametrize("command", ["plot", "evaluate"])
+def test_folder_that_is_not_a_run(tmp_path: Path, command: str) -> None:
+    (tmp_path / "some_folder").mkdir()
+    assert_one_line_error(run(command, str(tmp_path / "some_folder")), 2, "some_folder")
+
+
+def test_incomplete_run_folder(tmp_path: Path, fake_cifar_dir: Path) -> None:
+    runs = tmp_path / "runs"
+    result = run(
+        "train",
+        write(tmp_path, GOOD_CONFIG),
+        "--set",
+        f"data.dir={fake_cifar_dir}",
+        "--runs-dir",
+        str(runs),
+    )
+    assert result.exit_code == 0, result.output
+    (run_dir,) = runs.iterdir()
+    (run_dir / "model.npz").unlink()
+    assert_one_line_error(run("evaluate", str(run_dir)), 2, "model.npz")
+    (run_dir / "model.npz").write_bytes(b"garbage")
+    assert_one_line_error(run("evaluate", str(run_dir)), 2, "model.npz")
+
+
+def test_unwritable_runs_folder_fails_before_training(tmp_path: Path, fake_cifar_dir: Path) -> None:
+    blocker = tmp_path / "file_not_folder"
+    blocker.write_text("x")
+    result = run(
+        "train",
+        write(tmp_path, GOOD_CONFIG),
+        "--set",
+        f"data.dir={fake_cifar_dir}",
+        "--runs-dir",
+        str(blocker / "runs"),
+    )
+    assert_one_line_error(result, 2, "runs folder")
+
+
+# -- happy paths and exit codes --
+
+
+def test_train_plot_evaluate_round_trip(tmp_path: Path, fake_cifar_dir: Path) -> None:
+    runs = tmp_path / "runs"
+    result = run(
+        "train",
+        write(tmp_path, GOOD_CONFIG),
+        "--set",
+        f"data.dir={fake_cifar_dir}",
+        "--set",
+        "training.lambda=0.01",
+        "--runs-dir",
+        str(runs),
+    )
+    assert result.exit_code == 0, result.output
+    (run_dir,) = runs.iterdir()
+    assert run_dir.name.endswith("_tiny")
+    assert "lambda: 0.01" in (run_dir / "config.yaml").read_text()  # the resolved config
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert f"test accuracy {summary['test_accuracy']:.4f}" in result.output
+    for png in ("cost.png", "loss.png", "accuracy.png"):
+        (run_dir / png).unlink()
+    assert run("plot", str(run_dir)).exit_code == 0
+    assert (run_dir / "accuracy.png").is_file()
+    evaluated = run("evaluate", str(run_dir))
+    assert evaluated.exit_code == 0
+    assert f"test accuracy {summary['test_accuracy']:.4f}" in evaluated.output
+
+
+def test_diverged_run_exits_1(tmp_path: Path, fake_cifar_dir: Path) -> None:
+    result = run(
+        "train",
+        write(tmp_path, GOOD_CONFIG),
+        "--set",
+        f"data.dir={fake_cifar_dir}",
+        "--set",
+        "model.batch_norm=false",
+        "--set",
+        "training.eta_min=1e6",
+        "--set",
+        "training.eta_max=1e9",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    )
+    assert_one_line_error(result, 1, "diverged")
+
+
+def test_gradcheck_passes_and_writes_its_table(tmp_path: Path) -> None:
+    result = run("gradcheck", "--layers", "3", "--hidden", "8,6", "--runs-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "random data" in result.output  # no real data in this test's environment
+    (run_dir,) = tmp_path.iterdir()
+    table = (run_dir / "gradcheck.md").read_text()
+    assert "gamma2" in table and "FAIL" not in table
+    assert table.count("\n") == 2 + 6 + 10  # header, rule, 6 params without BN, 10 with
+
+
+def test_gradcheck_failure_exits_1(tmp_path: Path) -> None:
+    result = run(
+        "gradcheck",
+        "--layers",
+        "2",
+        "--hidden",
+        "5",
+        "--no-bn",
+        "--tolerance",
+        "1e-30",
+        "--runs-dir",
+        str(tmp_path),
+    )
+    assert_one_line_error(result, 1, "gradient check failed")
+
+
+def test_gradcheck_bad_hidden_is_usage_error(tmp_path: Path) -> None:
+    result = run("gradcheck", "--layers", "3", "--hidden", "8", "--runs-dir", str(tmp_path))
+    assert_one_line_error(result, 2, "--hidden")
+
+
+def test_keyboard_interrupt_exits_130_with_a_message(
+    tmp_path: Path, fake_cifar_dir: Path, monkeypatch
+) -> None:
+    import knn_cli.experiment as experiment
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "train_run", interrupted)
+    result = run(
+        "train",
+        write(tmp_path, GOOD_CONFIG),
+        "--set",
+        f"data.dir={fake_cifar_dir}",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    )
+    assert_one_line_error(result, EXIT_INTERRUPTED, "interrupted")

@@ -138,7 +138,8 @@ def choose_check_point(
     attempts: int = 100,
 ) -> float:
     """Move the network to a random point near its initialization whose pre-activations all
-    stay at least `min_margin` (30 stencil reaches of 2h) away from the ReLU kink; return that margin."""
+    stay at least `min_margin` (30 stencil reaches of 2h) from the ReLU kink; return the margin.
+    """
     start = network.get_params()
     margin = 0.0
     for _ in range(attempts):

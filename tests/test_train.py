@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REAL_DATA_DIR, requires_real_data
 
 from knn_cli.config import config_from_dict
 from knn_cli.data import Dataset
@@ -172,3 +173,20 @@ def test_evaluate_run_uses_the_data_the_config_names(tmp_path: Path, fake_cifar_
     summary = train_run(config, run_dir)
     assert summary["status"] == "finished"
     assert evaluate_run(run_dir) == pytest.approx(summary["test_accuracy"])
+
+
+@requires_real_data
+def test_a_few_hundred_steps_on_real_cifar10_learn(tmp_path: Path) -> None:
+    """The real pipeline end to end: 300 steps of the 3-layer BN protocol beat chance by far."""
+    from knn_cli.config import load_config
+
+    config = load_config(
+        Path(__file__).parent.parent / "configs" / "3layer_bn.yaml",
+        [f"data.dir={REAL_DATA_DIR}", "training.n_s=150", "training.cycles=1"],
+    )
+    run_dir = new_run_dir(tmp_path, config.name)
+    summary = train_run(config, run_dir)
+    assert summary["status"] == "finished"
+    assert summary["n_train"] == 45000
+    assert summary["final_val_accuracy"] > 0.35
+    assert summary["test_accuracy"] > 0.35

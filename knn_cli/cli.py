@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 a run failed (diverged) or a check failed; 2 bad usage 
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -19,6 +20,8 @@ from knn_cli import __version__
 from knn_cli.errors import KnnError, RunFailed
 
 EXIT_INTERRUPTED = 130
+# Failures of the disk rather than of the code: reported in one line, not as a traceback.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def default_runs_dir() -> str:
@@ -69,6 +72,13 @@ class KnnGroup(click.Group):
         except KeyboardInterrupt:
             raise UserFacingError(
                 "interrupted; what was computed so far is saved", EXIT_INTERRUPTED
+            ) from None
+        except OSError as error:
+            if error.errno not in DISK_ERRORS:
+                raise
+            where = f" {error.filename}" if error.filename else ""
+            raise UserFacingError(
+                f"cannot write{where}: {error.strerror}; what was written before is intact", 1
             ) from None
 
 

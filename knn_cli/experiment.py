@@ -115,16 +115,25 @@ def train_run(
             best.update(val_accuracy=val["accuracy"], step=val["step"])
         bar.set_postfix(val_acc=f"{val['accuracy']:.3f}", refresh=False)
 
+    steps_done = {"n": 0}
+
     def on_step(step: int, eta: float) -> None:
+        steps_done["n"] = step
         bar.update(1)
         if step % 100 == 0:
             bar.set_postfix(
                 eta=f"{eta:.2e}", val_acc=f"{best['val_accuracy'] or 0:.3f}", refresh=False
             )
 
-    outcome = TrainingOutcome("interrupted", 0, "interrupted by the user")
+    outcome = TrainingOutcome("failed", 0)
     try:
         outcome = train(network, splits, schedule, on_evaluation=on_evaluation, on_step=on_step)
+    except KeyboardInterrupt:
+        outcome = TrainingOutcome("interrupted", 0, "interrupted by the user")
+        raise
+    except BaseException as error:
+        outcome = TrainingOutcome("failed", 0, f"{type(error).__name__}: {error}")
+        raise
     finally:
         bar.close()
         log.close()
@@ -136,9 +145,7 @@ def train_run(
             "name": config.name,
             "status": outcome.status,
             "message": outcome.message,
-            "steps": outcome.steps
-            if outcome.status != "interrupted"
-            else latest.get("val", {}).get("step", 0),
+            "steps": steps_done["n"],
             "total_steps": schedule.total_steps,
             "n_s": schedule.n_s,
             "n_train": len(dataset.X_train),

@@ -301,3 +301,91 @@ def test_keyboard_interrupt_exits_130_with_a_message(
         str(tmp_path / "runs"),
     )
     assert_one_line_error(result, EXIT_INTERRUPTED, "interrupted")
+
+
+def test_sigterm_mid_training_saves_everything_and_exits_130(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    """A real process, a real signal: the run folder keeps its metrics, model and summary."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    runs = tmp_path / "runs"
+    config = write(tmp_path, GOOD_CONFIG)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "knn_cli",
+            "train",
+            config,
+            "--set",
+            f"data.dir={fake_cifar_dir}",
+            "--set",
+            "training.n_s=1000000",
+            "--set",
+            "training.eval_every=200",
+            "--runs-dir",
+            str(runs),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
+    deadline = time.monotonic() + 60
+    metrics = None
+    while time.monotonic() < deadline:
+        found = list(runs.glob("*/metrics.csv"))
+        if found and found[0].read_text().count("\n") >= 5:  # header + two evaluation points
+            metrics = found[0]
+            break
+        time.sleep(0.1)
+    assert metrics is not None, "training never recorded metrics"
+    process.send_signal(signal.SIGTERM)
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == EXIT_INTERRUPTED, err
+    assert "Traceback" not in err and "interrupted" in err
+    run_dir = metrics.parent
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["steps"] >= 200
+    assert (run_dir / "model.npz").is_file()
+    assert run("evaluate", str(run_dir)).exit_code == 0  # the saved model is usable
+
+
+def test_disk_error_mid_run_is_one_line_and_keeps_what_was_written(
+    tmp_path: Path, fake_cifar_dir: Path, monkeypatch
+) -> None:
+    import errno
+
+    from knn_cli.runs import MetricsLog
+
+    original = MetricsLog.append
+    calls = {"n": 0}
+
+    def failing_append(self, records):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        original(self, records)
+
+    monkeypatch.setattr(MetricsLog, "append", failing_append)
+    runs = tmp_path / "runs"
+    result = run(
+        "train",
+        write(tmp_path, GOOD_CONFIG),
+        "--set",
+        f"data.dir={fake_cifar_dir}",
+        "--set",
+        "training.eval_every=2",
+        "--runs-dir",
+        str(runs),
+    )
+    assert_one_line_error(result, 1, "No space left on device")
+    (run_dir,) = runs.iterdir()
+    assert (run_dir / "metrics.csv").read_text().count("\n") == 1 + 2 * 2  # two points kept
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"

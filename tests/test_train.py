@@ -118,8 +118,8 @@ def test_interrupted_run_keeps_metrics_model_and_says_interrupted(
         train_run(small_config(), run_dir, dataset=synthetic_dataset())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted"
-    assert summary["steps"] == 50  # the last evaluated step before the interrupt at step 55
-    assert max(m["step"] for m in read_metrics(run_dir)) == 50
+    assert summary["steps"] == 54  # the 55th step was interrupted before it finished
+    assert max(m["step"] for m in read_metrics(run_dir)) == 50  # evaluations every 10 steps
     assert (run_dir / "model.npz").is_file()
     load_trained_network(run_dir)  # the saved model is complete and loadable
     assert not list(run_dir.glob(".*.tmp"))

@@ -38,6 +38,14 @@ def assert_one_line_error(result, exit_code: int, *fragments: str) -> str:
     return message
 
 
+def train_on_fake(tmp_path: Path, data_dir: Path, runs_dir: Path, *extra: str):
+    """`knn train` of GOOD_CONFIG on the tiny fake CIFAR-10 folder, with extra arguments."""
+    config = write(tmp_path, GOOD_CONFIG)
+    return run(
+        "train", config, "--set", f"data.dir={data_dir}", "--runs-dir", str(runs_dir), *extra
+    )
+
+
 def write(tmp_path: Path, text: str, name: str = "c.yaml") -> str:
     path = tmp_path / name
     path.write_text(text)
@@ -113,27 +121,13 @@ def test_missing_data_folder(tmp_path: Path) -> None:
 
 def test_incomplete_data_folder(tmp_path: Path, fake_cifar_dir: Path) -> None:
     (fake_cifar_dir / "data_batch_3").unlink()
-    result = run(
-        "train",
-        write(tmp_path, GOOD_CONFIG),
-        "--set",
-        f"data.dir={fake_cifar_dir}",
-        "--runs-dir",
-        str(tmp_path / "runs"),
-    )
+    result = train_on_fake(tmp_path, fake_cifar_dir, tmp_path / "runs")
     assert_one_line_error(result, 2, "data_batch_3")
 
 
 def test_data_file_of_the_wrong_kind(tmp_path: Path, fake_cifar_dir: Path) -> None:
     (fake_cifar_dir / "test_batch").write_bytes(b"this is not a pickle")
-    result = run(
-        "train",
-        write(tmp_path, GOOD_CONFIG),
-        "--set",
-        f"data.dir={fake_cifar_dir}",
-        "--runs-dir",
-        str(tmp_path / "runs"),
-    )
+    result = train_on_fake(tmp_path, fake_cifar_dir, tmp_path / "runs")
     assert_one_line_error(result, 2, "test_batch")
 
 
@@ -174,14 +168,7 @@ def test_folder_that_is_not_a_run(tmp_path: Path, command: str) -> None:
 
 def test_incomplete_run_folder(tmp_path: Path, fake_cifar_dir: Path) -> None:
     runs = tmp_path / "runs"
-    result = run(
-        "train",
-        write(tmp_path, GOOD_CONFIG),
-        "--set",
-        f"data.dir={fake_cifar_dir}",
-        "--runs-dir",
-        str(runs),
-    )
+    result = train_on_fake(tmp_path, fake_cifar_dir, runs)
     assert result.exit_code == 0, result.output
     (run_dir,) = runs.iterdir()
     (run_dir / "model.npz").unlink()
@@ -193,14 +180,7 @@ def test_incomplete_run_folder(tmp_path: Path, fake_cifar_dir: Path) -> None:
 def test_unwritable_runs_folder_fails_before_training(tmp_path: Path, fake_cifar_dir: Path) -> None:
     blocker = tmp_path / "file_not_folder"
     blocker.write_text("x")
-    result = run(
-        "train",
-        write(tmp_path, GOOD_CONFIG),
-        "--set",
-        f"data.dir={fake_cifar_dir}",
-        "--runs-dir",
-        str(blocker / "runs"),
-    )
+    result = train_on_fake(tmp_path, fake_cifar_dir, blocker / "runs")
     assert_one_line_error(result, 2, "runs folder")
 
 
@@ -209,16 +189,7 @@ def test_unwritable_runs_folder_fails_before_training(tmp_path: Path, fake_cifar
 
 def test_train_plot_evaluate_round_trip(tmp_path: Path, fake_cifar_dir: Path) -> None:
     runs = tmp_path / "runs"
-    result = run(
-        "train",
-        write(tmp_path, GOOD_CONFIG),
-        "--set",
-        f"data.dir={fake_cifar_dir}",
-        "--set",
-        "training.lambda=0.01",
-        "--runs-dir",
-        str(runs),
-    )
+    result = train_on_fake(tmp_path, fake_cifar_dir, runs, "--set", "training.lambda=0.01")
     assert result.exit_code == 0, result.output
     (run_dir,) = runs.iterdir()
     assert run_dir.name.endswith("_tiny")
@@ -235,19 +206,16 @@ def test_train_plot_evaluate_round_trip(tmp_path: Path, fake_cifar_dir: Path) ->
 
 
 def test_diverged_run_exits_1(tmp_path: Path, fake_cifar_dir: Path) -> None:
-    result = run(
-        "train",
-        write(tmp_path, GOOD_CONFIG),
-        "--set",
-        f"data.dir={fake_cifar_dir}",
+    result = train_on_fake(
+        tmp_path,
+        fake_cifar_dir,
+        tmp_path / "runs",
         "--set",
         "model.batch_norm=false",
         "--set",
         "training.eta_min=1e6",
         "--set",
         "training.eta_max=1e9",
-        "--runs-dir",
-        str(tmp_path / "runs"),
     )
     assert_one_line_error(result, 1, "diverged")
 
@@ -292,14 +260,7 @@ def test_keyboard_interrupt_exits_130_with_a_message(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(experiment, "train_run", interrupted)
-    result = run(
-        "train",
-        write(tmp_path, GOOD_CONFIG),
-        "--set",
-        f"data.dir={fake_cifar_dir}",
-        "--runs-dir",
-        str(tmp_path / "runs"),
-    )
+    result = train_on_fake(tmp_path, fake_cifar_dir, tmp_path / "runs")
     assert_one_line_error(result, EXIT_INTERRUPTED, "interrupted")
 
 
@@ -375,16 +336,7 @@ def test_disk_error_mid_run_is_one_line_and_keeps_what_was_written(
 
     monkeypatch.setattr(MetricsLog, "append", failing_append)
     runs = tmp_path / "runs"
-    result = run(
-        "train",
-        write(tmp_path, GOOD_CONFIG),
-        "--set",
-        f"data.dir={fake_cifar_dir}",
-        "--set",
-        "training.eval_every=2",
-        "--runs-dir",
-        str(runs),
-    )
+    result = train_on_fake(tmp_path, fake_cifar_dir, runs, "--set", "training.eval_every=2")
     assert_one_line_error(result, 1, "No space left on device")
     (run_dir,) = runs.iterdir()
     assert (run_dir / "metrics.csv").read_text().count("\n") == 1 + 2 * 2  # two points kept

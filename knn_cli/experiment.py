@@ -77,11 +77,13 @@ def train_run(
     dataset: Dataset | None = None,
     progress: bool = False,
     evaluate_test: bool = True,
+    background_evaluation: bool = True,
 ) -> dict[str, Any]:
     """Train one network as `config` says, recording everything in `run_dir` as it comes.
 
     `evaluate_test=False` is for model selection (a lambda search), where the test set must not
-    be looked at; `test_accuracy` is then None.
+    be looked at; `test_accuracy` is then None. `background_evaluation=False` keeps the run to
+    one core, for sweeps whose workers already share the cores.
 
     On Ctrl-C (KeyboardInterrupt) the metrics so far, the latest model and a summary with status
     `interrupted` are saved before the interrupt goes on up.
@@ -127,7 +129,14 @@ def train_run(
 
     outcome = TrainingOutcome("failed", 0)
     try:
-        outcome = train(network, splits, schedule, on_evaluation=on_evaluation, on_step=on_step)
+        outcome = train(
+            network,
+            splits,
+            schedule,
+            on_evaluation=on_evaluation,
+            on_step=on_step,
+            background_evaluation=background_evaluation,
+        )
     except KeyboardInterrupt:
         outcome = TrainingOutcome("interrupted", 0, "interrupted by the user")
         raise

@@ -104,3 +104,13 @@ def _isolated_data_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("KNN_CACHE_DIR", str(cache))
     monkeypatch.delenv("KNN_DATA_DIR", raising=False)
     return cache
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_blas_thread_per_test_process():
+    """The tests' tiny matrices gain nothing from BLAS threads, and lose a great deal (measured:
+    50x on a busy 2-core machine) when those threads wait for cores."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

@@ -1,0 +1,90 @@
+"""How much faster a sweep runs with two local worker processes than with one.
+
+Runs the same small lambda sweep (same trials, same seeds) on real CIFAR-10 with
+`ProcessExecutor(1)` and `ProcessExecutor(2)`, alternating them so a change in machine load
+hits both alike, and prints the seconds and the ratio. Both use single-threaded BLAS workers,
+so the figure is about running trials side by side, not about BLAS threading.
+
+    KNN_DATA_DIR=/path/to/cifar-10-batches-py python benchmarks/sweep_speedup.py [--trials 4]
+
+Exits 0 with a message when the data is absent, so it can sit in any CI job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from knn_cli.config import config_from_dict, config_to_dict
+from knn_cli.data import find_data_dir
+from knn_cli.errors import DataError
+from knn_cli.executors import ProcessExecutor
+from knn_cli.sweeps import (
+    LAMBDA_SEARCH,
+    LambdaSearchSpec,
+    lambda_trials,
+    prepare_data,
+    run_trials,
+    start_sweep,
+)
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def timed_sweep(workers: int, trials: list, parent: Path) -> tuple[float, float]:
+    """Wall seconds of the whole sweep, and the mean seconds of one trial inside it (their gap
+    is start-up: spawning workers, importing numpy, opening the cache)."""
+    spec = LambdaSearchSpec(base=trials[0].config)
+    sweep_dir = start_sweep(parent, LAMBDA_SEARCH, spec)
+    started = time.perf_counter()
+    records = run_trials(sweep_dir, trials, ProcessExecutor(workers))
+    seconds = time.perf_counter() - started
+    failed = [r for r in records if not r.finished]
+    if failed:
+        sys.exit(f"trial {failed[0].trial.folder} {failed[0].status}: {failed[0].message}")
+    return seconds, statistics.mean(r.get("wall_seconds") for r in records)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=4, help="trials per sweep")
+    parser.add_argument("--n-s", type=int, default=900, help="steps per half cycle")
+    parser.add_argument("--repeats", type=int, default=2, help="timed sweeps per worker count")
+    args = parser.parse_args()
+
+    base = config_to_dict(config_from_dict({"name": "bench", "training": {"cycles": 1}}))
+    trials = lambda_trials(
+        base, "coarse", (-4, -2), range(args.trials), seed=0, cycles=1, n_s=args.n_s
+    )
+    try:
+        find_data_dir(None, download=False)
+    except DataError as error:
+        print(f"skipped: this benchmark needs real CIFAR-10 ({error})")
+        return
+    prepare_data(trials)  # build the cache outside the timings
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"{args.trials} trials of {2 * args.n_s} steps, {cores} cores, load {load()}")
+    times: dict[int, list[float]] = {1: [], 2: []}
+    with tempfile.TemporaryDirectory(prefix="knn-bench-") as parent:
+        for repeat in range(args.repeats):
+            for workers in (1, 2):
+                seconds, per_trial = timed_sweep(workers, trials, Path(parent))
+                times[workers].append(seconds)
+                print(
+                    f"repeat {repeat + 1}: {workers} worker(s) {seconds:6.1f} s, "
+                    f"{per_trial:5.1f} s per trial (load {load()})"
+                )
+    one, two = (statistics.median(times[w]) for w in (1, 2))
+    print(f"median: 1 worker {one:.1f} s, 2 workers {two:.1f} s, speedup {one / two:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""`knn lambda-search` and `knn init-sensitivity`: parse, plan, hand to `sweeps`, print the table.
+
+With `--resume SWEEP_DIR` the plan comes from the sweep folder's `sweep.json`; only the executor
+(`--workers`, `--scheduler`) may be chosen anew, so a resumed sweep cannot silently become a
+different one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from knn_cli.cli import progress_wanted, runs_dir_option, set_option
+from knn_cli.errors import RunFolderError
+
+DEFAULT_SEARCH_CONFIG = Path("configs/3layer_bn.yaml")
+EXECUTOR_OPTIONS = ("workers", "scheduler", "resume", "runs_dir")
+
+
+def _executor_options(command: Any) -> Any:
+    command = click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Local worker processes (default: one per core; 1 runs trials in this process).",
+    )(command)
+    command = click.option(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        default=None,
+        help="Run the trials on this Dask distributed scheduler instead (pip install "
+        "'knn-cli[dask]').",
+    )(command)
+    return click.option(
+        "--resume",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Continue an interrupted sweep folder, skipping its finished trials.",
+    )(command)
+
+
+def _float_list(text: str, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or any(not v > 0 for v in values):
+        raise click.BadParameter(
+            f"expected positive numbers like 1e-1,1e-3, got {text!r}", None, param_hint=option
+        )
+    return values
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise click.BadParameter(
+            f"expected layer counts like 3,9, got {text!r}", None, param_hint=option
+        )
+    return values
+
+
+def _reject_plan_options_with_resume(ctx: click.Context) -> None:
+    """With --resume the plan is the recorded one; a changed --trials would be silently ignored."""
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name, value in ctx.params.items()
+        if name not in EXECUTOR_OPTIONS
+        and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        and value is not None
+    ]
+    if given:
+        raise click.UsageError(
+            f"--resume takes the plan from the sweep folder; drop {', '.join(given)}"
+        )
+
+
+def _resume_spec(resume: Path, kind: str) -> Any:
+    from knn_cli.sweeps import load_sweep
+
+    found, spec = load_sweep(resume)
+    if found != kind:
+        raise RunFolderError(f"{resume} is a {found} sweep, not a {kind}")
+    return spec
+
+
+def _executor(workers: int | None, scheduler: str | None) -> Any:
+    from knn_cli.executors import make_executor
+
+    if workers is not None and scheduler:
+        raise click.UsageError("choose --workers or --scheduler, not both")
+    return make_executor(workers, scheduler)
+
+
+def _search_base(config_path: Path | None, overrides: Sequence[str]) -> dict[str, Any]:
+    """The base config: the given file, else the study's 3-layer BN config (its built-in defaults
+    when run outside the repository)."""
+    from knn_cli.config import config_from_dict, config_to_dict, load_config
+
+    if config_path is None and DEFAULT_SEARCH_CONFIG.is_file():
+        config_path = DEFAULT_SEARCH_CONFIG
+    if config_path is None:
+        return config_to_dict(config_from_dict({"name": "3layer_bn"}, overrides))
+    return config_to_dict(load_config(config_path, overrides))
+
+
+@click.command("lambda-search")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"Base config (default: {DEFAULT_SEARCH_CONFIG}).",
+)
+@set_option
+@click.option("--coarse", is_flag=True, default=None, help="Search a wide log-uniform range.")
+@click.option("--fine", is_flag=True, default=None, help="Search around the best coarse trials.")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="With --fine alone: refine this earlier coarse sweep.",
+)
+@click.option(
+    "--range",
+    "log_range",
+    type=(float, float),
+    default=None,
+    metavar="LO HI",
+    help="Coarse range of log10(lambda).  [default: -5 -1]",
+)
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="Trials per stage [10].")
+@click.option("--cycles", type=click.IntRange(min=1), default=None, help="Search cycles [2].")
+@click.option(
+    "--n-s",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Search steps per half cycle [the config's: 5 epochs, 2250 on CIFAR-10].",
+)
+@click.option("--final", is_flag=True, default=None, help="Retrain the best lambda and test it.")
+@click.option("--final-cycles", type=click.IntRange(min=1), default=None, help="[3]")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Sweep seed [0].")
+@_executor_options
+@runs_dir_option
+def lambda_search(
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    coarse: bool | None,
+    fine: bool | None,
+    source: Path | None,
+    log_range: tuple[float, float] | None,
+    trials: int | None,
+    cycles: int | None,
+    n_s: int | None,
+    final: bool | None,
+    final_cycles: int | None,
+    seed: int | None,
+    workers: int | None,
+    scheduler: str | None,
+    resume: Path | None,
+    runs_dir: Path,
+) -> None:
+    """Coarse-to-fine random search for lambda on validation accuracy, each trial a run."""
+    from knn_cli.sweeps import LAMBDA_SEARCH, LambdaSearchSpec, run_lambda_search, start_sweep
+
+    ctx = click.get_current_context()
+    executor = _executor(workers, scheduler)
+    if resume is not None:
+        _reject_plan_options_with_resume(ctx)
+        spec, sweep_dir = _resume_spec(resume, LAMBDA_SEARCH), resume
+    else:
+        if not coarse and not fine:
+            raise click.UsageError("choose --coarse, --fine (with --from), or both")
+        if fine and not coarse and source is None:
+            raise click.UsageError("--fine alone needs --from SWEEP_DIR (an earlier coarse sweep)")
+        if coarse and source is not None:
+            raise click.UsageError("--from refines an earlier sweep; drop --coarse")
+        if log_range is not None and log_range[0] >= log_range[1]:
+            raise click.BadParameter("LO must be below HI", param_hint="--range")
+        defaults = LambdaSearchSpec(base={})
+        spec = LambdaSearchSpec(
+            base=_search_base(config_path, overrides),
+            coarse=bool(coarse),
+            fine=bool(fine),
+            final=bool(final),
+            log_range=log_range or defaults.log_range,
+            trials=trials or defaults.trials,
+            cycles=cycles or defaults.cycles,
+            n_s=n_s,
+            final_cycles=final_cycles or defaults.final_cycles,
+            seed=seed if seed is not None else defaults.seed,
+            source=str(source.resolve()) if source is not None else None,
+        )
+        if source is not None:
+            _resume_spec(source, LAMBDA_SEARCH)  # fail now, not after setting up
+        sweep_dir = start_sweep(runs_dir, LAMBDA_SEARCH, spec)
+    click.echo(f"sweep folder: {sweep_dir}")
+    result = run_lambda_search(spec, sweep_dir, executor, progress=progress_wanted())
+    click.echo((sweep_dir / "table.md").read_text())
+    if result.fine_log_range is not None:
+        low, high = result.fine_log_range
+        click.echo(f"fine range: lambda in [{10**low:.3g}, {10**high:.3g}]")
+    if result.best is not None:
+        click.echo(
+            f"best lambda {result.best.trial.lambda_:.5g}: validation accuracy "
+            f"{result.best.score:.4f}"
+        )
+    if result.final is not None:
+        _echo_final(result.final)
+    click.echo(f"written: {sweep_dir}/trials.csv, table.md, lambda_vs_accuracy.png")
+
+
+def _echo_final(record: Any) -> None:
+    from knn_cli.errors import RunFailed
+
+    if not record.finished:
+        raise RunFailed(f"final retrain {record.status}: {record.message} (see {record.folder})")
+    click.echo(
+        f"final retrain ({record.trial.config['training']['cycles']} cycles): test accuracy "
+        f"{record.get('test_accuracy'):.4f}, validation {record.get('final_val_accuracy'):.4f}"
+    )
+
+
+@click.command("init-sensitivity")
+@click.option("--depths", default=None, metavar="K1,K2", help="Layer counts k [3,9].")
+@click.option(
+    "--batch-norm",
+    "batch_norm",
+    type=click.Choice(["both", "on", "off"]),
+    default=None,
+    help="Batch norm settings to compare [both].",
+)
+@click.option("--sigmas", default=None, metavar="S1,S2,...", help="Init stds [1e-1,1e-3,1e-4].")
+@click.option("--cycles", type=click.IntRange(min=1), default=None, help="Cycles [2].")
+@click.option(
+    "--n-s",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Steps per half cycle [the study's: 5 epochs, 2250 on CIFAR-10].",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Sweep seed [0].")
+@set_option
+@_executor_options
+@runs_dir_option
+def init_sensitivity(
+    depths: str | None,
+    batch_norm: str | None,
+    sigmas: str | None,
+    cycles: int | None,
+    n_s: int | None,
+    seed: int | None,
+    overrides: tuple[str, ...],
+    workers: int | None,
+    scheduler: str | None,
+    resume: Path | None,
+    runs_dir: Path,
+) -> None:
+    """Train from normal(0, sigma) inits instead of He, with and without batch norm."""
+    from knn_cli.config import config_from_dict, config_to_dict
+    from knn_cli.sweeps import INIT_SENSITIVITY, GridSpec, run_init_sensitivity, start_sweep
+
+    ctx = click.get_current_context()
+    executor = _executor(workers, scheduler)
+    if resume is not None:
+        _reject_plan_options_with_resume(ctx)
+        spec, sweep_dir = _resume_spec(resume, INIT_SENSITIVITY), resume
+    else:
+        defaults = GridSpec(base={})
+        choices = {"both": (False, True), "on": (True,), "off": (False,)}
+        spec = GridSpec(
+            base=config_to_dict(config_from_dict({"name": "init"}, overrides)),
+            depths=_int_list(depths, "--depths") if depths else defaults.depths,
+            batch_norms=choices[batch_norm or "both"],
+            sigmas=_float_list(sigmas, "--sigmas") if sigmas else defaults.sigmas,
+            cycles=cycles or defaults.cycles,
+            n_s=n_s,
+            seed=seed if seed is not None else defaults.seed,
+        )
+        sweep_dir = start_sweep(runs_dir, INIT_SENSITIVITY, spec)
+    click.echo(f"sweep folder: {sweep_dir}")
+    records = run_init_sensitivity(spec, sweep_dir, executor, progress=progress_wanted())
+    click.echo("final test accuracy (rows: layers and batch norm; columns: init sigma)")
+    click.echo((sweep_dir / "results.md").read_text())
+    failed = [r for r in records if r.status not in ("finished",)]
+    for record in failed:
+        click.echo(f"{record.trial.label}: {record.status} {record.message}".rstrip())
+    click.echo(f"written: {sweep_dir}/results.csv, results.md, loss_curves.png")

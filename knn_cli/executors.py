@@ -1,0 +1,232 @@
+"""Executors: hand a list of independent jobs to this process, local processes or a Dask cluster.
+
+All three share one interface, `run(items, fn) -> iterator of (item, Outcome)` in completion
+order, so a sweep never knows where its trials ran. `fn` must be a module-level function (it is
+pickled by reference) and must not depend on which worker runs it: seeds live in the items.
+
+Every exception a job raises is caught on the worker side (`guarded`) and comes back as a failed
+`Outcome` with a one-line message, so one broken trial never stops a sweep; only
+KeyboardInterrupt (Ctrl-C, or SIGTERM via the CLI) does, after stopping the workers.
+
+This module imports no numpy at the top: a spawned worker imports it, and the BLAS thread limits
+must be in its environment before numpy is first imported there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from knn_cli.errors import KnnError
+
+T = TypeVar("T")
+
+BLAS_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+DASK_EXTRA_HINT = "install the extra: pip install 'knn-cli[dask]'"
+_ERROR_LIMIT = 300
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one job: its return value, or the one-line error it failed with."""
+
+    ok: bool
+    value: Any = None
+    error: str = ""
+
+
+def one_line(error: BaseException) -> str:
+    """`Type: message` on one line, short enough for a table cell and a terminal."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= _ERROR_LIMIT else text[: _ERROR_LIMIT - 3] + "..."
+
+
+def guarded(fn: Callable[[T], Any], item: T) -> Outcome:
+    """Run one job, turning any exception (not an interrupt) into a failed Outcome.
+
+    Runs on the worker, so the message is made where the traceback is, and nothing unpicklable
+    (an exception object holding a frame, say) has to travel back.
+    """
+    try:
+        return Outcome(True, fn(item))
+    except Exception as error:
+        return Outcome(False, error=one_line(error))
+
+
+class Executor(Protocol):
+    workers: int
+    # True when jobs run in this process one at a time: a job may then use every core (training
+    # evaluates on a second thread); otherwise jobs share the cores and each keeps to one.
+    in_process: bool
+
+    def run(self, items: Sequence[T], fn: Callable[[T], Any]) -> Iterator[tuple[T, Outcome]]: ...
+
+
+def default_workers() -> int:
+    """One worker per core this process may use (not per core of the machine)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class SerialExecutor:
+    """Jobs one after another in this process: no start-up cost, plain tracebacks in a debugger."""
+
+    workers = 1
+    in_process = True
+
+    def run(self, items: Sequence[T], fn: Callable[[T], Any]) -> Iterator[tuple[T, Outcome]]:
+        for item in items:
+            yield item, guarded(fn, item)
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Put one-thread BLAS limits in os.environ while workers are spawned, then restore it.
+
+    N workers each using all cores would fight over them and run slower than N single-threaded
+    ones. A spawned child copies the environment at its start, before it imports numpy; this
+    process's numpy is loaded already, so its own thread pool is unaffected.
+    """
+    saved = {name: os.environ.get(name) for name in BLAS_THREAD_VARIABLES}
+    os.environ.update({name: "1" for name in BLAS_THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _worker_start() -> None:
+    """Leave Ctrl-C to the parent: it stops the workers itself after a terminal's SIGINT reaches
+    the whole process group, so a worker never dies half-way through reporting a result."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class ProcessExecutor:
+    """Jobs in `workers` local processes started with spawn (fork is unsafe with BLAS threads).
+
+    Each worker loads its own data (from the memory-mapped cache, which the caller builds first),
+    so no large array is pickled to it.
+    """
+
+    in_process = False
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or default_workers()
+
+    def run(self, items: Sequence[T], fn: Callable[[T], Any]) -> Iterator[tuple[T, Outcome]]:
+        if not items:
+            return
+        pool = ProcessPoolExecutor(
+            max_workers=min(self.workers, len(items)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_start,
+        )
+        before = set(multiprocessing.active_children())
+        try:
+            # ProcessPoolExecutor spawns its workers during submit(), so all submits happen here.
+            with single_threaded_blas():
+                futures = {pool.submit(guarded, fn, item): item for item in items}
+            for future in as_completed(futures):
+                yield futures[future], _outcome_of(future)
+        except BaseException:
+            # An interrupt (or the consumer closing the iterator): no worker may outlive us.
+            pool.shutdown(wait=False, cancel_futures=True)
+            workers = set(multiprocessing.active_children()) - before
+            for process in workers:
+                process.terminate()
+            for process in workers:
+                process.join(timeout=5)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _outcome_of(future: Future[Outcome]) -> Outcome:
+    """The job's Outcome; a worker that died (killed, out of memory) fails just its jobs."""
+    try:
+        return future.result()
+    except Exception as error:
+        return Outcome(False, error=f"worker process failed: {one_line(error)}")
+
+
+class DaskExecutor:
+    """Jobs on an existing Dask distributed cluster, for sweeps that outgrow one machine.
+
+    Workers must have knn-cli installed and see the same runs folder (a shared file system) and a
+    CIFAR-10 copy of their own. Dask's nanny already starts workers with one BLAS thread.
+    """
+
+    in_process = False
+
+    def __init__(self, address: str, *, timeout: float = 10.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.workers = 0  # known once connected
+
+    def run(self, items: Sequence[T], fn: Callable[[T], Any]) -> Iterator[tuple[T, Outcome]]:
+        if not items:
+            return
+        distributed = _import_distributed()
+        client = self._connect(distributed)
+        futures: list[Any] = []
+        try:
+            self.workers = len(client.scheduler_info().get("workers", {}))
+            futures = [client.submit(guarded, fn, item, pure=False) for item in items]
+            by_key = {future.key: item for future, item in zip(futures, items, strict=True)}
+            for future in distributed.as_completed(futures, loop=client.loop):
+                yield by_key[future.key], _dask_outcome(future)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.cancel(futures)
+            raise
+        finally:
+            client.close()
+
+    def _connect(self, distributed: Any) -> Any:
+        try:
+            return distributed.Client(self.address, timeout=self.timeout, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as error:
+            raise KnnError(
+                f"cannot reach the Dask scheduler at {self.address}: {one_line(error)}"
+            ) from None
+
+
+def _dask_outcome(future: Any) -> Outcome:
+    try:
+        return future.result()
+    except Exception as error:  # the worker died (KilledWorker) or the task was lost
+        return Outcome(False, error=f"dask task failed: {one_line(error)}")
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise KnnError(f"--scheduler needs dask.distributed; {DASK_EXTRA_HINT}") from None
+    return distributed
+
+
+def make_executor(workers: int | None, scheduler: str | None) -> Executor:
+    """The executor the CLI options ask for: a Dask cluster, local processes, or this process."""
+    if scheduler:
+        return DaskExecutor(scheduler)
+    workers = workers or default_workers()
+    return SerialExecutor() if workers == 1 else ProcessExecutor(workers)

@@ -1,0 +1,406 @@
+"""Sweeps on the tiny fake CIFAR-10 folder: planning, resuming, failures, and three executors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from knn_cli.cli import cli
+from knn_cli.config import config_from_dict, config_to_dict
+from knn_cli.errors import KnnError, RunFolderError
+from knn_cli.executors import (
+    DaskExecutor,
+    Outcome,
+    ProcessExecutor,
+    SerialExecutor,
+    guarded,
+    make_executor,
+)
+from knn_cli.experiment import default_hidden
+from knn_cli.sweeps import (
+    INIT_SENSITIVITY,
+    LAMBDA_SEARCH,
+    GridSpec,
+    LambdaSearchSpec,
+    Trial,
+    TrialRecord,
+    fine_range,
+    grid_trials,
+    lambda_trials,
+    load_sweep,
+    run_init_sensitivity,
+    run_lambda_search,
+    run_trials,
+    sample_log_lambda,
+    start_sweep,
+    trial_config,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+
+
+def tiny_base(data_dir: Path, **training: Any) -> dict[str, Any]:
+    """A config that trains in a fraction of a second on the fake folder (120 train images)."""
+    doc = {
+        "name": "tiny",
+        "model": {"hidden": [8], "batch_norm": True},
+        "training": {"batch_size": 20, "n_s": 10, "cycles": 1, **training},
+        "data": {"dir": str(data_dir), "validation_size": 30},
+    }
+    return config_to_dict(config_from_dict(doc))
+
+
+def tiny_search(data_dir: Path, **changes: Any) -> LambdaSearchSpec:
+    options = {"coarse": True, "fine": False, "trials": 4, "cycles": 1, "n_s": 10, "seed": 3}
+    return LambdaSearchSpec(base=tiny_base(data_dir), **{**options, **changes})
+
+
+def read_csv(path: Path, drop: Sequence[str] = ("seconds", "folder")) -> list[dict[str, str]]:
+    """Rows without the columns that rightly differ between two runs of the same sweep."""
+    with path.open(newline="") as handle:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
+
+
+def finished(trial: Trial, accuracy: float) -> TrialRecord:
+    return TrialRecord(
+        trial, Path(trial.folder), {"status": "finished", "final_val_accuracy": accuracy}
+    )
+
+
+# --- sampling and planning -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 12345])
+def test_sampled_lambdas_lie_in_the_log_range(seed: int) -> None:
+    values = [sample_log_lambda(seed, "coarse", i, -5.0, -1.0) for i in range(200)]
+    assert all(1e-5 <= v <= 1e-1 for v in values)
+    logs = [math.log10(v) for v in values]
+    assert min(logs) < -4.5 and max(logs) > -1.5  # spread over the range, not one corner
+    assert len(set(values)) == len(values)
+
+
+def test_a_trials_lambda_depends_on_its_index_not_on_how_many_trials_there_are() -> None:
+    base = config_to_dict(config_from_dict({"name": "b"}))
+    few = lambda_trials(base, "coarse", (-5, -1), range(3), seed=7, cycles=1, n_s=10)
+    many = lambda_trials(base, "coarse", (-5, -1), range(10), seed=7, cycles=1, n_s=10)
+    assert [t.to_dict() for t in few] == [t.to_dict() for t in many[:3]]
+    assert [t.config["training"]["seed"] for t in many] == [7 + i for i in range(10)]
+    assert all(not t.evaluate_test for t in many)  # search trials never see the test set
+    assert sample_log_lambda(7, "coarse", 2, -5, -1) != sample_log_lambda(7, "fine", 2, -5, -1)
+    assert sample_log_lambda(7, "coarse", 2, -5, -1) != sample_log_lambda(8, "coarse", 2, -5, -1)
+
+
+def test_fine_range_spans_the_top_three_by_validation_accuracy_widened() -> None:
+    base = config_to_dict(config_from_dict({"name": "b"}))
+    lambdas = [1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 1e-1]
+    accuracies = [0.40, 0.50, 0.55, 0.54, 0.52, 0.30]
+    trials = [
+        Trial(i, "coarse", "", trial_config(base, "b", {"training.lambda": lam}), f"{i}", False)
+        for i, lam in enumerate(lambdas)
+    ]
+    records = [finished(t, a) for t, a in zip(trials, accuracies, strict=True)]
+    low, high = fine_range(records)
+    assert low == pytest.approx(-3 - 0.25) and high == pytest.approx(-2 + 0.25)
+    # A failed trial does not count, however good its (missing) figure.
+    records[0] = TrialRecord(trials[0], Path("0"), {"status": "failed", "final_val_accuracy": 0.9})
+    assert fine_range(records) == (low, high)
+    with pytest.raises(KnnError, match="nothing to refine"):
+        fine_range([TrialRecord(trials[0], Path("0"), {"status": "diverged"})])
+
+
+def test_init_grid_covers_every_cell_with_a_normal_init() -> None:
+    base = config_to_dict(config_from_dict({"name": "b"}))
+    trials = grid_trials(base, (3, 9), (False, True), (1e-1, 1e-3), seed=5, cycles=2, n_s=None)
+    assert len(trials) == 8
+    cells = {
+        (
+            len(t.config["model"]["hidden"]) + 1,
+            t.config["model"]["batch_norm"],
+            t.config["model"]["sigma"],
+        )
+        for t in trials
+    }
+    assert cells == {(k, bn, s) for k in (3, 9) for bn in (False, True) for s in (1e-1, 1e-3)}
+    assert all(t.config["model"]["init"] == "normal" and t.evaluate_test for t in trials)
+    assert {tuple(t.config["model"]["hidden"]) for t in trials} == {
+        default_hidden(3),
+        default_hidden(9),
+    }
+    assert [t.config["training"]["seed"] for t in trials] == list(range(5, 13))
+    assert len({t.folder for t in trials}) == 8
+
+
+# --- running, failing, resuming ------------------------------------------------------------------
+
+
+def test_a_failing_and_a_diverging_trial_are_recorded_and_the_sweep_goes_on(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    spec = tiny_search(fake_cifar_dir, trials=3)
+    sweep_dir = start_sweep(tmp_path, LAMBDA_SEARCH, spec)
+    trials = lambda_trials(spec.base, "coarse", (-3, -2), range(4), seed=0, cycles=1, n_s=10)
+    # batch_size 500 > the 120 training images: train_run raises inside the worker.
+    broken = trial_config(trials[1].config, "broken", {"training.batch_size": 100})
+    broken["training"]["batch_size"] = 500  # valid for CIFAR-10's size, not for this folder's
+    trials[1] = Trial(1, "coarse", "broken", broken, trials[1].folder, False)
+    unstable = trial_config(
+        trials[2].config,
+        "unstable",
+        {"model.batch_norm": False, "training.eta_min": 1e6, "training.eta_max": 1e7},
+    )
+    trials[2] = Trial(2, "coarse", "unstable", unstable, trials[2].folder, False)
+
+    records = run_trials(sweep_dir, trials, SerialExecutor())
+    assert [r.status for r in records] == ["finished", "failed", "diverged", "finished"]
+    assert "batch_size" in records[1].message and "\n" not in records[1].message
+    on_disk = json.loads((sweep_dir / "001-coarse" / "summary.json").read_text())
+    assert on_disk["status"] == "failed"
+
+    # Resuming re-runs the failed trial only: finished and diverged ones are final.
+    again = run_trials(sweep_dir, trials, SerialExecutor())
+    assert [r.folder.name for r in again] == [
+        "000-coarse",
+        "001-coarse.2",
+        "002-coarse",
+        "003-coarse",
+    ]
+
+
+def test_guarded_turns_any_exception_into_a_one_line_failed_outcome() -> None:
+    def explode(_: int) -> None:
+        raise ValueError("bad\nvalue")
+
+    outcome = guarded(explode, 1)
+    assert outcome == Outcome(False, None, "ValueError: bad value")
+    assert guarded(abs, -2) == Outcome(True, 2)
+
+
+class InterruptAfter:
+    """An executor that is Ctrl-C'd after `n` trials, while the next one is half-way through."""
+
+    workers = 1
+    in_process = True
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def run(self, items: Sequence[Any], fn: Callable[[Any], Any]) -> Iterator[tuple[Any, Outcome]]:
+        for done, item in enumerate(items):
+            if done == self.n:
+                Path(item.run_dir, "metrics.csv").write_text("step,epoch\n0,0\n")  # partial
+                raise KeyboardInterrupt
+            yield item, guarded(fn, item)
+
+
+def test_an_interrupted_sweep_resumes_to_the_same_table_as_an_uninterrupted_one(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    spec = tiny_search(fake_cifar_dir, fine=True, final=True, trials=2)
+    straight = start_sweep(tmp_path / "a", LAMBDA_SEARCH, spec)
+    run_lambda_search(spec, straight, SerialExecutor())
+
+    broken = start_sweep(tmp_path / "b", LAMBDA_SEARCH, spec)
+    with pytest.raises(KeyboardInterrupt):
+        run_lambda_search(spec, broken, InterruptAfter(1))
+    finished_first = (broken / "000-coarse" / "summary.json").stat().st_mtime_ns
+    kind, resumed_spec = load_sweep(broken)
+    assert kind == LAMBDA_SEARCH and resumed_spec == spec
+    result = run_lambda_search(resumed_spec, broken, SerialExecutor())
+
+    assert (broken / "table.md").read_text() == (straight / "table.md").read_text()
+    assert read_csv(broken / "trials.csv") == read_csv(straight / "trials.csv")
+    assert (broken / "000-coarse" / "summary.json").stat().st_mtime_ns == finished_first
+    assert (broken / "001-coarse.2" / "summary.json").is_file()  # re-run in a fresh folder
+    assert not (broken / "001-coarse" / "summary.json").exists()  # the partial one is kept
+    assert [r.trial.stage for r in result.records] == ["coarse"] * 2 + ["fine"] * 2
+    assert result.final is not None and result.final.get("test_accuracy") is not None
+    assert result.final.trial.lambda_ == result.best.trial.lambda_
+    assert all(r.get("test_accuracy") is None for r in result.records)
+    assert (broken / "lambda_vs_accuracy.png").stat().st_size > 0
+    recorded = json.loads((broken / "sweep.json").read_text())
+    assert tuple(recorded["fine_log_range"]) == result.fine_log_range
+    assert [t["folder"] for t in recorded["trials"]][-1] == "004-final"
+
+
+def test_resume_refuses_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
+    with pytest.raises(RunFolderError, match="does not exist"):
+        load_sweep(tmp_path / "missing")
+    with pytest.raises(RunFolderError, match="not a sweep folder"):
+        load_sweep(tmp_path)
+    (tmp_path / "sweep.json").write_text('{"kind": "lambda-search", "vers')
+    with pytest.raises(RunFolderError, match="cannot be read"):
+        load_sweep(tmp_path)
+
+
+# --- executors -----------------------------------------------------------------------------------
+
+
+def test_serial_process_and_dask_executors_give_identical_tables(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    distributed = pytest.importorskip("distributed")
+    spec = tiny_search(fake_cifar_dir, trials=3)
+    tables = {}
+    with distributed.LocalCluster(
+        n_workers=2,
+        processes=True,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:
+        executors = {
+            "serial": SerialExecutor(),
+            "processes": ProcessExecutor(2),
+            "dask": DaskExecutor(cluster.scheduler_address),
+        }
+        for name, executor in executors.items():
+            sweep_dir = start_sweep(tmp_path / name, LAMBDA_SEARCH, spec)
+            result = run_lambda_search(spec, sweep_dir, executor)
+            assert [r.status for r in result.records] == ["finished"] * 3, name
+            tables[name] = (
+                read_csv(sweep_dir / "trials.csv"),
+                (sweep_dir / "table.md").read_text(),
+            )
+    assert tables["processes"] == tables["serial"]
+    assert tables["dask"] == tables["serial"]
+
+
+def test_dask_executor_says_when_the_scheduler_cannot_be_reached() -> None:
+    pytest.importorskip("distributed")
+    executor = DaskExecutor("tcp://127.0.0.1:9", timeout=1)
+    with pytest.raises(KnnError, match="cannot reach the Dask scheduler"):
+        list(executor.run([1], abs))
+
+
+def test_process_executor_leaves_no_worker_behind_when_stopped_early() -> None:
+    import multiprocessing
+
+    others = set(multiprocessing.active_children())  # left by earlier tests, not ours
+    results = ProcessExecutor(2).run([-1, -2, -3, -4], abs)
+    next(results)
+    assert set(multiprocessing.active_children()) - others  # the workers did start
+    results.close()  # what an interrupt does to the consuming loop
+    assert set(multiprocessing.active_children()) - others == set()
+
+
+def test_make_executor_maps_the_options() -> None:
+    assert isinstance(make_executor(1, None), SerialExecutor)
+    assert isinstance(make_executor(3, None), ProcessExecutor)
+    assert isinstance(make_executor(None, "tcp://h:1"), DaskExecutor)
+
+
+# --- the init-sensitivity grid and the commands ---------------------------------------------------
+
+
+def test_init_sensitivity_writes_a_table_per_cell_and_a_figure(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    spec = GridSpec(
+        base=tiny_base(fake_cifar_dir),
+        depths=(2,),
+        sigmas=(1e-1, 1e-4),
+        n_s=10,
+        cycles=1,
+    )
+    sweep_dir = start_sweep(tmp_path, INIT_SENSITIVITY, spec)
+    records = run_init_sensitivity(spec, sweep_dir, SerialExecutor())
+    assert len(records) == 4 and all(r.get("test_accuracy") is not None for r in records)
+    table = (sweep_dir / "results.md").read_text().splitlines()
+    assert table[0].split("|")[1:-1] == [
+        " layers ",
+        " batch norm ",
+        " sigma=0.1 ",
+        " sigma=0.0001 ",
+    ]
+    assert [row.split("|")[2].strip() for row in table[2:]] == ["no BN", "BN"]
+    assert len(read_csv(sweep_dir / "results.csv")) == 4
+    assert (sweep_dir / "loss_curves.png").stat().st_size > 0
+
+
+def test_lambda_search_command_runs_coarse_fine_and_final(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    runs = tmp_path / "runs"
+    args = [
+        "lambda-search", "--coarse", "--fine", "--final", "--trials", "2", "--n-s", "10",
+        "--cycles", "1", "--final-cycles", "1", "--workers", "1", "--runs-dir", str(runs),
+        "--set", f"data.dir={fake_cifar_dir}", "--set", "data.validation_size=30",
+        "--set", "model.hidden=[8]", "--set", "training.batch_size=20", "--set", "training.n_s=10",
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert (
+        "best lambda" in result.output
+        and "final retrain (1 cycles): test accuracy" in result.output
+    )
+    (sweep_dir,) = runs.iterdir()
+    rows = read_csv(sweep_dir / "trials.csv")
+    assert [r["stage"] for r in rows] == ["coarse", "coarse", "fine", "fine", "final"]
+
+    again = CliRunner().invoke(cli, ["lambda-search", "--resume", str(sweep_dir), "--workers", "1"])
+    assert again.exit_code == 0, again.output
+    assert read_csv(sweep_dir / "trials.csv") == rows
+
+
+def test_lambda_search_command_refuses_bad_resume_and_mixed_options(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["lambda-search", "--resume", str(tmp_path)])
+    assert result.exit_code == 2
+    assert (
+        result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
+    )
+    assert "not a sweep folder" in result.output
+    mixed = CliRunner().invoke(cli, ["lambda-search", "--resume", str(tmp_path), "--trials", "3"])
+    assert mixed.exit_code == 2 and "--trials" in mixed.output
+    neither = CliRunner().invoke(cli, ["lambda-search", "--runs-dir", str(tmp_path)])
+    assert neither.exit_code == 2 and "--coarse" in neither.output
+
+
+def test_init_sensitivity_command(tmp_path: Path, fake_cifar_dir: Path) -> None:
+    runs = tmp_path / "runs"
+    args = [
+        "init-sensitivity", "--depths", "2", "--batch-norm", "on", "--sigmas", "1e-1,1e-3",
+        "--n-s", "10", "--cycles", "1", "--workers", "1", "--runs-dir", str(runs),
+        "--set", f"data.dir={fake_cifar_dir}", "--set", "data.validation_size=30",
+        "--set", "training.batch_size=20",
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "sigma=0.1" in result.output and "sigma=0.001" in result.output
+    (sweep_dir,) = runs.iterdir()
+    assert len(read_csv(sweep_dir / "results.csv")) == 2
+    bad = CliRunner().invoke(cli, ["init-sensitivity", "--sigmas", "x", "--runs-dir", str(runs)])
+    assert bad.exit_code == 2 and "--sigmas" in bad.output
+
+
+def test_fine_from_an_earlier_sweep_refines_its_best_trials(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    coarse = tiny_search(fake_cifar_dir, trials=3)
+    coarse_dir = start_sweep(tmp_path / "coarse", LAMBDA_SEARCH, coarse)
+    first = run_lambda_search(coarse, coarse_dir, SerialExecutor())
+    fine = tiny_search(fake_cifar_dir, coarse=False, fine=True, trials=2, source=str(coarse_dir))
+    fine_dir = start_sweep(tmp_path / "fine", LAMBDA_SEARCH, fine)
+    result = run_lambda_search(fine, fine_dir, SerialExecutor())
+    assert result.fine_log_range == fine_range(first.records)
+    assert [(r.trial.stage, r.trial.index) for r in result.records] == [
+        ("coarse", 0), ("coarse", 1), ("coarse", 2), ("fine", 3), ("fine", 4)
+    ]  # fmt: skip
+    low, high = result.fine_log_range
+    assert all(low <= math.log10(r.trial.lambda_) <= high for r in result.records[3:])
+    assert sorted(p.name for p in fine_dir.iterdir() if p.is_dir()) == ["003-fine", "004-fine"]
+
+
+def test_dask_executor_without_the_extra_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import now fails
+    with pytest.raises(KnnError, match=r"pip install 'knn-cli\[dask\]'"):
+        list(DaskExecutor("tcp://127.0.0.1:8786").run([1], abs))

@@ -95,13 +95,16 @@ def cli() -> None:
 def train(config_path: Path, overrides: tuple[str, ...], runs_dir: Path) -> None:
     """Train the network CONFIG describes; write curves, metrics and the model to a run folder."""
     from knn_cli.config import load_config
+    from knn_cli.data import load_cifar10
     from knn_cli.experiment import train_run
     from knn_cli.runs import new_run_dir
 
     config = load_config(config_path, overrides)
+    # The data first: a missing data folder should not leave an empty run folder behind.
+    dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress_wanted())
     run_dir = new_run_dir(runs_dir, config.name)
     click.echo(f"run folder: {run_dir}")
-    summary = train_run(config, run_dir, progress=progress_wanted())
+    summary = train_run(config, run_dir, dataset=dataset, progress=progress_wanted())
     if summary["status"] != "finished":
         raise RunFailed(f"run {summary['status']}: {summary['message']} (see {run_dir})")
     click.echo(
@@ -191,6 +194,7 @@ def gradcheck(
 
     widths = parse_widths(hidden, layers) if hidden is not None else default_hidden(layers)
     X, y, source = gradcheck_problem(dims, batch, seed, data_dir)
+    run_dir = new_run_dir(runs_dir, f"gradcheck-k{layers}")  # an unwritable folder fails now
     click.echo(f"k={layers}, hidden {list(widths)}, {batch} samples x {dims} features of {source}")
     results = {}
     for bn in [False, True] if batch_norm is None else [batch_norm]:
@@ -201,7 +205,6 @@ def gradcheck(
             network, X, y, lambda_, h=h, rel_tol=tolerance
         )
     click.echo(gradcheck_table(results))
-    run_dir = new_run_dir(runs_dir, f"gradcheck-k{layers}")
     write_gradcheck(
         run_dir,
         results,

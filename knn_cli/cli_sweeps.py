@@ -215,6 +215,22 @@ def lambda_search(
     if result.final is not None:
         _echo_final(result.final)
     click.echo(f"written: {sweep_dir}/trials.csv, table.md, lambda_vs_accuracy.png")
+    _fail_unless_usable(result.records, sweep_dir)
+
+
+def _fail_unless_usable(records: Any, sweep_dir: Path) -> None:
+    """Exit 1 when a trial broke with an error, or when no trial finished. A diverged trial is
+    a result (an init that cannot train), not a failure of the sweep."""
+    from knn_cli.errors import RunFailed
+
+    broken = [r for r in records if r.status == "failed"]
+    if broken:
+        raise RunFailed(
+            f"{len(broken)} trial(s) failed, e.g. {broken[0].trial.folder}: {broken[0].message}; "
+            f"fix the cause and continue with --resume {sweep_dir}"
+        )
+    if not any(r.finished for r in records):
+        raise RunFailed(f"no trial finished (see {sweep_dir}/)")
 
 
 def _echo_final(record: Any) -> None:
@@ -292,3 +308,4 @@ def init_sensitivity(
     for record in failed:
         click.echo(f"{record.trial.label}: {record.status} {record.message}".rstrip())
     click.echo(f"written: {sweep_dir}/results.csv, results.md, loss_curves.png")
+    _fail_unless_usable(records, sweep_dir)

@@ -6,6 +6,7 @@ progress bar -- and it is what sweeps call once per trial.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,10 @@ def load_trained_network(run_dir: str | Path) -> tuple[RunConfig, Network]:
         network = build_network(config, state["W1"].shape[0])
         network.load_state(state)
     except (OSError, ValueError, KeyError) as error:
-        raise RunFolderError(f"{run_dir / MODEL_FILE} cannot be loaded: {error}") from None
+        reason = "corrupt or truncated" if "pickle" in str(error) else str(error)
+        raise RunFolderError(
+            f"{run_dir / MODEL_FILE} is not a valid model file ({reason})"
+        ) from None
     return config, network
 
 
@@ -222,8 +226,8 @@ def gradcheck_problem(
         folder = find_data_dir(data_dir, download=False)
         pixels, labels = read_batch(folder / "data_batch_1")
     except DataError as error:
-        if data_dir is not None:
-            raise
+        if data_dir is not None or os.environ.get("KNN_DATA_DIR"):
+            raise  # a source was named and is wrong: say so rather than check other data
         rng = np.random.default_rng(seed)
         reason = str(error).split(";")[0]
         return (

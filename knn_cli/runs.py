@@ -31,6 +31,8 @@ CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.npz"
 METRIC_FIELDS = ("step", "epoch", "eta", "split", "cost", "loss", "accuracy")
 MIN_FREE_BYTES = 50 * 1024 * 1024
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def new_run_dir(parent: str | Path, name: str, now: dt.datetime | None = None) -> Path:
@@ -76,6 +78,7 @@ def check_writable(folder: Path, min_free_bytes: int = MIN_FREE_BYTES) -> None:
 @contextmanager
 def _atomic_file(path: Path, mode: str) -> Iterator[IO[Any]]:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; others' runs should be readable
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -137,7 +140,13 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         raise RunFolderError(f"{run_dir} is not a run folder: it has no {METRICS_FILE}")
     rows = []
     with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
+        reader = csv.DictReader(handle)
+        missing = [f for f in METRIC_FIELDS if f not in (reader.fieldnames or ())]
+        if missing:
+            raise RunFolderError(
+                f"{path} is not a knn metrics file (missing columns: {', '.join(missing)})"
+            )
+        for row in reader:
             try:
                 rows.append(
                     {

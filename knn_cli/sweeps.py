@@ -282,7 +282,9 @@ def grid_trials(
             "model.sigma": sigma,
             "training.cycles": cycles,
             "training.n_s": n_s,
-            "training.seed": seed + index,
+            # One seed for every cell: the cells then differ by depth, BN and sigma alone (a
+            # paired comparison), not also by their draw of the initial weights and batches.
+            "training.seed": seed,
         }
         trials.append(
             Trial(
@@ -671,7 +673,8 @@ def lambda_figure(
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"Lambda search — {sweep_dir.name}", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # nothing to label when every trial failed
+        ax.legend()
     return _save_figure(fig, sweep_dir / "lambda_vs_accuracy.png")
 
 

@@ -117,6 +117,34 @@ def test_missing_data_folder(tmp_path: Path) -> None:
         str(tmp_path / "runs"),
     )
     assert_one_line_error(result, 2, "absent")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_gradcheck_with_a_wrong_data_setting_fails_instead_of_using_random_data(
+    tmp_path: Path,
+) -> None:
+    result = run(
+        "gradcheck",
+        "--layers",
+        "2",
+        "--runs-dir",
+        str(tmp_path),
+        env={"KNN_DATA_DIR": str(tmp_path / "nowhere")},
+    )
+    assert_one_line_error(result, 2, "nowhere")
+
+
+def test_files_in_a_run_folder_are_readable_by_others(tmp_path: Path, fake_cifar_dir: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        assert train_on_fake(tmp_path, fake_cifar_dir, tmp_path / "runs").exit_code == 0
+    finally:
+        os.umask(old)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    for name in ("summary.json", "config.yaml", "model.npz"):
+        assert (run_dir / name).stat().st_mode & 0o044 == 0o044, name
 
 
 def test_incomplete_data_folder(tmp_path: Path, fake_cifar_dir: Path) -> None:
@@ -174,7 +202,9 @@ def test_incomplete_run_folder(tmp_path: Path, fake_cifar_dir: Path) -> None:
     (run_dir / "model.npz").unlink()
     assert_one_line_error(run("evaluate", str(run_dir)), 2, "model.npz")
     (run_dir / "model.npz").write_bytes(b"garbage")
-    assert_one_line_error(run("evaluate", str(run_dir)), 2, "model.npz")
+    assert_one_line_error(run("evaluate", str(run_dir)), 2, "not a valid model file")
+    (run_dir / "metrics.csv").write_text("step,foo\n1,2\n")
+    assert_one_line_error(run("plot", str(run_dir)), 2, "missing columns")
 
 
 def test_unwritable_runs_folder_fails_before_training(tmp_path: Path, fake_cifar_dir: Path) -> None:

@@ -134,7 +134,7 @@ def test_init_grid_covers_every_cell_with_a_normal_init() -> None:
         default_hidden(3),
         default_hidden(9),
     }
-    assert [t.config["training"]["seed"] for t in trials] == list(range(5, 13))
+    assert [t.config["training"]["seed"] for t in trials] == [5] * 8  # paired cells
     assert len({t.folder for t in trials}) == 8
 
 
@@ -404,3 +404,16 @@ def test_dask_executor_without_the_extra_says_how_to_install_it(
     monkeypatch.setitem(sys.modules, "distributed", None)  # import now fails
     with pytest.raises(KnnError, match=r"pip install 'knn-cli\[dask\]'"):
         list(DaskExecutor("tcp://127.0.0.1:8786").run([1], abs))
+
+
+def test_a_sweep_in_which_no_trial_finished_exits_1(tmp_path: Path, fake_cifar_dir: Path) -> None:
+    args = [
+        "lambda-search", "--coarse", "--trials", "1", "--n-s", "5", "--cycles", "1",
+        "--workers", "1", "--runs-dir", str(tmp_path / "runs"),
+        "--set", f"data.dir={fake_cifar_dir}", "--set", "data.validation_size=30",
+        "--set", "model.batch_norm=false", "--set", "training.batch_size=20",
+        "--set", "training.eta_min=1e6", "--set", "training.eta_max=1e9",
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert "no trial finished" in result.stderr

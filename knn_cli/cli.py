@@ -37,7 +37,7 @@ runs_dir_option = click.option(
     "--runs-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=default_runs_dir,
-    show_default="runs (or $KNN_RUNS_DIR)",
+    show_default="$KNN_RUNS_DIR, else runs",
     help="Parent folder of the new run folder.",
 )
 set_option = click.option(

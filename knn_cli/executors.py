@@ -154,6 +154,9 @@ class ProcessExecutor:
                 process.terminate()
             for process in workers:
                 process.join(timeout=5)
+                if process.is_alive():  # busy machine or a stuck worker: do not leave it behind
+                    process.kill()
+                    process.join(timeout=5)
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

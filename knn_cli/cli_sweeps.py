@@ -146,6 +146,18 @@ def _search_base(config_path: Path | None, overrides: Sequence[str]) -> dict[str
 )
 @click.option("--final", is_flag=True, default=None, help="Retrain the best lambda and test it.")
 @click.option("--final-cycles", type=click.IntRange(min=1), default=None, help="[3]")
+@click.option(
+    "--final-seeds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Retrain the best lambda this many times, seeds apart; report mean and spread [3].",
+)
+@click.option(
+    "--final-validation-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images the final retrain holds out for validation; it trains on the rest [1000].",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Sweep seed [0].")
 @_executor_options
 @runs_dir_option
@@ -161,6 +173,8 @@ def lambda_search(
     n_s: int | None,
     final: bool | None,
     final_cycles: int | None,
+    final_seeds: int | None,
+    final_validation_size: int | None,
     seed: int | None,
     workers: int | None,
     scheduler: str | None,
@@ -195,11 +209,15 @@ def lambda_search(
             cycles=cycles or defaults.cycles,
             n_s=n_s,
             final_cycles=final_cycles or defaults.final_cycles,
+            final_seeds=final_seeds or defaults.final_seeds,
+            final_validation_size=final_validation_size or defaults.final_validation_size,
             seed=seed if seed is not None else defaults.seed,
             source=str(source.resolve()) if source is not None else None,
         )
         if source is not None:
             _resume_spec(source, LAMBDA_SEARCH)  # fail now, not after setting up
+        if spec.final:
+            _check_final_settings(spec)
         sweep_dir = start_sweep(runs_dir, LAMBDA_SEARCH, spec)
     click.echo(f"sweep folder: {sweep_dir}")
     result = run_lambda_search(spec, sweep_dir, executor, progress=progress_wanted())
@@ -212,10 +230,25 @@ def lambda_search(
             f"best lambda {result.best.trial.lambda_:.5g}: validation accuracy "
             f"{result.best.score:.4f}"
         )
-    if result.final is not None:
-        _echo_final(result.final)
+    if result.finals:
+        _echo_finals(result.finals)
     click.echo(f"written: {sweep_dir}/trials.csv, table.md, lambda_vs_accuracy.png")
     _fail_unless_usable(result.records, sweep_dir)
+
+
+def _check_final_settings(spec: Any) -> None:
+    """Plan a stand-in final retrain now: a hold-out the config cannot take should stop the
+    command before the search, not after it."""
+    from knn_cli.errors import ConfigError
+    from knn_cli.sweeps import final_trials
+
+    try:
+        final_trials(
+            spec.base, [0], 1e-3, seed=spec.seed, cycles=spec.final_cycles,
+            validation_size=spec.final_validation_size,
+        )  # fmt: skip
+    except ConfigError as error:
+        raise click.BadParameter(str(error), param_hint="--final-validation-size") from None
 
 
 def _fail_unless_usable(records: Any, sweep_dir: Path) -> None:
@@ -233,15 +266,27 @@ def _fail_unless_usable(records: Any, sweep_dir: Path) -> None:
         raise RunFailed(f"no trial finished (see {sweep_dir}/)")
 
 
-def _echo_final(record: Any) -> None:
+def _echo_finals(records: Sequence[Any]) -> None:
+    """One line per retrain, then their mean and spread; exit 1 if any of them did not finish."""
     from knn_cli.errors import RunFailed
+    from knn_cli.sweeps import final_summary_line, final_test_summary
 
-    if not record.finished:
-        raise RunFailed(f"final retrain {record.status}: {record.message} (see {record.folder})")
-    click.echo(
-        f"final retrain ({record.trial.config['training']['cycles']} cycles): test accuracy "
-        f"{record.get('test_accuracy'):.4f}, validation {record.get('final_val_accuracy'):.4f}"
-    )
+    for record in records:
+        training, data = record.trial.config["training"], record.trial.config["data"]
+        if record.finished:
+            click.echo(
+                f"final retrain (seed {training['seed']}, {training['cycles']} cycles, "
+                f"{data['validation_size']} held out): test accuracy "
+                f"{record.get('test_accuracy'):.4f}, validation "
+                f"{record.get('final_val_accuracy'):.4f}"
+            )
+    summary = final_test_summary(records)
+    if summary is not None:
+        click.echo(final_summary_line(summary))
+    unfinished = [r for r in records if not r.finished]
+    if unfinished:
+        first = unfinished[0]
+        raise RunFailed(f"final retrain {first.status}: {first.message} (see {first.folder})")
 
 
 @click.command("init-sensitivity")

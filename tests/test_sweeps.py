@@ -32,6 +32,8 @@ from knn_cli.sweeps import (
     LambdaSearchSpec,
     Trial,
     TrialRecord,
+    final_test_summary,
+    final_trials,
     fine_range,
     grid_trials,
     lambda_trials,
@@ -59,7 +61,10 @@ def tiny_base(data_dir: Path, **training: Any) -> dict[str, Any]:
 
 
 def tiny_search(data_dir: Path, **changes: Any) -> LambdaSearchSpec:
-    options = {"coarse": True, "fine": False, "trials": 4, "cycles": 1, "n_s": 10, "seed": 3}
+    options = {
+        "coarse": True, "fine": False, "trials": 4, "cycles": 1, "n_s": 10, "seed": 3,
+        "final_seeds": 2, "final_validation_size": 20,
+    }  # fmt: skip
     return LambdaSearchSpec(base=tiny_base(data_dir), **{**options, **changes})
 
 
@@ -114,6 +119,25 @@ def test_fine_range_spans_the_top_three_by_validation_accuracy_widened() -> None
     assert fine_range(records) == (low, high)
     with pytest.raises(KnnError, match="nothing to refine"):
         fine_range([TrialRecord(trials[0], Path("0"), {"status": "diverged"})])
+
+
+def test_final_retrains_hold_out_less_and_report_mean_and_spread_of_finished_ones() -> None:
+    base = config_to_dict(config_from_dict({"name": "b"}))
+    finals = final_trials(base, [7, 8, 9], 0.003, seed=2, cycles=3, validation_size=1000)
+    assert [t.config["training"]["seed"] for t in finals] == [9, 10, 11]
+    assert {t.config["data"]["validation_size"] for t in finals} == {1000}
+    assert {t.config["training"]["cycles"] for t in finals} == {3}
+    assert {t.config["training"]["lambda"] for t in finals} == {0.003}
+    records = [
+        TrialRecord(finals[0], Path("a"), {"status": "finished", "test_accuracy": 0.50}),
+        TrialRecord(finals[1], Path("b"), {"status": "finished", "test_accuracy": 0.54}),
+        TrialRecord(finals[2], Path("c"), {"status": "diverged", "test_accuracy": 0.10}),
+    ]
+    mean, spread, count = final_test_summary(records)
+    assert (mean, count) == (pytest.approx(0.52), 2)
+    assert spread == pytest.approx(math.sqrt(0.02**2 * 2))  # sample deviation of 0.50, 0.54
+    assert final_test_summary(records[:1]) == (pytest.approx(0.50), 0.0, 1)
+    assert final_test_summary(records[2:]) is None
 
 
 def test_init_grid_covers_every_cell_with_a_normal_init() -> None:
@@ -221,13 +245,18 @@ def test_an_interrupted_sweep_resumes_to_the_same_table_as_an_uninterrupted_one(
     assert (broken / "001-coarse.2" / "summary.json").is_file()  # re-run in a fresh folder
     assert not (broken / "001-coarse" / "summary.json").exists()  # the partial one is kept
     assert [r.trial.stage for r in result.records] == ["coarse"] * 2 + ["fine"] * 2
-    assert result.final is not None and result.final.get("test_accuracy") is not None
-    assert result.final.trial.lambda_ == result.best.trial.lambda_
+    assert [r.trial.index for r in result.finals] == [4, 5]
+    assert all(r.get("test_accuracy") is not None for r in result.finals)
+    assert {r.trial.lambda_ for r in result.finals} == {result.best.trial.lambda_}
+    assert [r.trial.config["training"]["seed"] for r in result.finals] == [7, 8]  # seed 3 + index
+    assert {r.trial.config["data"]["validation_size"] for r in result.finals} == {20}
+    assert {r.trial.config["data"]["validation_size"] for r in result.records} == {30}
     assert all(r.get("test_accuracy") is None for r in result.records)
+    assert "mean +- standard deviation over 2 seeds" in (broken / "table.md").read_text()
     assert (broken / "lambda_vs_accuracy.png").stat().st_size > 0
     recorded = json.loads((broken / "sweep.json").read_text())
     assert tuple(recorded["fine_log_range"]) == result.fine_log_range
-    assert [t["folder"] for t in recorded["trials"]][-1] == "004-final"
+    assert [t["folder"] for t in recorded["trials"]][-2:] == ["004-final", "005-final"]
 
 
 def test_resume_refuses_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
@@ -335,7 +364,8 @@ def test_lambda_search_command_runs_coarse_fine_and_final(
     runs = tmp_path / "runs"
     args = [
         "lambda-search", "--coarse", "--fine", "--final", "--trials", "2", "--n-s", "10",
-        "--cycles", "1", "--final-cycles", "1", "--workers", "1", "--runs-dir", str(runs),
+        "--cycles", "1", "--final-cycles", "1", "--final-seeds", "2",
+        "--final-validation-size", "20", "--workers", "1", "--runs-dir", str(runs),
         "--set", f"data.dir={fake_cifar_dir}", "--set", "data.validation_size=30",
         "--set", "model.hidden=[8]", "--set", "training.batch_size=20", "--set", "training.n_s=10",
     ]  # fmt: skip
@@ -343,11 +373,13 @@ def test_lambda_search_command_runs_coarse_fine_and_final(
     assert result.exit_code == 0, result.output
     assert (
         "best lambda" in result.output
-        and "final retrain (1 cycles): test accuracy" in result.output
+        and "final retrain (seed 4, 1 cycles, 20 held out): test accuracy" in result.output
+        and "final retrain (seed 5, 1 cycles, 20 held out): test accuracy" in result.output
+        and "over 2 seeds" in result.output
     )
     (sweep_dir,) = runs.iterdir()
     rows = read_csv(sweep_dir / "trials.csv")
-    assert [r["stage"] for r in rows] == ["coarse", "coarse", "fine", "fine", "final"]
+    assert [r["stage"] for r in rows] == ["coarse"] * 2 + ["fine"] * 2 + ["final"] * 2
 
     again = CliRunner().invoke(cli, ["lambda-search", "--resume", str(sweep_dir), "--workers", "1"])
     assert again.exit_code == 0, again.output

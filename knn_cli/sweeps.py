@@ -81,7 +81,7 @@ class Trial:
 
 @dataclass(frozen=True)
 class TrialJob:
-    """What travels to a worker: the trial and the folder reserved for this attempt."""
+    """What travels to a worker: the trial and the folder this attempt is to train in."""
 
     trial: Trial
     run_dir: str
@@ -130,8 +130,12 @@ def trial_config(base: Mapping[str, Any], name: str, settings: Mapping[str, Any]
 
 
 def run_trial(job: TrialJob) -> dict[str, Any]:
-    """Train one trial into its folder (the function every executor runs, on any worker)."""
+    """Train one trial into its folder (the function every executor runs, on any worker).
+
+    The folder is made here, when the trial starts, so that a sweep stopped early leaves no
+    empty folders for the trials it never reached."""
     config = config_from_dict(job.trial.config)
+    Path(job.run_dir).mkdir(exist_ok=True)
     return train_run(
         config,
         Path(job.run_dir),
@@ -462,12 +466,11 @@ def trial_record(sweep_dir: Path, trial: Trial) -> TrialRecord:
     return TrialRecord(trial, None)
 
 
-def _reserve_attempt(sweep_dir: Path, trial: Trial) -> Path:
+def _next_attempt(sweep_dir: Path, trial: Trial) -> Path:
+    """The folder the trial's next attempt will train in (made by the worker, see run_trial)."""
     attempts = len(attempt_dirs(sweep_dir, trial))
     name = trial.folder if attempts == 0 else f"{trial.folder}.{attempts + 1}"
-    path = sweep_dir / name
-    path.mkdir()
-    return path
+    return sweep_dir / name
 
 
 def run_trials(
@@ -490,7 +493,7 @@ def run_trials(
     if todo:
         prepare_data(todo, progress=progress)
     jobs = [
-        TrialJob(t, str(_reserve_attempt(sweep_dir, t)), background_evaluation=executor.in_process)
+        TrialJob(t, str(_next_attempt(sweep_dir, t)), background_evaluation=executor.in_process)
         for t in todo
     ]
     stage = ",".join(dict.fromkeys(t.stage for t in trials))
@@ -512,6 +515,7 @@ def _write_failure(run_dir: Path, trial: Trial, error: str) -> None:
         "status": "failed",
         "message": error,
     }
+    run_dir.mkdir(exist_ok=True)  # the trial may have failed before it made its folder
     atomic_write_json(run_dir / SUMMARY_FILE, summary)
 
 

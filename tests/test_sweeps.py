@@ -219,6 +219,7 @@ class InterruptAfter:
     def run(self, items: Sequence[Any], fn: Callable[[Any], Any]) -> Iterator[tuple[Any, Outcome]]:
         for done, item in enumerate(items):
             if done == self.n:
+                Path(item.run_dir).mkdir()
                 Path(item.run_dir, "metrics.csv").write_text("step,epoch\n0,0\n")  # partial
                 raise KeyboardInterrupt
             yield item, guarded(fn, item)
@@ -235,6 +236,7 @@ def test_an_interrupted_sweep_resumes_to_the_same_table_as_an_uninterrupted_one(
     with pytest.raises(KeyboardInterrupt):
         run_lambda_search(spec, broken, InterruptAfter(1))
     finished_first = (broken / "000-coarse" / "summary.json").stat().st_mtime_ns
+    assert sorted(p.name for p in broken.iterdir() if p.is_dir()) == ["000-coarse", "001-coarse"]
     kind, resumed_spec = load_sweep(broken)
     assert kind == LAMBDA_SEARCH and resumed_spec == spec
     result = run_lambda_search(resumed_spec, broken, SerialExecutor())

@@ -498,13 +498,19 @@ def run_trials(
     ]
     stage = ",".join(dict.fromkeys(t.stage for t in trials))
     with tqdm(total=len(jobs), desc=stage, unit="trial", disable=not progress) as bar:
-        for job, outcome in executor.run(jobs, run_trial):
-            if not outcome.ok:
-                _write_failure(Path(job.run_dir), job.trial, outcome.error)
-            records[job.trial.folder] = trial_record(sweep_dir, job.trial)
+        try:
+            for job, outcome in executor.run(jobs, run_trial):
+                if not outcome.ok:
+                    _write_failure(Path(job.run_dir), job.trial, outcome.error)
+                records[job.trial.folder] = trial_record(sweep_dir, job.trial)
+                if on_record is not None:
+                    bar.set_postfix_str(on_record(list(records.values())), refresh=False)
+                bar.update(1)
+        except KeyboardInterrupt:
+            # Tables as the sweep stopped: trials cut short show as interrupted, not pending.
             if on_record is not None:
-                bar.set_postfix_str(on_record(list(records.values())), refresh=False)
-            bar.update(1)
+                on_record([trial_record(sweep_dir, t) for t in trials])
+            raise
     return [records[t.folder] for t in trials]
 
 

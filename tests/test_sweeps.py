@@ -237,6 +237,8 @@ def test_an_interrupted_sweep_resumes_to_the_same_table_as_an_uninterrupted_one(
         run_lambda_search(spec, broken, InterruptAfter(1))
     finished_first = (broken / "000-coarse" / "summary.json").stat().st_mtime_ns
     assert sorted(p.name for p in broken.iterdir() if p.is_dir()) == ["000-coarse", "001-coarse"]
+    statuses = [row["status"] for row in read_csv(broken / "trials.csv")]
+    assert statuses == ["finished", "interrupted"]  # as it stopped, not "pending"
     kind, resumed_spec = load_sweep(broken)
     assert kind == LAMBDA_SEARCH and resumed_spec == spec
     result = run_lambda_search(resumed_spec, broken, SerialExecutor())

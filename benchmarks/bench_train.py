@@ -4,9 +4,11 @@ For the 3-layer and 9-layer networks, with and without batch norm (batch 100, 45
 rows), it prints:
 
 - seconds per epoch of training (forward, backward and update; no evaluation), as the trainer
-  runs it, and the same for PyTorch -- same widths, batch norm, batch size, plain SGD with the
-  same weight decay and cyclical rate, the same mini-batches -- measured in this process,
-  alternating with ours epoch by epoch so that a change in machine load hits both alike;
+  runs it -- the first layer's products shared by two lanes (threads) -- and, as `1 lane`, with
+  the step kept to one thread as it is while an evaluation runs; the same for PyTorch -- same
+  widths, batch norm, batch size, plain SGD with the same weight decay and cyclical rate, the
+  same mini-batches -- measured in this process, alternating with ours epoch by epoch so that a
+  change in machine load hits both alike;
 - a lower bound: the floating-point work of one epoch divided by the matrix-multiply throughput
   this machine reaches at the step's own shapes (measured here, float32, at the best BLAS thread
   count), so "x bound" says how close to the hardware an epoch is;
@@ -185,7 +187,7 @@ def matmul_bounds(widths: tuple[int, ...], batch_norm: bool, limits, threads) ->
 # -- one epoch, ours and PyTorch's ---------------------------------------------------------------
 
 
-def ours_epoch(config_name: str, data: Data) -> Callable[[], float]:
+def ours_epoch(config_name: str, data: Data, two_lanes: bool = True) -> Callable[[], float]:
     """One epoch through the real trainer (the gather, the schedule, the step), no evaluation."""
     config = load_config(ROOT / "configs" / f"{config_name}.yaml")
     network = build_network(config, data.X.shape[1])
@@ -196,7 +198,7 @@ def ours_epoch(config_name: str, data: Data) -> Callable[[], float]:
 
     def run() -> float:
         start = time.perf_counter()
-        outcome = train(network, splits, schedule)
+        outcome = train(network, splits, schedule, two_lanes=two_lanes)
         seconds = time.perf_counter() - start
         assert outcome.status == "finished", outcome
         return seconds
@@ -290,6 +292,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument("--full", action="store_true", help="also time whole `knn train` runs")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument("--verbose", action="store_true", help="print every repeat's figures")
     args = parser.parse_args()
 
     print(f"load average {load()} ({os.cpu_count()} cores); numpy {np.__version__}")
@@ -315,7 +318,7 @@ def main() -> None:
     print(f"Seconds per epoch ({N_TRAIN} rows, batch {BATCH}, float32; median of {args.repeats})")
     header = (
         f"{'config':<10} {'ours':>7} {'bound':>7} {'x bound':>8} {'GF/s mm':>8}"
-        f" {'bound1':>7} {'x bound1':>8}"
+        f" {'1 lane':>7} {'bound1':>7} {'x bound1':>8}"
     )
     if torch_note:
         header += f" {'torch':>7} {'torch/ours':>10}"
@@ -323,32 +326,49 @@ def main() -> None:
     for config_name in args.configs:
         config = load_config(ROOT / "configs" / f"{config_name}.yaml")
         widths = (3072, *config.model.hidden, 10)
-        bounds = matmul_bounds(widths, config.model.batch_norm, limits, thread_counts)
-        bound = min(bounds, key=lambda b: b.seconds)
-        single = bounds[0]  # one BLAS thread, as the trainer runs
-        ours = ours_epoch(config_name, data)
+        ours, one_lane = ours_epoch(config_name, data), ours_epoch(config_name, data, False)
         ours()  # warm: workspaces, pages of the memory map
+        one_lane()
         theirs = torch_epoch(config_name, data) if torch_note else None
         if theirs:
             theirs()
-        ours_times, torch_times = [], []
+        # Every repeat measures the bounds and all sides anew, one right after the other, and
+        # the ratios are taken within a repeat: this machine's speed drifts by tens of percent
+        # from one minute to the next, which would otherwise land in the ratios.
+        rows: dict[str, list[float]] = {}
         for _ in range(args.repeats):
+            bounds = matmul_bounds(widths, config.model.batch_norm, limits, thread_counts)
+            bound = min(bounds, key=lambda b: b.seconds)
+            single = bounds[0]  # one BLAS thread, as the step runs without the second lane
             time.sleep(PAUSE_S)
-            ours_times.append(ours())
+            mine = ours()
+            time.sleep(PAUSE_S)
+            mine1 = one_lane()
+            row = {"ours": mine, "bound": bound.seconds, "x bound": mine / bound.seconds}
+            row |= {"gflops": bound.gflops, "1 lane": mine1, "bound1": single.seconds}
+            row |= {"x bound1": mine1 / single.seconds}
             if theirs:
                 time.sleep(PAUSE_S)
-                torch_times.append(theirs())
-        mine = median(ours_times)
+                torch_seconds = theirs()
+                row |= {"torch": torch_seconds, "torch/ours": torch_seconds / mine}
+            for key, value in row.items():
+                rows.setdefault(key, []).append(value)
+        m = {key: median(values) for key, values in rows.items()}
         line = (
-            f"{config_name:<10} {mine:7.3f} {bound.seconds:7.3f} {mine / bound.seconds:8.2f} "
-            f"{bound.gflops:8.1f} {single.seconds:7.3f} {mine / single.seconds:8.2f}"
+            f"{config_name:<10} {m['ours']:7.3f} {m['bound']:7.3f} {m['x bound']:8.2f} "
+            f"{m['gflops']:8.1f} {m['1 lane']:7.3f} {m['bound1']:7.3f} {m['x bound1']:8.2f}"
         )
         if theirs:
-            line += f" {median(torch_times):7.3f} {median(torch_times) / mine:10.2f}"
+            line += f" {m['torch']:7.3f} {m['torch/ours']:10.2f}"
         print(line + f"  {load()}", flush=True)
+        if args.verbose:
+            for key, values in rows.items():
+                print(f"  {key:<10} " + " ".join(f"{v:7.3f}" for v in values))
     print(
+        "medians over repeats, ratios taken within each repeat; "
         "bound: epoch FLOPs / matmul throughput measured at the step's shapes, best of "
-        f"{thread_counts} BLAS threads (bound1: one thread); torch/ours > 1: ours is faster"
+        f"{thread_counts} BLAS threads; 1 lane: the step on one thread, against bound1 (one BLAS"
+        " thread); torch/ours > 1: ours is faster"
     )
 
     if not args.full:

@@ -15,7 +15,8 @@ it writes into buffers kept in a `_Workspace` per batch size -- the forward loop
 parameter sets run the very same loop; softmax and cross-entropy share one pass; the backward
 pass starts from eta * dloss/dscores, so it produces the update itself; weight decay scales W in
 place instead of building 2 lambda W; reductions call the ufuncs directly (np.mean's wrapper
-cost three times the arithmetic here).
+cost three times the arithmetic here). The large products are done as two halves of their
+output rows, which the trainer's two lanes can run on both cores at once (see `lanes`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from knn_cli.lanes import Lanes, run_halves
+
 INITS = ("he", "normal")
+# A step's product of at least this many multiply-adds is done as two halves of its output rows,
+# for two lanes to run at once; a smaller one costs more to hand over than it takes. The first
+# layer's (100 x 3072 x 50 = 15M) are split; a hidden layer's (100 x 50 x 50) are not.
+SPLIT_MIN_MULTIPLY_ADDS = 1_000_000
 DTYPES = ("float32", "float64")
 
 
@@ -151,6 +158,10 @@ class Network:
         # statistics rather than from an arbitrary 0/1 guess.
         self.moving_averages: dict[str, np.ndarray] = {}
         self._workspaces: dict[int, _Workspace] = {}
+        # Biases feeding a batch norm: their gradient is exactly 0, so a step leaves them alone.
+        self._constant_biases = frozenset(
+            f"b{layer}" for layer in range(1, self.arch.n_layers + 1) if self.arch.normalized(layer)
+        )
 
     # -- parameters by name -------------------------------------------------------------------
 
@@ -245,6 +256,7 @@ class Network:
         train: bool,
         params: Mapping[str, np.ndarray] | None = None,
         work: _Workspace | None = None,
+        lanes: Lanes | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The one forward loop for every depth, with and without batch norm.
 
@@ -261,7 +273,7 @@ class Network:
         k = arch.n_layers
         for layer in range(1, k + 1):
             buf = _ALLOCATE if work is None else work.layers[layer - 1]
-            S = np.matmul(H, p[f"W{layer}"], out=buf.out)
+            S = _product(H, p[f"W{layer}"], buf.out, lanes)
             S += p[f"b{layer}"][..., None, :]
             if layer == k:
                 return S, batch_stats
@@ -311,7 +323,9 @@ class Network:
             total[f"W{layer}"] += (2.0 * lambda_) * self.params[f"W{layer}"]
         return loss + lambda_ * self.weight_penalty(), total
 
-    def train_step(self, X: np.ndarray, y: np.ndarray, lambda_: float, eta: float) -> float:
+    def train_step(
+        self, X: np.ndarray, y: np.ndarray, lambda_: float, eta: float, lanes: Lanes | None = None
+    ) -> float:
         """One gradient-descent step on a mini-batch; returns the cost before the step.
 
         W becomes W - eta * (dloss/dW + 2 lambda W), done as a decay of W by (1 - 2 eta lambda)
@@ -321,10 +335,11 @@ class Network:
         the penalty term took four. The penalty in the returned cost is summed in the network's
         dtype (a BLAS dot product), not in float64 as `weight_penalty` does: the float64 sum of
         W1 squared took longer than every other non-matrix-product operation of the step
-        together, and the cost of a step only serves to notice divergence.
+        together, and the cost of a step only serves to notice divergence. `lanes` only decides
+        which threads run the large products' halves, never what they compute.
         """
         H = np.asarray(X, dtype=self.dtype)
-        loss, steps, stats = self._loss_gradients_stats(H, y, scale=eta)
+        loss, steps, stats = self._loss_gradients_stats(H, y, scale=eta, lanes=lanes)
         p = self.params
         penalty = 0.0
         decay = 1.0 - 2.0 * lambda_ * eta
@@ -335,7 +350,8 @@ class Network:
             if decay != 1.0:
                 W *= decay
         for name, step in steps.items():
-            p[name] -= step
+            if name not in self._constant_biases:
+                p[name] -= step
         self.update_moving_averages(stats)
         return loss + lambda_ * penalty
 
@@ -360,7 +376,7 @@ class Network:
         return work
 
     def _loss_gradients_stats(
-        self, X: np.ndarray, y: np.ndarray, scale: float
+        self, X: np.ndarray, y: np.ndarray, scale: float, lanes: Lanes | None = None
     ) -> tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Mean cross-entropy, `scale` times its gradient for every parameter (no penalty term),
         and the batch statistics.
@@ -371,7 +387,7 @@ class Network:
         n = X.shape[0]
         work = self._workspace(n)
         grads = work.grads
-        scores, stats = self._forward(X, train=True, work=work)
+        scores, stats = self._forward(X, train=True, work=work, lanes=lanes)
         k = self.arch.n_layers
         loss = _softmax_cross_entropy_grad(scores, y, work.rows, scale, out=work.layers[k - 1].grad)
         G = work.layers[k - 1].grad
@@ -384,7 +400,7 @@ class Network:
                         G, buf, p[f"gamma{layer}"], grads[f"gamma{layer}"], grads[f"beta{layer}"]
                     )
             H = X if layer == 1 else work.layers[layer - 2].out
-            np.matmul(H.T, G, out=grads[f"W{layer}"])
+            _product(H.T, G, grads[f"W{layer}"], lanes)
             if self.arch.normalized(layer):
                 # Batch norm subtracts the batch mean, so a bias before it cannot change the
                 # training cost: its gradient is exactly 0 (summing G would give rounding noise).
@@ -392,8 +408,28 @@ class Network:
             else:
                 np.add.reduce(G, axis=0, out=grads[f"b{layer}"])
             if layer > 1:  # the input layer's gradient is never needed
-                G = np.matmul(G, p[f"W{layer}"].T, out=work.layers[layer - 2].grad)
+                G = _product(G, p[f"W{layer}"].T, work.layers[layer - 2].grad, lanes)
         return loss, grads, stats
+
+
+def _product(
+    A: np.ndarray, B: np.ndarray, out: np.ndarray | None, lanes: Lanes | None
+) -> np.ndarray:
+    """A @ B, into `out` when given. A large 2-D product into a buffer is computed as two halves
+    of the output rows whether or not there are lanes to share them, so that the result does not
+    depend on who computed it."""
+    if out is None or out.ndim != 2 or A.size * B.shape[-1] < SPLIT_MIN_MULTIPLY_ADDS:
+        return np.matmul(A, B, out=out)
+    # At a multiple of 16 rows, the blocks OpenBLAS's kernels work in: two halves of a 100-row
+    # product then cost 8% more than the whole on one thread, split at row 50 they cost 13% more.
+    middle = max(16, out.shape[0] // 32 * 16)
+
+    def half(which: int) -> None:
+        rows = slice(0, middle) if which == 0 else slice(middle, None)
+        np.matmul(A[rows], B, out=out[rows])
+
+    run_halves(half, lanes)
+    return out
 
 
 def _softmax_cross_entropy_grad(
@@ -439,8 +475,9 @@ def _batch_norm_backward(
     np.add.reduce(G, axis=0, out=grad_beta)
     factor = gamma * buf.inv_std[0]  # dL/ds = factor * (G - grad_beta/n - s_hat * grad_gamma/n)
     G *= factor
-    G -= (factor / n) * grad_beta
-    np.multiply(s_hat, (factor / n) * grad_gamma, out=scratch)
+    factor /= n
+    G -= factor * grad_beta
+    np.multiply(s_hat, factor * grad_gamma, out=scratch)
     G -= scratch
     return G
 

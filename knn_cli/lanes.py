@@ -1,0 +1,127 @@
+"""Two lanes for the step's large matrix products: the caller's thread and one helper thread.
+
+Why not OpenBLAS's own threads: with an evaluation running on the second core they fight over
+both cores, and with any other load on a 2-core machine their spin-waiting made an epoch 5x
+slower (measured, see the trainer). Here a splittable job is two halves with fixed bounds; the
+caller runs the first, and the second goes to whichever thread is free first: when the helper
+is late (its core busy), the caller takes the half back, so a step is never much slower than on
+one core. Which thread ran a half never changes its result: the halves are the same products
+either way, so runs stay bit-for-bit reproducible whether or not the helper was used.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+Half = Callable[[int], None]  # called with 0, then (perhaps on the helper) with 1
+
+
+class _Job:
+    """One split job; the lock decides who runs the second half, the event says it is done."""
+
+    __slots__ = ("claim", "done", "error", "second_half")
+
+    def __init__(self, second_half: Callable[[], None]) -> None:
+        self.second_half = second_half
+        self.claim = threading.Lock()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run_unless_taken(self) -> bool:
+        if not self.claim.acquire(blocking=False):
+            return False
+        try:
+            self.second_half()
+        except BaseException as error:  # handed to the caller, who re-raises it
+            self.error = error
+        finally:
+            self.done.set()
+        return True
+
+
+class Lanes:
+    """Runs both halves of a job; with `helping` on, the second may run on the helper thread.
+
+    `helping` can change between jobs (the trainer turns it off while an evaluation occupies
+    the other core). Use as a context manager, or call `close`, to end the helper thread.
+    """
+
+    def __init__(self, helping: bool = True) -> None:
+        self.helping = helping
+        self._wake = threading.Condition()
+        self._job: _Job | None = None
+        self._generation = 0
+        self._closed = False
+        self._helper: threading.Thread | None = None
+
+    def split(self, half: Half) -> None:
+        """half(0) and half(1), perhaps at once; returns when both are done, raising the first
+        error either raised."""
+        if not self.helping:
+            half(0)
+            half(1)
+            return
+        job = _Job(lambda: half(1))
+        self._post(job)
+        try:
+            half(0)
+        finally:
+            # Never leave the helper writing into buffers the caller is about to reuse.
+            if not job.run_unless_taken():
+                job.done.wait()
+        if job.error is not None:
+            raise job.error
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        if self._helper is not None:
+            self._helper.join()
+            self._helper = None
+
+    def __enter__(self) -> Lanes:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _post(self, job: _Job) -> None:
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("Lanes used after close()")
+            if self._helper is None:
+                self._helper = threading.Thread(target=self._serve, name="knn-lane", daemon=True)
+                self._helper.start()
+            self._job = job
+            self._generation += 1
+            self._wake.notify()
+
+    def _serve(self) -> None:
+        seen = 0
+        while True:
+            with self._wake:
+                while self._generation == seen and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                seen = self._generation
+                job = self._job
+            if job is not None:
+                job.run_unless_taken()
+
+
+def run_halves(half: Half, lanes: Lanes | None) -> None:
+    """Both halves, on the lanes when there are some, else one after the other here."""
+    if lanes is None:
+        half(0)
+        half(1)
+    else:
+        lanes.split(half)

@@ -156,7 +156,8 @@ def _search_base(config_path: Path | None, overrides: Sequence[str]) -> dict[str
     "--final-validation-size",
     type=click.IntRange(min=1),
     default=None,
-    help="Images the final retrain holds out for validation; it trains on the rest [1000].",
+    help="Images the final retrain holds out for validation; it trains on the rest "
+    "[1000, or the config's hold-out if smaller].",
 )
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Sweep seed [0].")
 @_executor_options
@@ -198,9 +199,15 @@ def lambda_search(
             raise click.UsageError("--from refines an earlier sweep; drop --coarse")
         if log_range is not None and log_range[0] >= log_range[1]:
             raise click.BadParameter("LO must be below HI", param_hint="--range")
+        final_options = {"--final-cycles": final_cycles, "--final-seeds": final_seeds}
+        final_options["--final-validation-size"] = final_validation_size
+        given = [name for name, value in final_options.items() if value is not None]
+        if given and not final:
+            raise click.UsageError(f"{', '.join(given)} set(s) the final retrain; add --final")
         defaults = LambdaSearchSpec(base={})
+        base = _search_base(config_path, overrides)
         spec = LambdaSearchSpec(
-            base=_search_base(config_path, overrides),
+            base=base,
             coarse=bool(coarse),
             fine=bool(fine),
             final=bool(final),
@@ -210,7 +217,8 @@ def lambda_search(
             n_s=n_s,
             final_cycles=final_cycles or defaults.final_cycles,
             final_seeds=final_seeds or defaults.final_seeds,
-            final_validation_size=final_validation_size or defaults.final_validation_size,
+            final_validation_size=final_validation_size
+            or min(defaults.final_validation_size, base["data"]["validation_size"]),
             seed=seed if seed is not None else defaults.seed,
             source=str(source.resolve()) if source is not None else None,
         )

@@ -418,7 +418,12 @@ def _product(
     """A @ B, into `out` when given. A large 2-D product into a buffer is computed as two halves
     of the output rows whether or not there are lanes to share them, so that the result does not
     depend on who computed it."""
-    if out is None or out.ndim != 2 or A.size * B.shape[-1] < SPLIT_MIN_MULTIPLY_ADDS:
+    if (
+        out is None
+        or out.ndim != 2
+        or out.shape[0] < 32
+        or A.size * B.shape[-1] < SPLIT_MIN_MULTIPLY_ADDS
+    ):
         return np.matmul(A, B, out=out)
     # At a multiple of 16 rows, the blocks OpenBLAS's kernels work in: two halves of a 100-row
     # product then cost 8% more than the whole on one thread, split at row 50 they cost 13% more.

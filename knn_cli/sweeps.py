@@ -14,6 +14,7 @@ and the init-sensitivity runs, never for a search trial.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -135,7 +136,7 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
     The folder is made here, when the trial starts, so that a sweep stopped early leaves no
     empty folders for the trials it never reached."""
     config = config_from_dict(job.trial.config)
-    Path(job.run_dir).mkdir(exist_ok=True)
+    Path(job.run_dir).mkdir()  # never share a folder with another attempt, e.g. a stale task
     return train_run(
         config,
         Path(job.run_dir),
@@ -247,7 +248,7 @@ def final_trials(
 
 def final_test_summary(records: Sequence[TrialRecord]) -> tuple[float, float, int] | None:
     """Mean and sample standard deviation of the finished final retrains' test accuracy, and
-    how many there were (the deviation is 0 for one): one seed alone can be half a point off."""
+    how many there were (0 deviation for one): one seed alone can be half a point off or more."""
     accuracies = [
         float(r.get("test_accuracy"))
         for r in records
@@ -390,6 +391,11 @@ def load_sweep(sweep_dir: str | Path) -> tuple[str, LambdaSearchSpec | GridSpec]
             key: tuple(value) if isinstance(value, list) and key != "base" else value
             for key, value in doc["spec"].items()
         }
+        if cls is LambdaSearchSpec:
+            # Sweeps planned before the final retrain had seeds and a hold-out of its own
+            # resume as they were planned: one retrain, on the base config's split.
+            spec.setdefault("final_seeds", 1)
+            spec.setdefault("final_validation_size", spec["base"]["data"]["validation_size"])
         return doc["kind"], cls(**spec)
     except (KeyError, TypeError) as error:
         raise RunFolderError(
@@ -509,7 +515,8 @@ def run_trials(
         except KeyboardInterrupt:
             # Tables as the sweep stopped: trials cut short show as interrupted, not pending.
             if on_record is not None:
-                on_record([trial_record(sweep_dir, t) for t in trials])
+                with contextlib.suppress(Exception):  # the interrupt is what to report
+                    on_record([trial_record(sweep_dir, t) for t in trials])
             raise
     return [records[t.folder] for t in trials]
 

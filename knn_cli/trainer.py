@@ -12,7 +12,7 @@ second thread while training goes on (NumPy releases the GIL inside its matrix p
 thread, in step order, as soon as they are ready; the metrics are those training would have got
 by waiting. Both threads then use single-threaded BLAS: two threads each driving a 2-thread
 OpenBLAS pool on 2 cores fight over them (measured, a whole 3layer_bn run: 23 s, against 15-19 s
-with one BLAS thread each), and the step's 100-row products gain nothing from a second thread.
+with one BLAS thread each).
 The BLAS limit needs threadpoolctl; without it (and without OPENBLAS_NUM_THREADS=1 or the like
 in the environment) evaluation stays in line, as fast as before and no slower.
 

@@ -3,11 +3,14 @@ changes a number."""
 
 from __future__ import annotations
 
+import os
 import threading
+import warnings
 
 import numpy as np
 import pytest
 
+from knn_cli import trainer as trainer_module
 from knn_cli.lanes import Lanes, run_halves
 from knn_cli.network import SPLIT_MIN_MULTIPLY_ADDS, Network
 from knn_cli.trainer import Schedule, Splits, train
@@ -32,7 +35,7 @@ def test_the_helper_takes_second_halves_when_it_is_free() -> None:
 
     def half(which: int) -> None:
         if which == 0:
-            release.wait(1.0)  # the caller lingers: the helper must have taken half 1 by now
+            release.wait(10.0)  # the caller lingers until the helper has taken half 1
         else:
             threads.add(threading.current_thread().name)
             release.set()
@@ -76,20 +79,60 @@ def _problem(batch_norm: bool) -> tuple[Network, Splits]:
     return network, Splits(X[:240], y[:240], X[240:], y[240:])
 
 
+class CountingLanes(Lanes):
+    helped: int = 0
+
+    def split(self, half) -> None:  # type: ignore[no-untyped-def]
+        CountingLanes.helped += self.helping
+        super().split(half)
+
+
+two_cores = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="the trainer uses its helper lane on 2+ cores only"
+)
+
+
+@two_cores
 @pytest.mark.parametrize("batch_norm", [False, True])
-def test_training_gives_the_same_bits_with_one_lane_or_two(batch_norm: bool) -> None:
+def test_training_gives_the_same_bits_with_one_lane_or_two(
+    batch_norm: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trainer_module, "Lanes", CountingLanes)
     schedule = Schedule(0.01, 40, 1e-4, 0.05, n_s=12, cycles=1, eval_every=6, seed=2)
     results = []
     for two_lanes in (False, True):
         network, splits = _problem(batch_norm)
         records: list[dict] = []
+        CountingLanes.helped = 0
         train(network, splits, schedule, on_evaluation=records.extend, two_lanes=two_lanes)
         results.append((network.state(), records))
+        assert (CountingLanes.helped > 0) == two_lanes  # the helper was offered halves
     (one, one_records), (two, two_records) = results
     assert one_records == two_records
     assert one.keys() == two.keys()
     for name in one:
         np.testing.assert_array_equal(one[name], two[name], err_msg=name)
+
+
+def test_the_helper_handles_floating_point_errors_as_the_caller_does() -> None:
+    """NumPy's error state is per thread; the trainer silences overflow and reports divergence,
+    so an overflow on the helper must not warn (or, with warnings as errors, raise)."""
+    huge = np.full((4, 4), 1e38, dtype=np.float32)
+    ran_on: list[str] = []
+    helper_done = threading.Event()
+
+    def half(which: int) -> None:
+        if which == 0:
+            helper_done.wait(10.0)  # linger so that the helper takes half 1
+            return
+        np.matmul(huge, huge)  # overflows
+        ran_on.append(threading.current_thread().name)
+        helper_done.set()
+
+    with Lanes() as lanes, np.errstate(over="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lanes.split(half)
+    assert ran_on == ["knn-lane"]
 
 
 def test_a_split_product_matches_the_whole_one() -> None:

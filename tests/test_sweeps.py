@@ -401,6 +401,31 @@ def test_lambda_search_command_refuses_bad_resume_and_mixed_options(tmp_path: Pa
     assert mixed.exit_code == 2 and "--trials" in mixed.output
     neither = CliRunner().invoke(cli, ["lambda-search", "--runs-dir", str(tmp_path)])
     assert neither.exit_code == 2 and "--coarse" in neither.output
+    no_final = CliRunner().invoke(
+        cli, ["lambda-search", "--coarse", "--final-seeds", "2", "--runs-dir", str(tmp_path)]
+    )
+    assert no_final.exit_code == 2 and "--final-seeds" in no_final.output
+    assert "add --final" in no_final.output
+    too_big = CliRunner().invoke(
+        cli,
+        ["lambda-search", "--coarse", "--final", "--final-validation-size", "50000",
+         "--runs-dir", str(tmp_path)],
+    )  # fmt: skip
+    assert too_big.exit_code == 2 and "--final-validation-size" in too_big.output
+    assert not list(tmp_path.iterdir())  # refused before any sweep folder was made
+
+
+def test_a_sweep_planned_before_final_seeds_existed_resumes_as_planned(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    spec = tiny_search(fake_cifar_dir, final=True)
+    sweep_dir = start_sweep(tmp_path, LAMBDA_SEARCH, spec)
+    doc = json.loads((sweep_dir / "sweep.json").read_text())
+    del doc["spec"]["final_seeds"], doc["spec"]["final_validation_size"]
+    (sweep_dir / "sweep.json").write_text(json.dumps(doc))
+    _, resumed = load_sweep(sweep_dir)
+    assert resumed.final_seeds == 1
+    assert resumed.final_validation_size == spec.base["data"]["validation_size"] == 30
 
 
 def test_init_sensitivity_command(tmp_path: Path, fake_cifar_dir: Path) -> None:

@@ -145,7 +145,12 @@ def _search_base(config_path: Path | None, overrides: Sequence[str]) -> dict[str
     help="Search steps per half cycle [the config's: 5 epochs, 2250 on CIFAR-10].",
 )
 @click.option("--final", is_flag=True, default=None, help="Retrain the best lambda and test it.")
-@click.option("--final-cycles", type=click.IntRange(min=1), default=None, help="[3]")
+@click.option(
+    "--final-cycles",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Cycles of the final retrain [3].",
+)
 @click.option(
     "--final-seeds",
     type=click.IntRange(min=1),
@@ -274,6 +279,10 @@ def _fail_unless_usable(records: Any, sweep_dir: Path) -> None:
         raise RunFailed(f"no trial finished (see {sweep_dir}/)")
 
 
+def _cycles(count: int) -> str:
+    return "1 cycle" if count == 1 else f"{count} cycles"
+
+
 def _echo_finals(records: Sequence[Any]) -> None:
     """One line per retrain, then their mean and spread; exit 1 if any of them did not finish."""
     from knn_cli.errors import RunFailed
@@ -283,7 +292,7 @@ def _echo_finals(records: Sequence[Any]) -> None:
         training, data = record.trial.config["training"], record.trial.config["data"]
         if record.finished:
             click.echo(
-                f"final retrain (seed {training['seed']}, {training['cycles']} cycles, "
+                f"final retrain (seed {training['seed']}, {_cycles(training['cycles'])}, "
                 f"{data['validation_size']} held out): test accuracy "
                 f"{record.get('test_accuracy'):.4f}, validation "
                 f"{record.get('final_val_accuracy'):.4f}"

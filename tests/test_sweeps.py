@@ -377,8 +377,8 @@ def test_lambda_search_command_runs_coarse_fine_and_final(
     assert result.exit_code == 0, result.output
     assert (
         "best lambda" in result.output
-        and "final retrain (seed 4, 1 cycles, 20 held out): test accuracy" in result.output
-        and "final retrain (seed 5, 1 cycles, 20 held out): test accuracy" in result.output
+        and "final retrain (seed 4, 1 cycle, 20 held out): test accuracy" in result.output
+        and "final retrain (seed 5, 1 cycle, 20 held out): test accuracy" in result.output
         and "over 2 seeds" in result.output
     )
     (sweep_dir,) = runs.iterdir()

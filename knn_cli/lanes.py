@@ -127,11 +127,10 @@ class Lanes:
                 job.run_unless_taken()
 
 
+_HERE = Lanes(helping=False)  # never starts its helper thread
+
+
 def run_halves(half: Half, lanes: Lanes | None) -> None:
     """Both halves, on the lanes when there are some, else here: callers split the same way
     whether or not lanes exist, so that the numbers never depend on them."""
-    if lanes is None:
-        half(0)
-        half(1)
-    else:
-        lanes.split(half)
+    (lanes or _HERE).split(half)

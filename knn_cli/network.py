@@ -427,7 +427,7 @@ def _product(
         return np.matmul(A, B, out=out)
     # At a multiple of 16 rows, the blocks OpenBLAS's kernels work in: two halves of a 100-row
     # product then cost 8% more than the whole on one thread, split at row 50 they cost 13% more.
-    middle = max(16, out.shape[0] // 32 * 16)
+    middle = out.shape[0] // 32 * 16
 
     def half(which: int) -> None:
         rows = slice(0, middle) if which == 0 else slice(middle, None)

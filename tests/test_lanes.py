@@ -92,7 +92,16 @@ two_cores = pytest.mark.skipif(
 )
 
 
+@pytest.fixture
+def blas_threads_unpinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer keeps to one lane where the environment pins BLAS to one thread; starting a
+    local Dask cluster (a sweep test does) sets those variables in this process for good."""
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @two_cores
+@pytest.mark.usefixtures("blas_threads_unpinned")
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_training_gives_the_same_bits_with_one_lane_or_two(
     batch_norm: bool, monkeypatch: pytest.MonkeyPatch

@@ -31,6 +31,7 @@ from knn_cli.sweeps import (
     GridSpec,
     LambdaSearchSpec,
     Trial,
+    TrialJob,
     TrialRecord,
     final_test_summary,
     final_trials,
@@ -40,6 +41,7 @@ from knn_cli.sweeps import (
     load_sweep,
     run_init_sensitivity,
     run_lambda_search,
+    run_trial,
     run_trials,
     sample_log_lambda,
     start_sweep,
@@ -413,6 +415,34 @@ def test_lambda_search_command_refuses_bad_resume_and_mixed_options(tmp_path: Pa
     )  # fmt: skip
     assert too_big.exit_code == 2 and "--final-validation-size" in too_big.output
     assert not list(tmp_path.iterdir())  # refused before any sweep folder was made
+
+
+def test_a_trial_never_trains_into_a_folder_that_already_exists(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    (trial,) = lambda_trials(
+        tiny_base(fake_cifar_dir), "coarse", (-3, -2), [0], seed=0, cycles=1, n_s=10
+    )
+    taken = tmp_path / trial.folder
+    taken.mkdir()  # e.g. a stale task of an earlier attempt
+    with pytest.raises(FileExistsError):
+        run_trial(TrialJob(trial, str(taken)))
+    assert not any(taken.iterdir())
+
+
+def test_the_final_hold_out_defaults_to_the_configs_when_that_is_smaller(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    args = [
+        "lambda-search", "--coarse", "--final", "--trials", "1", "--n-s", "10", "--cycles", "1",
+        "--final-cycles", "1", "--final-seeds", "1", "--workers", "1",
+        "--runs-dir", str(tmp_path), "--set", f"data.dir={fake_cifar_dir}",
+        "--set", "data.validation_size=30", "--set", "model.hidden=[8]",
+        "--set", "training.batch_size=20", "--set", "training.n_s=10",
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "30 held out" in result.output
 
 
 def test_a_sweep_planned_before_final_seeds_existed_resumes_as_planned(

@@ -1,4 +1,4 @@
-"""Two lanes for the step's large matrix products: the caller's thread and one helper thread.
+"""Two lanes for the step's large first layer: the caller's thread and one helper thread.
 
 Why not OpenBLAS's own threads: with an evaluation running on the second core they fight over
 both cores, and with one other busy process on a 2-core machine their spin-waiting made a
@@ -9,6 +9,11 @@ caller takes the half back, so a step is never much slower than on one core (mea
 busy process beside it: 8% slower than one thread, where OpenBLAS's threads were 6x slower).
 Which thread ran a half never changes its result: the halves are the same products either way,
 so runs stay bit-for-bit reproducible whether or not the helper was used.
+
+A sleeping helper takes 30-100 us to wake (measured: a lock handed to a waiting thread, 30 us;
+the helper starting its half after `split` posts it, 60-100 us) -- a halted virtual CPU here --
+against halves of 200-600 us; so callers hand over few, long jobs, and give the caller work of
+its own to do `meanwhile`.
 """
 
 from __future__ import annotations
@@ -63,17 +68,25 @@ class Lanes:
         self._closed = False
         self._helper: threading.Thread | None = None
 
-    def split(self, half: Half) -> None:
-        """half(0) and half(1), perhaps at once; returns when both are done, raising the first
-        error either raised."""
+    def split(self, half: Half, meanwhile: Callable[[], None] | None = None) -> None:
+        """half(0) and half(1), perhaps at once, and `meanwhile()` on this thread; returns when
+        all are done, raising the first error raised.
+
+        `meanwhile` is work of the caller's that is independent of the halves: run while the
+        helper wakes up and works, it costs no time where it would have cost its own.
+        """
         if not self.helping:
             half(0)
             half(1)
+            if meanwhile is not None:
+                meanwhile()
             return
         job = _Job(lambda: half(1))
         self._post(job)
         try:
-            half(0)
+            half(0)  # first: its products release the GIL at once, which the helper needs to start
+            if meanwhile is not None:
+                meanwhile()
         finally:
             # Never leave the helper writing into buffers the caller is about to reuse.
             if not job.run_unless_taken():
@@ -130,7 +143,9 @@ class Lanes:
 _HERE = Lanes(helping=False)  # never starts its helper thread
 
 
-def run_halves(half: Half, lanes: Lanes | None) -> None:
+def run_halves(
+    half: Half, lanes: Lanes | None, meanwhile: Callable[[], None] | None = None
+) -> None:
     """Both halves, on the lanes when there are some, else here: callers split the same way
     whether or not lanes exist, so that the numbers never depend on them."""
-    (lanes or _HERE).split(half)
+    (lanes or _HERE).split(half, meanwhile)

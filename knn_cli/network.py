@@ -15,14 +15,16 @@ it writes into buffers kept in a `_Workspace` per batch size -- the forward loop
 parameter sets run the very same loop; softmax and cross-entropy share one pass; the backward
 pass starts from eta * dloss/dscores, so it produces the update itself; weight decay scales W in
 place instead of building 2 lambda W; reductions call the ufuncs directly (np.mean's wrapper
-cost three times the arithmetic here). The large products are done as two halves of their
-output rows, which the trainer's two lanes can run on both cores at once (see `lanes`).
+cost three times the arithmetic here). A large first layer is shared by the trainer's two
+lanes, one per core, each owning half of the input features (see `_InputSplit`), and the
+updates of the other parameters run meanwhile on the caller's lane.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,9 +32,9 @@ import numpy as np
 from knn_cli.lanes import Lanes, run_halves
 
 INITS = ("he", "normal")
-# A step's product of at least this many multiply-adds is done as two halves of its output rows,
-# for two lanes to run at once; a smaller one costs more to hand over than it takes. The first
-# layer's (100 x 3072 x 50 = 15M) are split; a hidden layer's (100 x 50 x 50) are not.
+# A first layer whose forward product has at least this many multiply-adds is shared by two lanes
+# (see `_InputSplit`); a smaller one costs more to hand over than it takes. The study's first
+# layer (100 x 3072 x 50 = 15M) is split; a gradient check's (10 x 8 x 50) is not.
 SPLIT_MIN_MULTIPLY_ADDS = 1_000_000
 DTYPES = ("float32", "float64")
 
@@ -117,6 +119,12 @@ class _Workspace:
                 )
             )
         self.rows = np.arange(n)
+        d, width = arch.widths[0], arch.widths[1]
+        self.input_split = (
+            _InputSplit(d, n, width, dtype)
+            if n * d * width >= SPLIT_MIN_MULTIPLY_ADDS and d >= 32
+            else None
+        )
         # One per parameter, in the parameters' order; shapes are fixed by the architecture.
         self.grads = {
             name: np.empty(shape, dtype=dtype) for name, shape in parameter_shapes(arch).items()
@@ -180,6 +188,9 @@ class Network:
                     f"parameter {name} has shape {self.params[name].shape}, got {value.shape}"
                 )
             self.params[name] = value.astype(self.dtype, copy=True)
+        for work in self._workspaces.values():
+            if work.input_split is not None:
+                work.input_split.forget()
 
     def snapshot(self) -> Network:
         """An independent copy of parameters and moving averages, to evaluate elsewhere (on
@@ -257,6 +268,7 @@ class Network:
         params: Mapping[str, np.ndarray] | None = None,
         work: _Workspace | None = None,
         lanes: Lanes | None = None,
+        rows: np.ndarray | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The one forward loop for every depth, with and without batch norm.
 
@@ -265,15 +277,23 @@ class Network:
         lands in its buffers, which then hold what the backward pass needs; without one, arrays
         are allocated. Vectors are broadcast with `[..., None, :]` and statistics taken over
         axis -2 so that the same loop serves stacked parameter sets (see `cost_of`).
+        `rows` (only with a workspace whose first layer is split) says the batch is X[rows], for
+        the lanes to gather.
         """
         p = self.params if params is None else params
-        H = np.asarray(X, dtype=self.dtype)
+        H = X if rows is not None else np.asarray(X, dtype=self.dtype)
         batch_stats: dict[str, np.ndarray] = {}
         arch = self.arch
         k = arch.n_layers
         for layer in range(1, k + 1):
             buf = _ALLOCATE if work is None else work.layers[layer - 1]
-            S = _product(H, p[f"W{layer}"], buf.out, lanes)
+            W = p[f"W{layer}"]
+            if layer == 1 and work is not None and work.input_split is not None:
+                S = work.input_split.forward(H, rows, W, buf.out, lanes)
+            else:
+                assert rows is None, "rows need a split first layer to gather them"
+                S = np.matmul(H, W, out=buf.out)
+            rows = None
             S += p[f"b{layer}"][..., None, :]
             if layer == k:
                 return S, batch_stats
@@ -324,36 +344,67 @@ class Network:
         return loss + lambda_ * self.weight_penalty(), total
 
     def train_step(
-        self, X: np.ndarray, y: np.ndarray, lambda_: float, eta: float, lanes: Lanes | None = None
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        lambda_: float,
+        eta: float,
+        lanes: Lanes | None = None,
+        rows: np.ndarray | None = None,
+        next_rows: np.ndarray | None = None,
     ) -> float:
-        """One gradient-descent step on a mini-batch; returns the cost before the step.
+        """One gradient-descent step on the mini-batch X[rows], y[rows] (all of X and y when
+        `rows` is None); returns the cost before the step.
+
+        Given the whole training set and the rows, the lanes of a split first layer gather their
+        own halves of the batch; given also `next_rows`, the rows of the next call, which must
+        follow with nothing changed in between, each lane goes on from its half of this step's
+        update to its half of the next batch's first product (see `_InputSplit`).
 
         W becomes W - eta * (dloss/dW + 2 lambda W), done as a decay of W by (1 - 2 eta lambda)
         and the subtraction of eta * dloss/dW. The backward pass is linear in the gradient it
         starts from, so starting it from eta * dloss/dscores yields every step ready-made: each
         parameter costs one pass over its array (two for a weight), where scaling and adding
-        the penalty term took four. The penalty in the returned cost is summed in the network's
-        dtype (a BLAS dot product), not in float64 as `weight_penalty` does: the float64 sum of
-        W1 squared took longer than every other non-matrix-product operation of the step
-        together, and the cost of a step only serves to notice divergence. `lanes` only decides
-        which threads run the large products' halves, never what they compute.
+        the penalty term took four (see `_decay_and_step` for the penalty in the returned cost).
+        `lanes` only decides which threads run a split layer's halves, never what they compute.
         """
-        H = np.asarray(X, dtype=self.dtype)
-        loss, steps, stats = self._loss_gradients_stats(H, y, scale=eta, lanes=lanes)
+        if rows is not None:
+            y = y[rows]
         p = self.params
-        penalty = 0.0
         decay = 1.0 - 2.0 * lambda_ * eta
-        for layer in range(1, self.arch.n_layers + 1):
-            W = p[f"W{layer}"]
-            flat = W.ravel(order="K")
-            penalty += float(np.dot(flat, flat))
-            if decay != 1.0:
-                W *= decay
-        for name, step in steps.items():
-            if name not in self._constant_biases:
-                p[name] -= step
-        self.update_moving_averages(stats)
-        return loss + lambda_ * penalty
+        work = self._workspace(len(y))
+        split = work.input_split
+        penalties = [0.0, 0.0, 0.0]  # W1's halves (each lane updates the half it computed), rest
+
+        def update_input_layer(which: int) -> None:
+            assert split is not None
+            W1 = p["W1"]
+            penalties[which] = split.decay_and_step(which, W1, work.grads["W1"], decay)
+            if next_rows is not None:
+                split.prepare(which, X, next_rows, W1, lanes)
+
+        def update_the_rest(stats: dict[str, np.ndarray]) -> None:
+            for name, step in work.grads.items():
+                if name == "W1" and split is not None:
+                    continue  # by update_input_layer
+                if name.startswith("W"):
+                    penalties[2] += _decay_and_step(p[name], step, decay)
+                elif name not in self._constant_biases:
+                    p[name] -= step
+            self.update_moving_averages(stats)
+
+        loss = self._loss_gradients_stats(
+            X,
+            y,
+            eta,
+            lanes,
+            rows,
+            update_input_layer if split is not None else None,
+            update_the_rest,
+        )[0]
+        if split is not None and next_rows is not None:
+            split.prepared_for(next_rows)
+        return loss + lambda_ * sum(penalties)
 
     def update_moving_averages(self, batch_stats: Mapping[str, np.ndarray]) -> None:
         alpha = self.arch.bn_alpha
@@ -376,18 +427,30 @@ class Network:
         return work
 
     def _loss_gradients_stats(
-        self, X: np.ndarray, y: np.ndarray, scale: float, lanes: Lanes | None = None
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        scale: float,
+        lanes: Lanes | None = None,
+        rows: np.ndarray | None = None,
+        after_input_layer: Callable[[int], None] | None = None,
+        meanwhile: Callable[[dict[str, np.ndarray]], None] | None = None,
     ) -> tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Mean cross-entropy, `scale` times its gradient for every parameter (no penalty term),
-        and the batch statistics.
+        and the batch statistics, for the batch X[rows] (X when `rows` is None).
 
-        The gradients are the workspace's buffers, valid until the next step of this batch size.
+        With a split first layer, `after_input_layer(half)` runs on each lane right after its
+        half of W1's gradient, while those rows are in its cache. The gradients are the
+        workspace's buffers, valid until the next step of this batch size.
         """
         p = self.params
-        n = X.shape[0]
-        work = self._workspace(n)
+        work = self._workspace(len(y))
+        if rows is not None and work.input_split is None:  # no lanes to gather halves
+            X, rows = X[rows], None
+        if rows is None:
+            X = np.asarray(X, dtype=self.dtype)
         grads = work.grads
-        scores, stats = self._forward(X, train=True, work=work, lanes=lanes)
+        scores, stats = self._forward(X, train=True, work=work, lanes=lanes, rows=rows)
         k = self.arch.n_layers
         loss = _softmax_cross_entropy_grad(scores, y, work.rows, scale, out=work.layers[k - 1].grad)
         G = work.layers[k - 1].grad
@@ -399,42 +462,136 @@ class Network:
                     G = _batch_norm_backward(
                         G, buf, p[f"gamma{layer}"], grads[f"gamma{layer}"], grads[f"beta{layer}"]
                     )
-            H = X if layer == 1 else work.layers[layer - 2].out
-            _product(H.T, G, grads[f"W{layer}"], lanes)
             if self.arch.normalized(layer):
                 # Batch norm subtracts the batch mean, so a bias before it cannot change the
                 # training cost: its gradient is exactly 0 (summing G would give rounding noise).
                 grads[f"b{layer}"].fill(0.0)
             else:
                 np.add.reduce(G, axis=0, out=grads[f"b{layer}"])
+            if layer == 1 and work.input_split is not None:
+                # The last gradient: every other one is ready for `meanwhile`.
+                work.input_split.weight_gradient(
+                    G,
+                    grads["W1"],
+                    lanes,
+                    after_input_layer,
+                    None if meanwhile is None else functools.partial(meanwhile, stats),
+                )
+                return loss, grads, stats
+            H = X if layer == 1 else work.layers[layer - 2].out
+            np.matmul(H.T, G, out=grads[f"W{layer}"])
             if layer > 1:  # the input layer's gradient is never needed
-                G = _product(G, p[f"W{layer}"].T, work.layers[layer - 2].grad, lanes)
+                G = np.matmul(G, p[f"W{layer}"].T, out=work.layers[layer - 2].grad)
+        if meanwhile is not None:
+            meanwhile(stats)
         return loss, grads, stats
 
 
-def _product(
-    A: np.ndarray, B: np.ndarray, out: np.ndarray | None, lanes: Lanes | None
-) -> np.ndarray:
-    """A @ B, into `out` when given. A large 2-D product into a buffer is computed as two halves
-    of the output rows whether or not there are lanes to share them, so that the result does not
-    depend on who computed it."""
-    if (
-        out is None
-        or out.ndim != 2
-        or out.shape[0] < 32
-        or A.size * B.shape[-1] < SPLIT_MIN_MULTIPLY_ADDS
-    ):
-        return np.matmul(A, B, out=out)
-    # At a multiple of 16 rows, the blocks OpenBLAS's kernels work in: two halves of a 100-row
-    # product then cost 8% more than the whole on one thread, split at row 50 they cost 13% more.
-    middle = out.shape[0] // 32 * 16
+class _InputSplit:
+    """The first layer, shared by two lanes: each owns half of the input features, i.e. those
+    columns of the batch and those rows of W1, its gradient and its update.
 
-    def half(which: int) -> None:
-        rows = slice(0, middle) if which == 0 else slice(middle, None)
-        np.matmul(A[rows], B, out=out[rows])
+    Why features and not samples: a lane's half of the batch, of W1 and of its step then stays
+    in that core's cache from the gather through the forward product, the weight gradient and
+    the update (split by samples, both lanes would read all of W1, just updated on the other
+    core). The forward product becomes the sum of two products over halves of the inner
+    dimension -- a rounding different from the whole product's, but the same whichever lane
+    computes which half, so results never depend on the lanes.
 
-    run_halves(half, lanes)
-    return out
+    Waking the helper costs 30-100 us on this machine (a halted virtual CPU), a quarter of a
+    half product; so a step hands over as few jobs as it can: the weight gradient, update and
+    next batch's forward product of one half are one job (`prepare` runs inside the backward
+    pass's job), leaving one hand-over per step.
+    """
+
+    def __init__(self, d: int, n: int, width: int, dtype: np.dtype) -> None:
+        middle = d // 32 * 16  # a multiple of 16, the blocks OpenBLAS's kernels work in
+        self.features = (slice(0, middle), slice(middle, d))
+        self.partials = [np.empty((n, width), dtype=dtype) for _ in range(2)]
+        self.inputs: list[np.ndarray] = [np.empty((n, 0), dtype=dtype)] * 2  # for the backward
+        self._batch = np.empty((0, d), dtype=dtype)  # the whole batch, when gathered at once
+        self._prepared: np.ndarray | None = None  # the rows the partials are for
+
+    def prepare(
+        self, which: int, X: np.ndarray, rows: np.ndarray | None, W: np.ndarray, lanes: Lanes | None
+    ) -> None:
+        """One half of X[rows] @ W (of X @ W when `rows` is None), into `partials[which]`.
+
+        Where the helper helps, each lane gathers its own half of the batch's features: the
+        gather is a tenth of the step, and the half lands in the cache of the core that uses it.
+        On one thread (half 0 runs first) one gather of whole rows is cheaper than two.
+        """
+        features = self.features[which]
+        if rows is None:
+            part = X[:, features]
+        elif lanes is not None and lanes.helping:
+            part = X[rows, features]
+        else:
+            if which == 0:
+                self._batch = X[rows]
+            part = self._batch[:, features]
+        self.inputs[which] = part = np.asarray(part, dtype=W.dtype)
+        np.matmul(part, W[features], out=self.partials[which])
+
+    def prepared_for(self, rows: np.ndarray) -> None:
+        """Both halves of `prepare` have run for these rows with the current W."""
+        self._prepared = rows.copy()  # the caller may reuse its array
+
+    def forget(self) -> None:
+        """W changed other than by a step: what `prepare` computed is stale."""
+        self._prepared = None
+
+    def forward(
+        self,
+        X: np.ndarray,
+        rows: np.ndarray | None,
+        W: np.ndarray,
+        out: np.ndarray,
+        lanes: Lanes | None,
+    ) -> np.ndarray:
+        """X[rows] @ W into `out`, from the halves `prepare` left if they are for these rows."""
+        prepared, self._prepared = self._prepared, None
+        if rows is None or prepared is None or not np.array_equal(prepared, rows):
+            run_halves(lambda which: self.prepare(which, X, rows, W, lanes), lanes)
+        return np.add(self.partials[0], self.partials[1], out=out)
+
+    def weight_gradient(
+        self,
+        G: np.ndarray,
+        out: np.ndarray,
+        lanes: Lanes | None,
+        then: Callable[[int], None] | None,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> None:
+        """H.T @ G into `out` for the batch H of the last forward pass, by halves of out's rows;
+        each lane goes on with `then(half)`."""
+
+        def half(which: int) -> None:
+            np.matmul(self.inputs[which].T, G, out=out[self.features[which]])
+            if then is not None:
+                then(which)
+
+        run_halves(half, lanes, meanwhile)
+
+    def decay_and_step(self, which: int, W: np.ndarray, step: np.ndarray, decay: float) -> float:
+        """`_decay_and_step` on one half of W's rows."""
+        features = self.features[which]
+        return _decay_and_step(W[features], step[features], decay)
+
+
+def _decay_and_step(W: np.ndarray, step: np.ndarray, decay: float) -> float:
+    """W <- decay * W - step, in place; returns the sum of squares of W before the update.
+
+    The sum is taken in W's dtype (a BLAS dot product), not in float64 as `weight_penalty`
+    does: in float64 the sum for W1 took longer than every other elementwise operation of the
+    step together, and the cost of a step only serves to notice divergence.
+    """
+    flat = W.ravel(order="K")
+    penalty = float(np.dot(flat, flat))
+    if decay != 1.0:
+        W *= decay
+    W -= step
+    return penalty
 
 
 def _softmax_cross_entropy_grad(

@@ -122,8 +122,6 @@ def train(
     n_train = len(splits.X_train)
     batch_size = schedule.batch_size
     batches_per_epoch = n_train // batch_size
-    rng = np.random.default_rng([schedule.seed, 1])  # a stream apart from the init's
-    order = rng.permutation(n_train)
     X_train, y_train = np.asarray(splits.X_train), np.asarray(splits.y_train)
 
     def rate(step: int) -> float:
@@ -160,15 +158,17 @@ def train(
         _evaluations(on_evaluation, records, background) as evaluations,
     ):
         evaluations.request(network, 0, rate(0))
+        batches = _batches(n_train, batch_size, schedule.seed)
+        rows = next(batches)
         for step in range(schedule.total_steps):
-            batch = step % batches_per_epoch
-            if batch == 0 and step > 0:
-                order = rng.permutation(n_train)
-            idx = order[batch * batch_size : (batch + 1) * batch_size]
+            # The step is told the next batch too: its lanes start on it (see Network.train_step).
+            next_rows = next(batches) if step + 1 < schedule.total_steps else None
             eta = rate(step)
             if lanes is not None:
                 lanes.helping = not evaluations.in_flight()
-            cost = network.train_step(X_train[idx], y_train[idx], schedule.lambda_, eta, lanes)
+            cost = network.train_step(
+                X_train, y_train, schedule.lambda_, eta, lanes, rows=rows, next_rows=next_rows
+            )
             if not math.isfinite(cost):
                 return TrainingOutcome(
                     "diverged",
@@ -183,7 +183,18 @@ def train(
                 evaluations.request(network, done, rate(done))
             else:
                 evaluations.deliver_ready()
+            rows = next_rows
         return TrainingOutcome("finished", schedule.total_steps)
+
+
+def _batches(n_train: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+    """Rows of each mini-batch, a new shuffle every epoch, from a generator seeded by the
+    schedule alone (a stream apart from the init's); a last partial batch is dropped."""
+    rng = np.random.default_rng([seed, 1])
+    while True:
+        order = rng.permutation(n_train)
+        for start in range(0, n_train - batch_size + 1, batch_size):
+            yield order[start : start + batch_size]
 
 
 class _Evaluations:

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
+from knn_cli import network as network_module
 from knn_cli import trainer as trainer_module
 from knn_cli.lanes import Lanes, run_halves
 from knn_cli.network import SPLIT_MIN_MULTIPLY_ADDS, Network
@@ -82,9 +83,9 @@ def _problem(batch_norm: bool) -> tuple[Network, Splits]:
 class CountingLanes(Lanes):
     helped: int = 0
 
-    def split(self, half) -> None:  # type: ignore[no-untyped-def]
+    def split(self, half, meanwhile=None) -> None:  # type: ignore[no-untyped-def]
         CountingLanes.helped += self.helping
-        super().split(half)
+        super().split(half, meanwhile)
 
 
 two_cores = pytest.mark.skipif(
@@ -107,13 +108,16 @@ def test_training_gives_the_same_bits_with_one_lane_or_two(
     batch_norm: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(trainer_module, "Lanes", CountingLanes)
-    schedule = Schedule(0.01, 40, 1e-4, 0.05, n_s=12, cycles=1, eval_every=6, seed=2)
+    schedule = Schedule(0.01, 40, 1e-4, 0.01, n_s=12, cycles=1, eval_every=6, seed=2)
     results = []
     for two_lanes in (False, True):
         network, splits = _problem(batch_norm)
         records: list[dict] = []
         CountingLanes.helped = 0
-        train(network, splits, schedule, on_evaluation=records.extend, two_lanes=two_lanes)
+        outcome = train(
+            network, splits, schedule, on_evaluation=records.extend, two_lanes=two_lanes
+        )
+        assert outcome.status == "finished"
         results.append((network.state(), records))
         assert (CountingLanes.helped > 0) == two_lanes  # the helper was offered halves
     (one, one_records), (two, two_records) = results
@@ -144,15 +148,121 @@ def test_the_helper_handles_floating_point_errors_as_the_caller_does() -> None:
     assert ran_on == ["knn-lane"]
 
 
-def test_a_split_product_matches_the_whole_one() -> None:
-    from knn_cli.network import _product
-
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((100, 3072))
-    W = rng.standard_normal((3072, 50))
-    G = rng.standard_normal((100, 50))
+def test_meanwhile_runs_once_on_the_caller_while_the_helper_works() -> None:
+    main = threading.current_thread().name
     with Lanes() as lanes:
-        for A, B in ((X, W), (X.T, G)):
-            out = np.empty((A.shape[0], B.shape[1]))
-            assert _product(A, B, out, lanes) is out
-            np.testing.assert_allclose(out, A @ B, rtol=1e-12, atol=1e-10)
+        for helping in (True, False):
+            lanes.helping = helping
+            for _ in range(50):
+                ran: list[str] = []
+
+                def note(ran: list[str] = ran) -> None:
+                    ran.append(threading.current_thread().name)
+
+                lanes.split(lambda _which: None, note)
+                assert ran == [main]
+    ran = []
+    run_halves(lambda _which: None, None, lambda: ran.append("here"))
+    assert ran == ["here"]
+
+
+def test_an_error_in_meanwhile_reaches_the_caller_after_the_halves() -> None:
+    finished: list[int] = []
+
+    def meanwhile() -> None:
+        raise ValueError("meanwhile broke")
+
+    with Lanes() as lanes, pytest.raises(ValueError, match="meanwhile broke"):
+        lanes.split(finished.append, meanwhile)
+    assert sorted(finished) == [0, 1]
+
+
+# -- the first layer split by input features --------------------------------------------------
+
+
+def _twin_networks(batch_norm: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Network, Network]:
+    """Two networks with the same start: the first splits its first layer, the second does not
+    (its workspaces are made while splitting is switched off)."""
+    d, n = 640, 40
+    assert n * d * 50 >= SPLIT_MIN_MULTIPLY_ADDS
+    split, whole = (
+        Network(d, [50, 20], 10, batch_norm=batch_norm, seed=3, dtype="float64") for _ in range(2)
+    )
+    assert split._workspace(n).input_split is not None
+    with monkeypatch.context() as patch:
+        patch.setattr(network_module, "SPLIT_MIN_MULTIPLY_ADDS", 10**12)
+        assert whole._workspace(n).input_split is None
+    return split, whole
+
+
+def _data(rows: int = 200, d: int = 640) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(11)
+    return rng.standard_normal((rows, d)) / np.sqrt(d) * 3, rng.integers(0, 10, rows)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_a_split_first_layer_gives_the_gradients_of_the_whole_one(
+    batch_norm: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The split path's gradients against the unsplit path's, which the centred-difference tests
+    check: they differ only in the order of the forward product's additions."""
+    split, whole = _twin_networks(batch_norm, monkeypatch)
+    X, y = _data()
+    cost_split, grads_split = split.cost_and_gradients(X[:40], y[:40], 0.01)
+    cost_whole, grads_whole = whole.cost_and_gradients(X[:40], y[:40], 0.01)
+    assert cost_split == pytest.approx(cost_whole, rel=1e-12)
+    assert grads_split.keys() == grads_whole.keys()
+    for name in grads_whole:
+        np.testing.assert_allclose(grads_split[name], grads_whole[name], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("helping", [False, True])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_pipelined_split_steps_match_plain_gradient_descent(
+    batch_norm: bool, helping: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps told the next batch (each lane then computes its half of the next first-layer
+    product) against gradient descent written out: W - eta * (dJ/dW + 2 lambda W), batch by
+    batch, from the unsplit network's gradients."""
+    split, whole = _twin_networks(batch_norm, monkeypatch)
+    X, y = _data()
+    lambda_, batches = 0.02, [np.arange(i, 200, 5)[:40] for i in range(5)]
+    with Lanes(helping=helping) as lanes:
+        for step, rows in enumerate(batches):
+            eta = 0.05 * (step + 1)
+            following = batches[step + 1] if step + 1 < len(batches) else None
+            cost = split.train_step(X, y, lambda_, eta, lanes, rows=rows, next_rows=following)
+            expected_cost, grads = whole.cost_and_gradients(X[rows], y[rows], lambda_)
+            stats = {k: v.copy() for k, v in whole._forward(X[rows], train=True)[1].items()}
+            assert cost == pytest.approx(expected_cost, rel=1e-9)
+            for name, grad in grads.items():
+                whole.params[name] -= eta * grad
+            whole.update_moving_averages(stats)
+            for name in whole.params:
+                np.testing.assert_allclose(
+                    split.params[name], whole.params[name], rtol=1e-9, atol=1e-12, err_msg=name
+                )
+    assert split.moving_averages.keys() == whole.moving_averages.keys()
+    for name in whole.moving_averages:
+        np.testing.assert_allclose(split.moving_averages[name], whole.moving_averages[name])
+
+
+def test_a_prepared_first_product_is_not_used_for_other_rows_or_changed_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A step told the wrong next batch, or weights set in between, still computes the right
+    step: the prepared halves are for other rows or for old weights."""
+    split, whole = _twin_networks(True, monkeypatch)
+    X, y = _data()
+    first, announced, actual = np.arange(40), np.arange(40, 80), np.arange(80, 120)
+    for network in (split, whole):
+        network.train_step(X, y, 0.01, 0.1, rows=first, next_rows=announced)
+    split.train_step(X, y, 0.01, 0.1, rows=actual, next_rows=announced)
+    whole.train_step(X[actual], y[actual], 0.01, 0.1)
+    new_W1 = whole.params["W1"] * 0.5
+    for network in (split, whole):
+        network.set_params({"W1": new_W1})
+    cost = split.train_step(X, y, 0.01, 0.1, rows=announced)
+    assert cost == pytest.approx(whole.train_step(X[announced], y[announced], 0.01, 0.1))
+    for name in whole.params:
+        np.testing.assert_allclose(split.params[name], whole.params[name], rtol=1e-9, atol=1e-12)

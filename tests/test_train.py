@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from knn_cli.data import Dataset
 from knn_cli.experiment import evaluate_run, load_trained_network, train_run
 from knn_cli.network import Network
 from knn_cli.runs import new_run_dir, read_metrics
-from knn_cli.trainer import Schedule, Splits, train
+from knn_cli.trainer import Schedule, Splits, _batches, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
 
@@ -138,6 +139,16 @@ def test_trainer_reports_evaluations_through_a_callback_only() -> None:
     )
     assert outcome.status == "finished" and outcome.steps == 8
     assert seen == [0, 3, 6, 8]
+
+
+def test_batches_are_a_new_shuffle_each_epoch_drawn_from_the_seed_alone() -> None:
+    """The trainer looks one batch ahead; the batches must stay those of one permutation per
+    epoch from the schedule's seed, dropping a last partial batch."""
+    rng = np.random.default_rng([7, 1])
+    first, second = rng.permutation(10), rng.permutation(10)
+    expected = [first[0:3], first[3:6], first[6:9], second[0:3], second[3:6], second[6:9]]
+    got = list(itertools.islice(_batches(10, 3, 7), 6))
+    assert [list(b) for b in got] == [list(b) for b in expected]
 
 
 def test_batch_larger_than_training_set_is_a_config_error(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ its own to do `meanwhile`.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -28,14 +29,16 @@ Half = Callable[[int], None]  # called with 0, then (perhaps on the helper) with
 
 
 class _Job:
-    """One split job; the lock decides who runs the second half, the event says it is done."""
+    """One split job: `claim` decides who runs the second half, `running` is held until it is
+    done (plain locks: an Event's condition variable costs more to wait on and to wake)."""
 
-    __slots__ = ("claim", "done", "error", "floating_point_errors", "second_half")
+    __slots__ = ("claim", "error", "floating_point_errors", "running", "second_half")
 
     def __init__(self, second_half: Callable[[], None]) -> None:
         self.second_half = second_half
         self.claim = threading.Lock()
-        self.done = threading.Event()
+        self.running = threading.Lock()
+        self.running.acquire()
         self.error: BaseException | None = None
         # NumPy's error handling is per thread: the helper must treat an overflow as the caller
         # would (the trainer silences it and reports divergence), not warn or raise its own way.
@@ -49,8 +52,11 @@ class _Job:
         except BaseException as error:  # handed to the caller, who re-raises it
             self.error = error
         finally:
-            self.done.set()
+            self.running.release()
         return True
+
+    def wait(self) -> None:
+        self.running.acquire()
 
 
 class Lanes:
@@ -62,9 +68,8 @@ class Lanes:
 
     def __init__(self, helping: bool = True) -> None:
         self.helping = helping
-        self._wake = threading.Condition()
-        self._job: _Job | None = None
-        self._generation = 0
+        # Jobs in the order posted; the helper skips those the caller has taken back.
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._closed = False
         self._helper: threading.Thread | None = None
 
@@ -90,15 +95,14 @@ class Lanes:
         finally:
             # Never leave the helper writing into buffers the caller is about to reuse.
             if not job.run_unless_taken():
-                job.done.wait()
+                job.wait()
         if job.error is not None:
             raise job.error
 
     def close(self) -> None:
-        with self._wake:
-            self._closed = True
-            self._wake.notify_all()
+        self._closed = True
         if self._helper is not None:
+            self._jobs.put(None)
             self._helper.join()
             self._helper = None
 
@@ -114,30 +118,18 @@ class Lanes:
         self.close()
 
     def _post(self, job: _Job) -> None:
-        with self._wake:
-            if self._closed:
-                raise RuntimeError("Lanes used after close()")
-            if self._helper is None:
-                self._helper = threading.Thread(target=self._serve, name="knn-lane", daemon=True)
-                self._helper.start()
-            self._job = job
-            self._generation += 1
-            self._wake.notify()
+        if self._closed:
+            raise RuntimeError("Lanes used after close()")
+        if self._helper is None:
+            self._helper = threading.Thread(target=self._serve, name="knn-lane", daemon=True)
+            self._helper.start()
+        self._jobs.put(job)
 
     def _serve(self) -> None:
-        seen = 0
-        while True:
-            with self._wake:
-                while self._generation == seen and not self._closed:
-                    self._wake.wait()
-                if self._closed:
-                    return
-                seen = self._generation
-                job = self._job
-            if job is not None:
-                if np.geterr() != job.floating_point_errors:
-                    np.seterr(**job.floating_point_errors)
-                job.run_unless_taken()
+        while (job := self._jobs.get()) is not None:
+            if np.geterr() != job.floating_point_errors:
+                np.seterr(**job.floating_point_errors)
+            job.run_unless_taken()
 
 
 _HERE = Lanes(helping=False)  # never starts its helper thread

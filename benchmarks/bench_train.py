@@ -318,7 +318,7 @@ def main() -> None:
     print(f"Seconds per epoch ({N_TRAIN} rows, batch {BATCH}, float32; median of {args.repeats})")
     header = (
         f"{'config':<10} {'ours':>7} {'bound':>7} {'x bound':>8} {'GF/s mm':>8}"
-        f" {'1 lane':>7} {'bound1':>7} {'x bound1':>8}"
+        f" {'1 lane':>7} {'bound1':>7} {'x bound1':>8} {'1 lane/ours':>11}"
     )
     if torch_note:
         header += f" {'torch':>7} {'torch/ours':>10}"
@@ -346,7 +346,7 @@ def main() -> None:
             mine1 = one_lane()
             row = {"ours": mine, "bound": bound.seconds, "x bound": mine / bound.seconds}
             row |= {"gflops": bound.gflops, "1 lane": mine1, "bound1": single.seconds}
-            row |= {"x bound1": mine1 / single.seconds}
+            row |= {"x bound1": mine1 / single.seconds, "1 lane/ours": mine1 / mine}
             if theirs:
                 time.sleep(PAUSE_S)
                 torch_seconds = theirs()
@@ -357,6 +357,7 @@ def main() -> None:
         line = (
             f"{config_name:<10} {m['ours']:7.3f} {m['bound']:7.3f} {m['x bound']:8.2f} "
             f"{m['gflops']:8.1f} {m['1 lane']:7.3f} {m['bound1']:7.3f} {m['x bound1']:8.2f}"
+            f" {m['1 lane/ours']:11.2f}"
         )
         if theirs:
             line += f" {m['torch']:7.3f} {m['torch/ours']:10.2f}"
@@ -368,7 +369,7 @@ def main() -> None:
         "medians over repeats, ratios taken within each repeat; "
         "bound: epoch FLOPs / matmul throughput measured at the step's shapes, best of "
         f"{thread_counts} BLAS threads; 1 lane: the step on one thread, against bound1 (one BLAS"
-        " thread); torch/ours > 1: ours is faster"
+        " thread); 1 lane/ours: what the helper thread gains; torch/ours > 1: ours is faster"
     )
 
     if not args.full:

@@ -144,6 +144,38 @@ def test_eval_mode_uses_moving_averages() -> None:
     assert not np.allclose(net.scores(second, train=True), net.scores(second))
 
 
+def test_moving_averages_folded_together_equal_those_folded_one_by_one() -> None:
+    """A step folds all layers' statistics in one pass; the arithmetic must be the per-array
+    one, and averages loaded from a state or held by a snapshot must not be mixed up with it."""
+    X, y = small_problem(seed=5, n=30, d=12)
+    batches = [np.arange(i, 30, 3)[:10] for i in range(3)] * 2
+    net = Network(12, [9, 7, 5], 10, batch_norm=True, seed=5)
+    by_hand = Network(12, [9, 7, 5], 10, batch_norm=True, seed=5)
+    snapshot = None
+    for step, rows in enumerate(batches):
+        stats = by_hand._forward(X[rows].astype(np.float32), train=True)[1]
+        by_hand.update_moving_averages({k: v.copy() for k, v in stats.items()})
+        net.train_step(X[rows], y[rows], 0.01, 0.1)
+        by_hand.set_params(net.params)
+        if step == 2:
+            snapshot = net.snapshot()
+            frozen = {k: v.copy() for k, v in snapshot.moving_averages.items()}
+            reloaded = Network(12, [9, 7, 5], 10, batch_norm=True)
+            reloaded.train_step(X, y, 0.01, 0.1)  # averages of its own, then replaced
+            reloaded.load_state(net.state())
+        elif step > 2:
+            reloaded.train_step(X[rows], y[rows], 0.01, 0.1)
+    assert (
+        net.moving_averages.keys()
+        == by_hand.moving_averages.keys()
+        == {f"{stat}{layer}" for stat in ("mu", "var") for layer in (1, 2, 3)}
+    )
+    for name, value in by_hand.moving_averages.items():
+        np.testing.assert_array_equal(net.moving_averages[name], value, err_msg=name)
+        np.testing.assert_array_equal(reloaded.moving_averages[name], value, err_msg=name)
+        np.testing.assert_array_equal(snapshot.moving_averages[name], frozen[name])
+
+
 def test_float32_and_float64_agree() -> None:
     X, y = small_problem(seed=3, n=40, d=30)
     results = {}

@@ -140,6 +140,11 @@ class _Workspace:
         self.grads = {
             name: np.empty(shape, dtype=dtype) for name, shape in parameter_shapes(arch).items()
         }
+        # Batch norm subtracts the batch mean, so a bias before it cannot change the training
+        # cost: its gradient is exactly 0, for good (summing G would give rounding noise).
+        for layer in range(1, arch.n_layers):
+            if arch.normalized(layer):
+                self.grads[f"b{layer}"].fill(0.0)
 
 
 class Network:
@@ -374,9 +379,9 @@ class Network:
         Given the whole training set and the rows, the lanes of a split first layer gather their
         own halves of the batch; given also `next_rows`, the rows of the next call, which must
         follow with nothing changed in between, each lane goes on from its half of this step's
-        update to its half of the next batch's first product (see `_InputSplit`). On one lane
-        that order is 6-10% slower than the plain one (the next batch evicts this one from the
-        cache between the halves), so there it is not done.
+        update to its half of the next batch's first product (see `_InputSplit`). Not on one
+        lane: there is no hand-over to save, and the next batch would evict this one's second
+        half from the cache before its weight gradient.
 
         W becomes W - eta * (dloss/dW + 2 lambda W), done as a decay of W by (1 - 2 eta lambda)
         and the subtraction of eta * dloss/dW. The backward pass is linear in the gradient it
@@ -498,11 +503,7 @@ class Network:
                     G = _batch_norm_backward(
                         G, buf, p[f"gamma{layer}"], grads[f"gamma{layer}"], grads[f"beta{layer}"]
                     )
-            if self.arch.normalized(layer):
-                # Batch norm subtracts the batch mean, so a bias before it cannot change the
-                # training cost: its gradient is exactly 0 (summing G would give rounding noise).
-                grads[f"b{layer}"].fill(0.0)
-            else:
+            if not self.arch.normalized(layer):  # else the gradient stays 0 (see _Workspace)
                 np.add.reduce(G, axis=0, out=grads[f"b{layer}"])
             if layer == 1 and work.input_split is not None:
                 # The last gradient: every other one is ready for `meanwhile`.

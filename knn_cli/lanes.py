@@ -10,10 +10,9 @@ busy process beside it: 8% slower than one thread, where OpenBLAS's threads were
 Which thread ran a half never changes its result: the halves are the same products either way,
 so runs stay bit-for-bit reproducible whether or not the helper was used.
 
-A sleeping helper takes 30-100 us to wake (measured: a lock handed to a waiting thread, 30 us;
-the helper starting its half after `split` posts it, 60-100 us) -- a halted virtual CPU here --
-against halves of 200-600 us; so callers hand over few, long jobs, and give the caller work of
-its own to do `meanwhile`.
+A sleeping helper takes 40-100 us to start a posted half (benchmarks/step_timeline.py; a
+halted virtual CPU here) against halves of 200-800 us; so callers hand over few, long jobs,
+and give the caller work of its own to do `meanwhile`.
 """
 
 from __future__ import annotations

@@ -535,7 +535,7 @@ class _InputSplit:
     dimension -- a rounding different from the whole product's, but the same whichever lane
     computes which half, so results never depend on the lanes.
 
-    Waking the helper costs 30-100 us on this machine (a halted virtual CPU), a quarter of a
+    Waking the helper costs 40-100 us on this machine (a halted virtual CPU), a quarter of a
     half product; so a step hands over as few jobs as it can: the weight gradient, update and
     next batch's forward product of one half are one job (`prepare` runs inside the backward
     pass's job), leaving one hand-over per step.

@@ -5,8 +5,9 @@ both cores, and with one other busy process on a 2-core machine their spin-waiti
 3-layer BN epoch take 7-8 s against 1.2 s on one thread (measured when the trainer was
 written). Here a splittable job is two halves with fixed bounds; the caller runs the first, and
 the second goes to whichever thread is free first: when the helper is late (its core busy), the
-caller takes the half back, so a step is never much slower than on one core (measured with a
-busy process beside it: 8% slower than one thread, where OpenBLAS's threads were 6x slower).
+caller takes the half back, so a step is never much slower than on one core (measured when this
+module was first written, with a busy process beside it: 8% slower than one thread, where
+OpenBLAS's threads were 6x slower).
 Which thread ran a half never changes its result: the halves are the same products either way,
 so runs stay bit-for-bit reproducible whether or not the helper was used.
 
@@ -55,7 +56,17 @@ class _Job:
         return True
 
     def wait(self) -> None:
-        self.running.acquire()
+        """Until the helper is done, even through Ctrl-C: it writes into the caller's buffers,
+        which the caller must not reuse (or save) half-written. The interrupt is raised after."""
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                self.running.acquire()
+                break
+            except BaseException as error:  # KeyboardInterrupt from a signal handler
+                interrupted = error
+        if interrupted is not None:
+            raise interrupted
 
 
 class Lanes:

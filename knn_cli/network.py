@@ -181,9 +181,13 @@ class Network:
         # Empty until the first training batch: the study starts the averages from that batch's
         # statistics rather than from an arbitrary 0/1 guess.
         self.moving_averages: dict[str, np.ndarray] = {}
-        # The moving averages side by side, when the dict's arrays are views into it.
-        self._averages: np.ndarray | None = None
+        # The moving averages side by side, and the views of it the dict held when it was made:
+        # used only while the dict still holds exactly those (see `_fold_statistics`).
+        self._averages: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
         self._workspaces: dict[int, _Workspace] = {}
+        # Counts changes of the parameters: a first product computed ahead (`_InputSplit`) is
+        # for one version of W1.
+        self._weights_version = 0
         # Biases feeding a batch norm: their gradient is exactly 0, so a step leaves them alone.
         self._constant_biases = frozenset(
             f"b{layer}" for layer in range(1, self.arch.n_layers + 1) if self.arch.normalized(layer)
@@ -206,9 +210,7 @@ class Network:
                     f"parameter {name} has shape {self.params[name].shape}, got {value.shape}"
                 )
             self.params[name] = value.astype(self.dtype, copy=True)
-        for work in self._workspaces.values():
-            if work.input_split is not None:
-                work.input_split.forget()
+        self._weights_version += 1
 
     def snapshot(self) -> Network:
         """An independent copy of parameters and moving averages, to evaluate elsewhere (on
@@ -309,7 +311,7 @@ class Network:
             buf = _ALLOCATE if work is None else work.layers[layer - 1]
             W = p[f"W{layer}"]
             if layer == 1 and work is not None and work.input_split is not None:
-                S = work.input_split.forward(H, rows, W, buf.out, lanes)
+                S = work.input_split.forward(H, rows, W, self._weights_version, buf.out, lanes)
             else:
                 assert rows is None, "rows need a split first layer to gather them"
                 S = np.matmul(H, W, out=buf.out)
@@ -391,20 +393,30 @@ class Network:
         `lanes` only decides which threads run a split layer's halves, never what they compute.
         """
         if rows is not None:
-            y = y[rows]
+            rows = np.asarray(rows)
+            y = np.asarray(y)[rows]
         p = self.params
         decay = 1.0 - 2.0 * lambda_ * eta
         work = self._workspace(len(y))
         split = work.input_split
         penalties = [0.0, 0.0, 0.0]  # W1's halves (each lane updates the half it computed), rest
-        ahead = split is not None and next_rows is not None and lanes is not None and lanes.helping
+        if next_rows is not None:
+            next_rows = np.asarray(next_rows)
+        ahead = (
+            split is not None
+            and rows is not None
+            and next_rows is not None
+            and len(next_rows) == len(y)  # else the next step has other buffers
+            and lanes is not None
+            and lanes.helping
+        )
 
         def update_input_layer(which: int) -> None:
             assert split is not None
             W1 = p["W1"]
             penalties[which] = split.decay_and_step(which, W1, work.grads["W1"], decay)
             if ahead:
-                split.prepare(which, X, next_rows, W1, lanes)
+                split.prepare(which, X, next_rows, W1, each_gathers=True)
 
         def update_the_rest(stats: dict[str, np.ndarray]) -> None:
             for name, step in work.grads.items():
@@ -419,14 +431,15 @@ class Network:
         loss = self._loss_gradients_stats(
             X,
             y,
-            eta,
-            lanes,
-            rows,
-            update_input_layer if split is not None else None,
-            update_the_rest,
+            scale=eta,
+            lanes=lanes,
+            rows=rows,
+            after_input_layer=update_input_layer if split is not None else None,
+            meanwhile=update_the_rest,
         )[0]
+        self._weights_version += 1
         if ahead:
-            split.prepared_for(next_rows)
+            split.prepared_for(X, next_rows, self._weights_version)
         return loss + lambda_ * sum(penalties)
 
     def update_moving_averages(self, batch_stats: Mapping[str, np.ndarray]) -> None:
@@ -438,24 +451,34 @@ class Network:
                 average += (1.0 - alpha) * value
             else:
                 self.moving_averages[name] = value.copy()
-                self._averages = None  # a new array, not a view into it
 
     def _fold_statistics(self, work: _Workspace, batch_stats: Mapping[str, np.ndarray]) -> None:
         """`update_moving_averages` for a training step, as one operation on all layers'
-        statistics side by side (the same arithmetic, element by element)."""
-        averages = self._averages
-        if averages is None or averages.shape != work.statistics.shape:
-            self.update_moving_averages(batch_stats)  # the first batch, or averages set anew
-            names = [name for name, _ in work.statistic_names]
-            if not names or any(name not in self.moving_averages for name in names):
+        statistics side by side (the same arithmetic, element by element).
+
+        Falls back to the general update, and then gathers the averages side by side anew,
+        whenever the dict no longer holds the views made last time: on the first batch, after
+        `load_state`, or when a caller replaced the dict or an entry.
+        """
+        if self._averages is not None:
+            averages, views = self._averages
+            if (
+                averages.shape == work.statistics.shape
+                and self.moving_averages.keys() == views.keys()
+                and all(self.moving_averages[name] is view for name, view in views.items())
+            ):
+                alpha = self.arch.bn_alpha
+                averages *= alpha
+                averages += (1.0 - alpha) * work.statistics
                 return
+        self._averages = None
+        self.update_moving_averages(batch_stats)
+        names = [name for name, _ in work.statistic_names]
+        if names and all(name in self.moving_averages for name in names):
             averages = np.concatenate([self.moving_averages[name] for name in names])
-            self.moving_averages = _consecutive(averages, work.statistic_names)
-            self._averages = averages
-            return
-        alpha = self.arch.bn_alpha
-        averages *= alpha
-        averages += (1.0 - alpha) * work.statistics
+            views = _consecutive(averages, work.statistic_names)
+            self.moving_averages = dict(views)
+            self._averages = (averages, views)
 
     def _workspace(self, n: int) -> _Workspace:
         work = self._workspaces.get(n)
@@ -547,21 +570,22 @@ class _InputSplit:
         self.partials = [np.empty((n, width), dtype=dtype) for _ in range(2)]
         self.inputs: list[np.ndarray] = [np.empty((n, 0), dtype=dtype)] * 2  # for the backward
         self._batch = np.empty((0, d), dtype=dtype)  # the whole batch, when gathered at once
-        self._prepared: np.ndarray | None = None  # the rows the partials are for
+        # What the partials were computed for: rows, source and the weights' version.
+        self._prepared: tuple[np.ndarray, np.ndarray, int] | None = None
 
     def prepare(
-        self, which: int, X: np.ndarray, rows: np.ndarray | None, W: np.ndarray, lanes: Lanes | None
+        self, which: int, X: np.ndarray, rows: np.ndarray | None, W: np.ndarray, each_gathers: bool
     ) -> None:
         """One half of X[rows] @ W (of X @ W when `rows` is None), into `partials[which]`.
 
-        Where the helper helps, each lane gathers its own half of the batch's features: the
-        gather is a tenth of the step, and the half lands in the cache of the core that uses it.
-        On one thread (half 0 runs first) one gather of whole rows is cheaper than two.
+        With `each_gathers` (the helper helps), each lane gathers its own half of the batch's
+        features: the gather is a tenth of the step, and the half lands in the cache of the core
+        that uses it. On one thread (half 0 runs first) one gather of whole rows is cheaper.
         """
         features = self.features[which]
         if rows is None:
             part = X[:, features]
-        elif lanes is not None and lanes.helping:
+        elif each_gathers:
             part = X[rows, features]
         else:
             if which == 0:
@@ -570,26 +594,31 @@ class _InputSplit:
         self.inputs[which] = part = np.asarray(part, dtype=W.dtype)
         np.matmul(part, W[features], out=self.partials[which])
 
-    def prepared_for(self, rows: np.ndarray) -> None:
-        """Both halves of `prepare` have run for these rows with the current W."""
-        self._prepared = rows.copy()  # the caller may reuse its array
-
-    def forget(self) -> None:
-        """W changed other than by a step: what `prepare` computed is stale."""
-        self._prepared = None
+    def prepared_for(self, X: np.ndarray, rows: np.ndarray, version: int) -> None:
+        """Both halves of `prepare` have run for X[rows] with the weights of this `version`."""
+        self._prepared = (rows.copy(), X, version)  # the caller may reuse its rows array
 
     def forward(
         self,
         X: np.ndarray,
         rows: np.ndarray | None,
         W: np.ndarray,
+        version: int,
         out: np.ndarray,
         lanes: Lanes | None,
     ) -> np.ndarray:
-        """X[rows] @ W into `out`, from the halves `prepare` left if they are for these rows."""
+        """X[rows] @ W into `out`, W at `version`; from the halves `prepare` left if they are
+        for the same rows of the same X at the same version."""
         prepared, self._prepared = self._prepared, None
-        if rows is None or prepared is None or not np.array_equal(prepared, rows):
-            run_halves(lambda which: self.prepare(which, X, rows, W, lanes), lanes)
+        if (
+            rows is None
+            or prepared is None
+            or prepared[1] is not X
+            or prepared[2] != version
+            or not np.array_equal(prepared[0], rows)
+        ):
+            each_gathers = lanes is not None and lanes.helping  # once: both halves must agree
+            run_halves(lambda which: self.prepare(which, X, rows, W, each_gathers), lanes)
         return np.add(self.partials[0], self.partials[1], out=out)
 
     def weight_gradient(

@@ -123,6 +123,8 @@ def train(
     """
     n_train = len(splits.X_train)
     batch_size = schedule.batch_size
+    if not 1 <= batch_size <= n_train:  # the config check says so first; this is for API callers
+        raise ValueError(f"batch size {batch_size} must be 1 to {n_train}, the training rows")
     batches_per_epoch = n_train // batch_size
     X_train, y_train = np.asarray(splits.X_train), np.asarray(splits.y_train)
 

@@ -4,7 +4,9 @@ changes a number."""
 from __future__ import annotations
 
 import os
+import signal
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -60,6 +62,30 @@ def test_an_error_in_either_half_reaches_the_caller_after_both_are_done(failing:
             lanes.split(half)
         assert finished == [1 - failing]
         lanes.split(lambda _which: None)  # still usable afterwards
+
+
+def test_ctrl_c_while_the_caller_waits_for_the_helper_is_raised_once_the_helper_is_done() -> None:
+    """The helper writes into the caller's buffers: an interrupt must not let the caller go on
+    (or save) while the helper is still writing."""
+    finished: list[int] = []
+    taken = threading.Event()
+    caller = threading.main_thread().ident
+    assert caller is not None and threading.current_thread() is threading.main_thread()
+
+    def half(which: int) -> None:
+        if which == 0:
+            taken.wait(10.0)  # so that the helper has half 1 and the caller must wait for it
+            return
+        taken.set()
+        time.sleep(0.05)  # the caller is waiting by now
+        signal.pthread_kill(caller, signal.SIGINT)
+        time.sleep(0.2)
+        finished.append(which)
+
+    with Lanes() as lanes:
+        with pytest.raises(KeyboardInterrupt):
+            lanes.split(half)
+        assert finished == [1]  # before close(), which waits for the helper anyway
 
 
 def test_close_ends_the_helper_thread() -> None:
@@ -247,22 +273,44 @@ def test_pipelined_split_steps_match_plain_gradient_descent(
         np.testing.assert_allclose(split.moving_averages[name], whole.moving_averages[name])
 
 
-def test_a_prepared_first_product_is_not_used_for_other_rows_or_changed_weights(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    "change", ["other rows", "set_params", "other batch size", "other X", "no next step"]
+)
+def test_a_first_product_computed_ahead_is_used_only_for_what_it_was_computed_for(
+    change: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A step told the wrong next batch, or weights set in between, still computes the right
-    step: the prepared halves are for other rows or for old weights."""
+    """A step told the wrong next batch, weights set or stepped on another batch size in between,
+    or another X, still computes the right step: the halves computed ahead are then stale."""
     split, whole = _twin_networks(True, monkeypatch)
     X, y = _data()
     first, announced, actual = np.arange(40), np.arange(40, 80), np.arange(80, 120)
-    for network in (split, whole):
-        network.train_step(X, y, 0.01, 0.1, rows=first, next_rows=announced)
-    split.train_step(X, y, 0.01, 0.1, rows=actual, next_rows=announced)
-    whole.train_step(X[actual], y[actual], 0.01, 0.1)
-    new_W1 = whole.params["W1"] * 0.5
-    for network in (split, whole):
-        network.set_params({"W1": new_W1})
-    cost = split.train_step(X, y, 0.01, 0.1, rows=announced)
-    assert cost == pytest.approx(whole.train_step(X[announced], y[announced], 0.01, 0.1))
+    with Lanes() as lanes:
+        split.train_step(X, y, 0.01, 0.1, lanes, rows=first, next_rows=announced)
+        whole.train_step(X[first], y[first], 0.01, 0.1)
+        assert split._workspace(40).input_split._prepared is not None  # computed ahead
+        rows, source = announced, X
+        if change == "other rows":
+            rows = actual
+        elif change == "set_params":
+            for network in (split, whole):
+                network.set_params({"W1": whole.params["W1"] * 0.5})
+        elif change == "other batch size":
+            for network in (split, whole):
+                network.train_step(X[actual[:30]], y[actual[:30]], 0.01, 0.1)
+        elif change == "other X":
+            source = np.roll(X, 1, axis=0)  # other rows under the same indices
+        cost = split.train_step(source, y, 0.01, 0.1, lanes, rows=rows)
+    expected = whole.train_step(source[rows], y[rows], 0.01, 0.1)
+    assert cost == pytest.approx(expected, rel=1e-9)
+    for name in whole.params:
+        np.testing.assert_allclose(split.params[name], whole.params[name], rtol=1e-9, atol=1e-12)
+
+
+def test_a_next_batch_of_another_size_is_not_prepared(monkeypatch: pytest.MonkeyPatch) -> None:
+    split, whole = _twin_networks(False, monkeypatch)
+    X, y = _data()
+    with Lanes() as lanes:
+        split.train_step(X, y, 0.01, 0.1, lanes, rows=np.arange(40), next_rows=np.arange(40, 70))
+    whole.train_step(X[:40], y[:40], 0.01, 0.1)
     for name in whole.params:
         np.testing.assert_allclose(split.params[name], whole.params[name], rtol=1e-9, atol=1e-12)

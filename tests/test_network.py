@@ -176,6 +176,23 @@ def test_moving_averages_folded_together_equal_those_folded_one_by_one() -> None
         np.testing.assert_array_equal(snapshot.moving_averages[name], frozen[name])
 
 
+def test_moving_averages_set_by_hand_are_the_ones_updated() -> None:
+    X, y = small_problem(seed=6, n=20, d=12)
+    net = Network(12, [9, 7], 10, batch_norm=True, seed=6, bn_alpha=0.5)
+    for _ in range(2):
+        net.train_step(X, y, 0.0, 0.0)  # eta 0: the batch statistics stay those of X
+    stats = {k: v.copy() for k, v in net._forward(X.astype(np.float32), train=True)[1].items()}
+    net.moving_averages = {}  # start again from the next batch
+    net.train_step(X, y, 0.0, 0.0)
+    assert net.moving_averages.keys() == stats.keys()
+    for name, value in stats.items():
+        np.testing.assert_array_equal(net.moving_averages[name], value)
+    net.moving_averages["mu2"] = np.zeros(7, dtype=np.float32)  # one entry replaced
+    net.train_step(X, y, 0.0, 0.0)
+    np.testing.assert_allclose(net.moving_averages["mu2"], 0.5 * stats["mu2"], rtol=1e-6)
+    np.testing.assert_allclose(net.moving_averages["mu1"], stats["mu1"], rtol=1e-6)
+
+
 def test_float32_and_float64_agree() -> None:
     X, y = small_problem(seed=3, n=40, d=30)
     results = {}

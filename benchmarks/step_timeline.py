@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from knn_cli import lanes as lanes_module
 from knn_cli.errors import DataError
@@ -77,10 +78,6 @@ def main() -> None:
     X, y = training_rows()
     rng = np.random.default_rng(0)
     order = np.concatenate([rng.permutation(len(X)) for _ in range(STEPS * BATCH // len(X) + 2)])
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        raise SystemExit("needs threadpoolctl (the trainer's lanes do too)") from None
     stamps: dict[str, float] = {}
     lanes_module.Lanes.split = stamped_split(stamps)  # type: ignore[method-assign]
     print(f"medians over {STEPS - WARM_UP} steps, microseconds")

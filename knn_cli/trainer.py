@@ -20,9 +20,9 @@ Between evaluations the second core would idle, so the step's first layer is sha
 this thread and a helper (`lanes`, `network._InputSplit`), and each step is told the next batch
 so that the helper can go on to it without a second hand-over: an epoch on one thread takes
 1.25-1.39 times as long for 3-layer BN, 1.21-1.35 for 9-layer BN (benchmarks/bench_train.py,
-"1 lane/ours", medians of three batches of 5 repeats). While an evaluation is in flight the step keeps to
-this thread. Where the environment keeps BLAS to one thread (sweep workers, one per core) the
-step stays on one.
+"1 lane/ours", medians of three batches of 5 repeats). While an evaluation is in flight the
+step keeps to this thread. Where the environment keeps BLAS to one thread (sweep workers, one
+per core) the step stays on one.
 """
 
 from __future__ import annotations

@@ -151,6 +151,14 @@ def test_batches_are_a_new_shuffle_each_epoch_drawn_from_the_seed_alone() -> Non
     assert [list(b) for b in got] == [list(b) for b in expected]
 
 
+def test_train_rejects_a_batch_larger_than_the_training_rows() -> None:
+    """Called without the config check, a too-large batch must fail, not loop for ever."""
+    X, y = np.zeros((10, 4), dtype=np.float32), np.zeros(10, dtype=int)
+    schedule = Schedule(0.0, 11, 1e-3, 1e-2, n_s=1, cycles=1, eval_every=1, seed=0)
+    with pytest.raises(ValueError, match="batch size 11 must be 1 to 10"):
+        train(Network(4, [3], 2), Splits(X, y, X, y), schedule)
+
+
 def test_batch_larger_than_training_set_is_a_config_error(tmp_path: Path) -> None:
     from knn_cli.errors import ConfigError
 

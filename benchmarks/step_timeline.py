@@ -22,9 +22,9 @@ from collections.abc import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from knn_cli import lanes as lanes_module
+from knn_cli.engine import lanes as lanes_module
+from knn_cli.engine.lanes import Lanes
 from knn_cli.errors import DataError
-from knn_cli.lanes import Lanes
 from knn_cli.network import Network
 
 STEPS, WARM_UP, BATCH = 1_500, 100, 100

@@ -8,45 +8,20 @@ Exit codes: 0 success; 1 a run failed (diverged) or a check failed; 2 bad usage 
 from __future__ import annotations
 
 import errno
-import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from knn_cli import __version__
+from knn_cli.cli_options import parse_list, progress_wanted, runs_dir_option, set_option
+from knn_cli.cli_sweeps import init_sensitivity, lambda_search
 from knn_cli.errors import KnnError, RunFailed
 
 EXIT_INTERRUPTED = 130
 # Failures of the disk rather than of the code: reported in one line, not as a traceback.
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
-
-
-def default_runs_dir() -> str:
-    return os.environ.get("KNN_RUNS_DIR", "runs")
-
-
-def progress_wanted() -> bool:
-    """Progress bars on a terminal only, so logs and CI output stay clean."""
-    return sys.stderr.isatty()
-
-
-runs_dir_option = click.option(
-    "--runs-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=default_runs_dir,
-    show_default="$KNN_RUNS_DIR, else runs",
-    help="Parent folder of the new run folder.",
-)
-set_option = click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a config setting, e.g. --set training.lambda=0.01 (repeatable).",
-)
 
 
 class UserFacingError(click.ClickException):
@@ -136,6 +111,13 @@ def train(config_path: Path, overrides: tuple[str, ...], runs_dir: Path) -> None
     help="Check only with (or only without) batch norm. Default: both.",
 )
 @click.option(
+    "--bn-position",
+    type=click.Choice(["before_relu", "after_relu", "both"]),
+    default="before_relu",
+    show_default=True,
+    help="Where batch norm sits, before or after the ReLU (or check both).",
+)
+@click.option(
     "--dims",
     type=click.IntRange(1, 3072),
     default=20,
@@ -174,6 +156,7 @@ def gradcheck(
     layers: int,
     hidden: str | None,
     batch_norm: bool | None,
+    bn_position: str,
     dims: int,
     batch: int,
     lambda_: float,
@@ -184,26 +167,32 @@ def gradcheck(
     runs_dir: Path,
 ) -> None:
     """Compare analytic and centred-difference gradients (float64) for every parameter."""
-    import numpy as np
-
-    from knn_cli.experiment import default_hidden, gradcheck_problem
-    from knn_cli.gradcheck import check_network, choose_check_point
-    from knn_cli.network import Network
+    from knn_cli.experiment import default_hidden, gradcheck_problem, gradient_check
     from knn_cli.reports import gradcheck_table, write_gradcheck
     from knn_cli.runs import new_run_dir
 
-    widths = parse_widths(hidden, layers) if hidden is not None else default_hidden(layers)
+    if hidden is None:
+        widths = default_hidden(layers)
+    else:
+        example = ",".join(["50"] * (layers - 1)) or "''"
+        widths = parse_list(
+            hidden, int, "--hidden", valid=lambda w: w >= 1, example=example, count=layers - 1
+        )
     X, y, source = gradcheck_problem(dims, batch, seed, data_dir)
     run_dir = new_run_dir(runs_dir, f"gradcheck-k{layers}")  # an unwritable folder fails now
     click.echo(f"k={layers}, hidden {list(widths)}, {batch} samples x {dims} features of {source}")
-    results = {}
-    for bn in [False, True] if batch_norm is None else [batch_norm]:
-        network = Network(dims, widths, 10, batch_norm=bn, dtype="float64", seed=seed)
-        margin = choose_check_point(network, X, np.random.default_rng(seed))
-        click.echo(f"{'with' if bn else 'without'} BN: nearest ReLU kink {margin:.1e} away")
-        results["with BN" if bn else "without BN"] = check_network(
-            network, X, y, lambda_, h=h, rel_tol=tolerance
+    positions = ["before_relu", "after_relu"] if bn_position == "both" else [bn_position]
+    variants = [(False, None)] if batch_norm is not True else []
+    variants += [(True, position) for position in positions] if batch_norm is not False else []
+    results, textbook = {}, {}
+    for bn, position in variants:
+        check = gradient_check(X, y, widths, bn, position, lambda_, h, tolerance, seed)
+        click.echo(
+            f"{check.label}: nearest ReLU kink {check.margin:.1e} away; textbook layers: "
+            f"worst relative error {check.textbook_worst:.1e} "
+            f"({'pass' if check.textbook_passed else 'FAIL'})"
         )
+        results[check.label], textbook[check.label] = check.engine, check.textbook_passed
     click.echo(gradcheck_table(results))
     write_gradcheck(
         run_dir,
@@ -211,6 +200,7 @@ def gradcheck(
         {
             "layers": layers,
             "hidden": list(widths),
+            "bn_position": bn_position,
             "dims": dims,
             "batch": batch,
             "lambda": lambda_,
@@ -218,6 +208,7 @@ def gradcheck(
             "tolerance": tolerance,
             "seed": seed,
             "data": source,
+            "textbook_passed": textbook,
         },
     )
     failed = [
@@ -226,25 +217,11 @@ def gradcheck(
         for row in rows
         if not row.passed
     ]
+    failed += [f"{variant} (textbook layers)" for variant, ok in textbook.items() if not ok]
     click.echo(f"table written to {run_dir}")
     if failed:
         raise RunFailed(f"gradient check failed for: {', '.join(failed)}")
     click.echo("all gradients match")
-
-
-def parse_widths(text: str, layers: int) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise click.BadParameter(
-            f"expected comma-separated integers, got {text!r}", param_hint="--hidden"
-        ) from None
-    if len(widths) != layers - 1 or any(w < 1 for w in widths):
-        raise click.BadParameter(
-            f"need {layers - 1} positive widths for --layers {layers}, got {text!r}",
-            param_hint="--hidden",
-        )
-    return widths
 
 
 @cli.command()
@@ -275,8 +252,6 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     cli.main(args=argv, prog_name="knn")
 
-
-from knn_cli.cli_sweeps import init_sensitivity, lambda_search  # noqa: E402
 
 cli.add_command(lambda_search)
 cli.add_command(init_sensitivity)

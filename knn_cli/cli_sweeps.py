@@ -13,57 +13,40 @@ from typing import Any
 
 import click
 
-from knn_cli.cli import progress_wanted, runs_dir_option, set_option
+from knn_cli.cli_options import (
+    parse_list,
+    progress_wanted,
+    runs_dir_option,
+    set_option,
+    with_options,
+)
 from knn_cli.errors import RunFolderError
 
 DEFAULT_SEARCH_CONFIG = Path("configs/3layer_bn.yaml")
 EXECUTOR_OPTIONS = ("workers", "scheduler", "resume", "runs_dir")
 
 
-def _executor_options(command: Any) -> Any:
-    command = click.option(
+_executor_options = with_options(
+    click.option(
         "--workers",
         type=click.IntRange(min=1),
         default=None,
         help="Local worker processes (default: one per core; 1 runs trials in this process).",
-    )(command)
-    command = click.option(
+    ),
+    click.option(
         "--scheduler",
         metavar="tcp://HOST:PORT",
         default=None,
         help="Run the trials on this Dask distributed scheduler instead (pip install "
         "'knn-cli[dask]').",
-    )(command)
-    return click.option(
+    ),
+    click.option(
         "--resume",
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
         help="Continue an interrupted sweep folder, skipping its finished trials.",
-    )(command)
-
-
-def _float_list(text: str, option: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        values = ()
-    if not values or any(not v > 0 for v in values):
-        raise click.BadParameter(
-            f"expected positive numbers like 1e-1,1e-3, got {text!r}", None, param_hint=option
-        )
-    return values
-
-
-def _int_list(text: str, option: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        values = ()
-    if not values or any(v < 1 for v in values):
-        raise click.BadParameter(
-            f"expected layer counts like 3,9, got {text!r}", None, param_hint=option
-        )
-    return values
+    ),
+)
 
 
 def _reject_plan_options_with_resume(ctx: click.Context) -> None:
@@ -354,9 +337,13 @@ def init_sensitivity(
         choices = {"both": (False, True), "on": (True,), "off": (False,)}
         spec = GridSpec(
             base=config_to_dict(config_from_dict({"name": "init"}, overrides)),
-            depths=_int_list(depths, "--depths") if depths else defaults.depths,
+            depths=parse_list(depths, int, "--depths", valid=lambda k: k >= 1, example="3,9")
+            if depths
+            else defaults.depths,
             batch_norms=choices[batch_norm or "both"],
-            sigmas=_float_list(sigmas, "--sigmas") if sigmas else defaults.sigmas,
+            sigmas=parse_list(sigmas, float, "--sigmas", valid=lambda v: v > 0, example="1e-1,1e-3")
+            if sigmas
+            else defaults.sigmas,
             cycles=cycles or defaults.cycles,
             n_s=n_s,
             seed=seed if seed is not None else defaults.seed,

@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 import yaml
 
 from knn_cli.errors import ConfigError
+from knn_cli.network import BN_POSITIONS, DTYPES, INITS
+from knn_cli.optim import UPDATE_RULES
 
 CIFAR10_TRAIN_IMAGES = 50_000
 """Images in the five CIFAR-10 training batches; the validation set is carved out of these."""
@@ -32,6 +34,7 @@ class ModelConfig:
 
     hidden: tuple[int, ...] = (50, 50)
     batch_norm: bool = True
+    bn_position: str = "before_relu"
     bn_alpha: float = 0.8
     bn_eps: float = 1e-12
     init: str = "he"
@@ -52,6 +55,20 @@ class TrainingConfig:
     seed: int = 0
     eval_every: int | None = None
     dtype: str = "float32"
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+
+    def optimizer_settings(self) -> dict[str, float]:
+        """The update rules' settings under their own names (each rule takes those it uses)."""
+        return {
+            "momentum": self.momentum,
+            "beta1": self.beta1,
+            "beta2": self.beta2,
+            "eps": self.adam_eps,
+        }
 
     def resolve_n_s(self, n_train: int) -> int:
         """Steps per half cycle; a factor ties the schedule to epochs whatever the batch size."""
@@ -234,9 +251,10 @@ _SECTIONS: dict[str, tuple[type, tuple[_Field, ...]]] = {
         (
             _Field("hidden", _widths),
             _Field("batch_norm", _boolean),
+            _Field("bn_position", _choice(*BN_POSITIONS)),
             _Field("bn_alpha", _number(0, below=1)),
             _Field("bn_eps", _number(0, low_open=True)),
-            _Field("init", _choice("he", "normal")),
+            _Field("init", _choice(*INITS)),
             _Field("sigma", _number(0, low_open=True)),
         ),
     ),
@@ -252,7 +270,12 @@ _SECTIONS: dict[str, tuple[type, tuple[_Field, ...]]] = {
             _Field("cycles", _integer(1)),
             _Field("seed", _integer(0)),
             _Field("eval_every", _integer(1, nullable=True)),
-            _Field("dtype", _choice("float32", "float64")),
+            _Field("dtype", _choice(*DTYPES)),
+            _Field("optimizer", _choice(*UPDATE_RULES)),
+            _Field("momentum", _number(0, below=1)),
+            _Field("beta1", _number(0, below=1)),
+            _Field("beta2", _number(0, below=1)),
+            _Field("adam_eps", _number(0, low_open=True)),
         ),
     ),
     "data": (

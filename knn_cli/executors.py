@@ -23,17 +23,11 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from knn_cli.blas import one_thread_environment
 from knn_cli.errors import KnnError
 
 T = TypeVar("T")
 
-BLAS_THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
 DASK_EXTRA_HINT = "install the extra: pip install 'knn-cli[dask]'"
 _ERROR_LIMIT = 300
 
@@ -93,26 +87,6 @@ class SerialExecutor:
             yield item, guarded(fn, item)
 
 
-@contextlib.contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """Put one-thread BLAS limits in os.environ while workers are spawned, then restore it.
-
-    N workers each using all cores would fight over them and run slower than N single-threaded
-    ones. A spawned child copies the environment at its start, before it imports numpy; this
-    process's numpy is loaded already, so its own thread pool is unaffected.
-    """
-    saved = {name: os.environ.get(name) for name in BLAS_THREAD_VARIABLES}
-    os.environ.update({name: "1" for name in BLAS_THREAD_VARIABLES})
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _worker_start() -> None:
     """Leave Ctrl-C to the parent: it stops the workers itself after a terminal's SIGINT reaches
     the whole process group, so a worker never dies half-way through reporting a result."""
@@ -142,7 +116,7 @@ class ProcessExecutor:
         before = set(multiprocessing.active_children())
         try:
             # ProcessPoolExecutor spawns its workers during submit(), so all submits happen here.
-            with single_threaded_blas():
+            with one_thread_environment():
                 futures = {pool.submit(guarded, fn, item): item for item in items}
             for future in as_completed(futures):
                 yield futures[future], _outcome_of(future)

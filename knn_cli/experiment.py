@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,11 @@ import numpy as np
 from tqdm import tqdm
 
 from knn_cli.config import RunConfig, dump_config, load_config
-from knn_cli.data import Dataset, load_cifar10
+from knn_cli.data import N_CLASSES, Dataset, load_cifar10
 from knn_cli.errors import ConfigError, RunFolderError
+from knn_cli.gradcheck import GradientComparison, check_network_paths, choose_check_point
 from knn_cli.network import Network
+from knn_cli.optim import UpdateRule, make_update_rule
 from knn_cli.plots import plot_run
 from knn_cli.runs import (
     CONFIG_FILE,
@@ -32,7 +36,7 @@ from knn_cli.runs import (
 )
 from knn_cli.trainer import Schedule, Splits, TrainingOutcome, train
 
-N_CLASSES = 10
+OPTIMIZER_PREFIX = "optimizer."
 
 
 def build_network(config: RunConfig, input_dim: int) -> Network:
@@ -42,6 +46,7 @@ def build_network(config: RunConfig, input_dim: int) -> Network:
         model.hidden,
         N_CLASSES,
         batch_norm=model.batch_norm,
+        bn_position=model.bn_position,
         init=model.init,
         sigma=model.sigma,
         seed=config.training.seed,
@@ -49,6 +54,17 @@ def build_network(config: RunConfig, input_dim: int) -> Network:
         bn_eps=model.bn_eps,
         bn_alpha=model.bn_alpha,
     )
+
+
+def build_update_rule(config: RunConfig) -> UpdateRule:
+    return make_update_rule(config.training.optimizer, config.training.optimizer_settings())
+
+
+def saved_state(network: Network, rule: UpdateRule) -> dict[str, np.ndarray]:
+    """What model.npz holds: parameters and moving averages by name, and the update rule's
+    state under `optimizer.` (e.g. `optimizer.velocity.W1`, `optimizer.steps`)."""
+    optimizer = {f"{OPTIMIZER_PREFIX}{key}": value for key, value in rule.state_dict().items()}
+    return {**network.state(), **optimizer}
 
 
 def resolve_schedule(config: RunConfig, n_train: int) -> Schedule:
@@ -95,6 +111,7 @@ def train_run(
         dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress)
     schedule = resolve_schedule(config, len(dataset.X_train))
     network = build_network(config, dataset.X_train.shape[1])
+    rule = build_update_rule(config)
     splits = Splits(dataset.X_train, dataset.y_train, dataset.X_val, dataset.y_val)
 
     log = MetricsLog(run_dir)
@@ -136,6 +153,7 @@ def train_run(
             schedule,
             on_evaluation=on_evaluation,
             on_step=on_step,
+            optimizer=rule,
             background_evaluation=background_evaluation,
         )
     except KeyboardInterrupt:
@@ -147,7 +165,7 @@ def train_run(
     finally:
         bar.close()
         log.close()
-        atomic_save_npz(run_dir / MODEL_FILE, network.state())
+        atomic_save_npz(run_dir / MODEL_FILE, saved_state(network, rule))
         test_accuracy = None
         if outcome.status == "finished" and evaluate_test:
             test_accuracy = float(np.mean(network.predict(dataset.X_test) == dataset.y_test))
@@ -177,6 +195,13 @@ def train_run(
 
 def load_trained_network(run_dir: str | Path) -> tuple[RunConfig, Network]:
     """Rebuild a run's network from its config and model.npz (never unpickling anything)."""
+    config, network, _rule = load_trained(run_dir)
+    return config, network
+
+
+def load_trained(run_dir: str | Path) -> tuple[RunConfig, Network, UpdateRule]:
+    """A run's config, network and update rule with its state, from config.yaml and model.npz
+    (never unpickling anything): what evaluating or continuing the run needs."""
     run_dir = require_run_dir(run_dir, CONFIG_FILE, MODEL_FILE)
     config = load_config(run_dir / CONFIG_FILE)
     try:
@@ -184,21 +209,28 @@ def load_trained_network(run_dir: str | Path) -> tuple[RunConfig, Network]:
             state = {name: archive[name] for name in archive.files}
         network = build_network(config, state["W1"].shape[0])
         network.load_state(state)
+        rule = build_update_rule(config)
+        optimizer = {
+            key.removeprefix(OPTIMIZER_PREFIX): value
+            for key, value in state.items()
+            if key.startswith(OPTIMIZER_PREFIX)
+        }
+        rule.load_state_dict(optimizer, network.params)
     except (OSError, ValueError, KeyError) as error:
         reason = "corrupt or truncated" if "pickle" in str(error) else str(error)
         raise RunFolderError(
             f"{run_dir / MODEL_FILE} is not a valid model file ({reason})"
         ) from None
-    return config, network
+    return config, network, rule
 
 
 def evaluate_run(run_dir: str | Path, *, progress: bool = False) -> float:
     """Test accuracy of a saved model, on the data its config names (or the data found now)."""
     config, network = load_trained_network(run_dir)
     dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress)
-    if dataset.X_test.shape[1] != network.arch.input_dim:
+    if dataset.X_test.shape[1] != network.input_dim:
         raise RunFolderError(
-            f"the model expects {network.arch.input_dim} input features, "
+            f"the model expects {network.input_dim} input features, "
             f"the data has {dataset.X_test.shape[1]}"
         )
     return float(np.mean(network.predict(dataset.X_test) == dataset.y_test))
@@ -212,6 +244,50 @@ ASSIGNMENT_HIDDEN = {3: (50, 50), 9: (50, 30, 20, 20, 10, 10, 10, 10)}
 def default_hidden(layers: int) -> tuple[int, ...]:
     """The assignment's widths for k = 3 and 9; k - 1 layers of 50 otherwise."""
     return ASSIGNMENT_HIDDEN.get(layers, (50,) * (layers - 1))
+
+
+@dataclass(frozen=True)
+class GradientCheck:
+    """One network's check: the engine's gradients parameter by parameter, the textbook
+    layers' in one verdict."""
+
+    label: str
+    margin: float  # distance of the nearest ReLU input from the kink
+    engine: list[GradientComparison]
+    textbook_worst: float  # largest relative error of the textbook layers' gradients
+    textbook_passed: bool
+
+
+def gradient_check(
+    X: np.ndarray,
+    y: np.ndarray,
+    hidden: Sequence[int],
+    batch_norm: bool,
+    bn_position: str | None,
+    lambda_: float,
+    h: float,
+    tolerance: float,
+    seed: int,
+) -> GradientCheck:
+    """Check a float64 network of these widths at a point away from special values and kinks."""
+    network = Network(
+        X.shape[1],
+        hidden,
+        N_CLASSES,
+        batch_norm=batch_norm,
+        bn_position=bn_position or "before_relu",
+        dtype="float64",
+        seed=seed,
+    )
+    margin = choose_check_point(network, X, np.random.default_rng(seed))
+    checked = check_network_paths(network, X, y, lambda_, h=h, rel_tol=tolerance)
+    label = "without BN" if not batch_norm else "with BN"
+    label += " after ReLU" if batch_norm and bn_position == "after_relu" else ""
+    textbook = checked["textbook"]
+    worst = max((row.max_rel_error for row in textbook if row.judged_by == "relative"), default=0)
+    return GradientCheck(
+        label, margin, checked["engine"], worst, all(row.passed for row in textbook)
+    )
 
 
 def gradcheck_problem(

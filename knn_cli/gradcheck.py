@@ -6,12 +6,13 @@ checker only needs a cost function of the parameters and the dict it reads them 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from knn_cli.network import Network
+from knn_cli.network import TRAINING, Network
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,9 @@ def compare_gradients(
     eps * cost / h, 1e-10 to 5e-10 for the costs of these networks (measured), so entries
     smaller than 1e-3 are in effect held to an absolute error of 1e-9 instead.
 
-    Parameters whose true gradient is exactly zero (biases feeding a batch-norm layer) make any
-    relative error meaningless, so those named in `judge_by_absolute` pass on absolute error.
+    Parameters whose true gradient is exactly zero (biases feeding a batch-norm layer: see
+    `Network.zero_gradients`) make any relative error meaningless, so those named in
+    `judge_by_absolute` pass on absolute error.
     """
     rows = []
     for name, a in analytic.items():
@@ -111,22 +113,18 @@ def move_off_special_points(
         value += scale * rng.standard_normal(value.shape)
 
 
-def relu_margin(network: Network, X: np.ndarray) -> float:
-    """Smallest |pre-activation| of any hidden unit on the batch, in training mode.
+def kink_margin(network: Network, X: np.ndarray) -> float:
+    """Smallest distance of any layer's input from a kink of that layer (for ReLU: the smallest
+    |pre-activation| of any hidden unit) on the batch, in training mode.
 
-    A centred difference straddling a ReLU kink averages two slopes and disagrees with the exact
-    gradient for reasons that have nothing to do with the code under test. This recomputes the
-    pre-activations independently of the network's own forward pass, from the parameters alone.
+    A centred difference straddling a kink averages two slopes and disagrees with the exact
+    gradient for reasons that have nothing to do with the code under test. This walks the
+    textbook layers, apart from the engine whose gradients are checked.
     """
-    p, arch = network.params, network.arch
     H, margin = np.asarray(X, dtype=np.float64), np.inf
-    for layer in range(1, arch.n_layers):
-        S = H @ p[f"W{layer}"] + p[f"b{layer}"]
-        if arch.batch_norm:
-            S = (S - S.mean(axis=0)) / np.sqrt(S.var(axis=0) + arch.bn_eps)
-            S = S * p[f"gamma{layer}"] + p[f"beta{layer}"]
-        margin = min(margin, float(np.abs(S).min()))
-        H = np.maximum(S, 0.0)
+    for layer in network.layers:
+        margin = min(margin, layer.distance_to_kink(H))
+        H, _cache = layer.forward(H, network.params, TRAINING)
     return margin
 
 
@@ -145,38 +143,49 @@ def choose_check_point(
     for _ in range(attempts):
         network.set_params(start)
         move_off_special_points(network.params, rng)
-        margin = relu_margin(network, X)
+        margin = kink_margin(network, X)
         if margin >= min_margin:
             break
     return margin
 
 
-def check_network(
+GRADIENT_PATHS = ("engine", "textbook")
+
+
+def check_network_paths(
     network: Network,
     X: np.ndarray,
     y: np.ndarray,
     lambda_: float,
     *,
+    paths: Sequence[str] = GRADIENT_PATHS,
     h: float = 1e-5,
     rel_tol: float = 1e-6,
     abs_tol: float = 1e-8,
     floor: float = 1e-3,
-) -> list[GradientComparison]:
-    """Check every parameter of `network` on (X, y) in training mode (batch statistics)."""
-    _cost, analytic = network.cost_and_gradients(X, y, lambda_)
+) -> dict[str, list[GradientComparison]]:
+    """Check every parameter's gradient on (X, y) in training mode, by each path: "engine" (what
+    trains, `cost_and_gradients`) and "textbook" (the layers as written, `textbook_gradients`),
+    against centred differences of the textbook forward pass, computed once for both."""
     numeric = numerical_gradients(
         lambda stacked: network.cost_of(stacked, X, y, lambda_), network.params, h
     )
-    zero_gradient = [
-        f"b{layer}"
-        for layer in range(1, network.arch.n_layers + 1)
-        if network.arch.normalized(layer)
-    ]
-    return compare_gradients(
-        analytic,
-        numeric,
-        rel_tol=rel_tol,
-        abs_tol=abs_tol,
-        floor=floor,
-        judge_by_absolute=zero_gradient,
-    )
+    compute = {"engine": network.cost_and_gradients, "textbook": network.textbook_gradients}
+    return {
+        path: compare_gradients(
+            compute[path](X, y, lambda_)[1],
+            numeric,
+            rel_tol=rel_tol,
+            abs_tol=abs_tol,
+            floor=floor,
+            judge_by_absolute=network.zero_gradients,
+        )
+        for path in paths
+    }
+
+
+def check_network(
+    network: Network, X: np.ndarray, y: np.ndarray, lambda_: float, **options: Any
+) -> list[GradientComparison]:
+    """`check_network_paths` for the engine's gradients, the ones training uses."""
+    return check_network_paths(network, X, y, lambda_, paths=("engine",), **options)["engine"]

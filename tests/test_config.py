@@ -47,6 +47,7 @@ NON_DEFAULT = {
     "model": {
         "hidden": [30, 20, 10],
         "batch_norm": False,
+        "bn_position": "after_relu",
         "bn_alpha": 0.5,
         "bn_eps": 1e-8,
         "init": "normal",
@@ -63,6 +64,11 @@ NON_DEFAULT = {
         "seed": 42,
         "eval_every": 17,
         "dtype": "float64",
+        "optimizer": "adamw",
+        "momentum": 0.5,
+        "beta1": 0.8,
+        "beta2": 0.99,
+        "adam_eps": 1e-6,
     },
     "data": {"dir": "/data/cifar-10-batches-py", "validation_size": 1000},
 }

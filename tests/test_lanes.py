@@ -12,10 +12,11 @@ import warnings
 import numpy as np
 import pytest
 
-from knn_cli import network as network_module
 from knn_cli import trainer as trainer_module
-from knn_cli.lanes import Lanes, run_halves
-from knn_cli.network import SPLIT_MIN_MULTIPLY_ADDS, Network
+from knn_cli.engine import split as split_module
+from knn_cli.engine.lanes import Lanes, run_halves
+from knn_cli.engine.split import SPLIT_MIN_MULTIPLY_ADDS
+from knn_cli.network import Network
 from knn_cli.trainer import Schedule, Splits, train
 
 
@@ -214,10 +215,10 @@ def _twin_networks(batch_norm: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[N
     split, whole = (
         Network(d, [50, 20], 10, batch_norm=batch_norm, seed=3, dtype="float64") for _ in range(2)
     )
-    assert split._workspace(n).input_split is not None
+    assert split.engine.workspace(n).split is not None
     with monkeypatch.context() as patch:
-        patch.setattr(network_module, "SPLIT_MIN_MULTIPLY_ADDS", 10**12)
-        assert whole._workspace(n).input_split is None
+        patch.setattr(split_module, "SPLIT_MIN_MULTIPLY_ADDS", 10**12)
+        assert whole.engine.workspace(n).split is None
     return split, whole
 
 
@@ -259,7 +260,7 @@ def test_pipelined_split_steps_match_plain_gradient_descent(
             following = batches[step + 1] if step + 1 < len(batches) else None
             cost = split.train_step(X, y, lambda_, eta, lanes, rows=rows, next_rows=following)
             expected_cost, grads = whole.cost_and_gradients(X[rows], y[rows], lambda_)
-            stats = {k: v.copy() for k, v in whole._forward(X[rows], train=True)[1].items()}
+            stats = whole.batch_statistics(X[rows])
             assert cost == pytest.approx(expected_cost, rel=1e-9)
             for name, grad in grads.items():
                 whole.params[name] -= eta * grad
@@ -287,7 +288,7 @@ def test_a_first_product_computed_ahead_is_used_only_for_what_it_was_computed_fo
     with Lanes() as lanes:
         split.train_step(X, y, 0.01, 0.1, lanes, rows=first, next_rows=announced)
         whole.train_step(X[first], y[first], 0.01, 0.1)
-        assert split._workspace(40).input_split._prepared is not None  # computed ahead
+        assert split.engine.workspace(40).split._prepared is not None  # computed ahead
         rows, source = announced, X
         if change == "other rows":
             rows = actual

@@ -11,7 +11,8 @@ from knn_cli.gradcheck import (
     compare_gradients,
     numerical_gradients,
 )
-from knn_cli.network import Network, cross_entropy, softmax
+from knn_cli.layers import cross_entropy, softmax
+from knn_cli.network import Network
 
 ASSIGNMENT_WIDTHS = {3: [50, 50], 9: [50, 30, 20, 20, 10, 10, 10, 10]}
 
@@ -153,8 +154,8 @@ def test_moving_averages_folded_together_equal_those_folded_one_by_one() -> None
     by_hand = Network(12, [9, 7, 5], 10, batch_norm=True, seed=5)
     snapshot = None
     for step, rows in enumerate(batches):
-        stats = by_hand._forward(X[rows].astype(np.float32), train=True)[1]
-        by_hand.update_moving_averages({k: v.copy() for k, v in stats.items()})
+        stats = by_hand.batch_statistics(X[rows].astype(np.float32))
+        by_hand.update_moving_averages(stats)
         net.train_step(X[rows], y[rows], 0.01, 0.1)
         by_hand.set_params(net.params)
         if step == 2:
@@ -181,7 +182,7 @@ def test_moving_averages_set_by_hand_are_the_ones_updated() -> None:
     net = Network(12, [9, 7], 10, batch_norm=True, seed=6, bn_alpha=0.5)
     for _ in range(2):
         net.train_step(X, y, 0.0, 0.0)  # eta 0: the batch statistics stay those of X
-    stats = {k: v.copy() for k, v in net._forward(X.astype(np.float32), train=True)[1].items()}
+    stats = net.batch_statistics(X.astype(np.float32))
     net.moving_averages = {}  # start again from the next batch
     net.train_step(X, y, 0.0, 0.0)
     assert net.moving_averages.keys() == stats.keys()

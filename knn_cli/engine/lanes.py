@@ -1,19 +1,15 @@
 """Two lanes for the step's large first layer: the caller's thread and one helper thread.
 
-Why not OpenBLAS's own threads: with an evaluation running on the second core they fight over
-both cores, and with one other busy process on a 2-core machine their spin-waiting made a
-3-layer BN epoch take 7-8 s against 1.2 s on one thread (measured when the trainer was
-written). Here a splittable job is two halves with fixed bounds; the caller runs the first, and
-the second goes to whichever thread is free first: when the helper is late (its core busy), the
-caller takes the half back, so a step is never much slower than on one core (measured when this
-module was first written, with a busy process beside it: 8% slower than one thread, where
-OpenBLAS's threads were 6x slower).
+Why not OpenBLAS's own threads: beside an evaluation on the second core, or another busy
+process, their spin-waiting fights for both cores and a step becomes several times slower
+(README, Performance). Here a splittable job is two halves with fixed bounds; the caller runs
+the first, and the second goes to whichever thread is free first, so when the helper is late
+(its core busy) the caller takes the half back and a step is never much slower than on one core.
 Which thread ran a half never changes its result: the halves are the same products either way,
 so runs stay bit-for-bit reproducible whether or not the helper was used.
 
-A sleeping helper takes 40-100 us to start a posted half (benchmarks/step_timeline.py; a
-halted virtual CPU here) against halves of 200-800 us; so callers hand over few, long jobs,
-and give the caller work of its own to do `meanwhile`.
+Waking a sleeping helper costs a fair part of a half (benchmarks/step_timeline.py), so callers
+hand over few, long jobs, and give the caller work of its own to do `meanwhile`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,141 @@
+"""The first affine layer shared by two lanes, each owning half of the input features: those
+columns of the batch and those rows of W, of its gradient and of its update.
+
+Why features and not samples: a lane's half of the batch, of W and of its step then stays in that
+core's cache from the gather through the forward product, the weight gradient and the update
+(split by samples, both lanes would read all of W, just updated on the other core). The forward
+product becomes the sum of two products over halves of the inner dimension -- a rounding
+different from the whole product's, but the same whichever lane computes which half, so results
+never depend on the lanes.
+
+Waking the helper costs a fair part of a half (benchmarks/step_timeline.py), so a step hands over
+as few jobs as it can: the weight gradient, the update and the next batch's forward product of
+one half are one job (`prepare` runs inside the backward pass's job).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from knn_cli.engine.kernels import KernelSetup, sum_of_squares
+from knn_cli.engine.lanes import Lanes, run_halves
+from knn_cli.network import Affine
+from knn_cli.optim import UpdateRule
+
+# A first layer whose forward product has at least this many multiply-adds is shared by the two
+# lanes; a smaller one costs more to hand over than it takes. The study's first layer
+# (100 x 3072 x 50 = 15M) is split; a gradient check's (20 x 20 x 50) is not.
+SPLIT_MIN_MULTIPLY_ADDS = 1_000_000
+
+
+def worth_splitting(layer: Affine, n: int) -> bool:
+    return n * layer.fan_in * layer.fan_out >= SPLIT_MIN_MULTIPLY_ADDS and layer.fan_in >= 32
+
+
+class SplitAffineKernel:
+    """The AffineKernel of a first layer, computed in two halves of the input features."""
+
+    in_place = False
+
+    def __init__(self, layer: Affine, setup: KernelSetup) -> None:
+        n, d, width, dtype = setup.n, layer.fan_in, layer.fan_out, setup.dtype
+        self.W, self.b = layer.W, layer.b
+        self.constant_bias = layer.b in setup.zero_gradients
+        middle = d // 32 * 16  # a multiple of 16, the blocks OpenBLAS's kernels work in
+        self.features = (slice(0, middle), slice(middle, d))
+        self.out = np.empty((n, width), dtype=dtype)
+        self.partials = [np.empty((n, width), dtype=dtype) for _ in range(2)]
+        self.inputs: list[np.ndarray] = [np.empty((n, 0), dtype=dtype)] * 2  # for the backward
+        self._batch = np.empty((0, d), dtype=dtype)  # the whole batch, when gathered at once
+        # What the partials were computed for: rows, source and the weights' version.
+        self._prepared: tuple[np.ndarray, np.ndarray, int] | None = None
+
+    def prepare(
+        self, which: int, X: np.ndarray, rows: np.ndarray | None, W: np.ndarray, each_gathers: bool
+    ) -> None:
+        """One half of X[rows] @ W (of X @ W when `rows` is None), into `partials[which]`.
+
+        With `each_gathers` (the helper helps), each lane gathers its own half of the batch's
+        features, so the half lands in the cache of the core that uses it. On one thread
+        (half 0 runs first) one gather of whole rows is cheaper.
+        """
+        features = self.features[which]
+        if rows is None:
+            part = X[:, features]
+        elif each_gathers:
+            part = X[rows, features]
+        else:
+            if which == 0:
+                self._batch = X[rows]
+            part = self._batch[:, features]
+        self.inputs[which] = part = np.asarray(part, dtype=W.dtype)
+        np.matmul(part, W[features], out=self.partials[which])
+
+    def prepared_for(self, X: np.ndarray, rows: np.ndarray, version: int) -> None:
+        """Both halves of `prepare` have run for X[rows] with the weights of this `version`."""
+        self._prepared = (rows.copy(), X, version)  # the caller may reuse its rows array
+
+    def forward(
+        self,
+        X: np.ndarray,
+        rows: np.ndarray | None,
+        params: Mapping[str, np.ndarray],
+        version: int,
+        lanes: Lanes | None,
+    ) -> np.ndarray:
+        """X[rows] @ W + b, W at `version`; from the halves `prepare` left if they are for the
+        same rows of the same X at the same version."""
+        W = params[self.W]
+        prepared, self._prepared = self._prepared, None
+        if (
+            rows is None
+            or prepared is None
+            or prepared[1] is not X
+            or prepared[2] != version
+            or not np.array_equal(prepared[0], rows)
+        ):
+            each_gathers = lanes is not None and lanes.helping  # once: both halves must agree
+            run_halves(lambda which: self.prepare(which, X, rows, W, each_gathers), lanes)
+        out = np.add(self.partials[0], self.partials[1], out=self.out)
+        out += params[self.b]
+        return out
+
+    def backward(
+        self,
+        g: np.ndarray,
+        params: Mapping[str, np.ndarray],
+        grads: dict[str, np.ndarray],
+        lanes: Lanes | None,
+        then: Callable[[int], None] | None = None,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> None:
+        """The bias gradient, then dW = x^T g by halves of dW's rows; each lane goes on with
+        `then(half)`, while the caller also runs `meanwhile`."""
+        if not self.constant_bias:
+            np.add.reduce(g, axis=0, out=grads[self.b])
+        dW = grads[self.W]
+
+        def half(which: int) -> None:
+            np.matmul(self.inputs[which].T, g, out=dW[self.features[which]])
+            if then is not None:
+                then(which)
+
+        run_halves(half, lanes, meanwhile)
+
+    def update_half(
+        self,
+        which: int,
+        rule: UpdateRule,
+        params: Mapping[str, np.ndarray],
+        grads: Mapping[str, np.ndarray],
+        decayed: bool,
+    ) -> float:
+        """The rule's update of one half of W's rows; returns that half's sum of squares before
+        the update (for the cost the step reports) when W is decayed, else 0."""
+        rows = self.features[which]
+        w = params[self.W][rows]
+        penalty = sum_of_squares(w) if decayed else 0.0
+        rule.update(self.W, w, grads[self.W][rows], decayed=decayed, rows=rows)
+        return penalty

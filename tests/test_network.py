@@ -7,6 +7,7 @@ import pytest
 
 from knn_cli.gradcheck import (
     check_network,
+    check_network_paths,
     choose_check_point,
     compare_gradients,
     numerical_gradients,
@@ -29,14 +30,31 @@ def test_gradients_match_centred_differences(k: int, batch_norm: bool) -> None:
     hidden = [12, 10, 8, 8, 6, 6, 6, 6][: k - 1]
     net = Network(X.shape[1], hidden, 10, batch_norm=batch_norm, dtype="float64", seed=k)
     assert choose_check_point(net, X, np.random.default_rng(k)) >= 6e-4
-    rows = check_network(net, X, y, lambda_=0.01)
-    assert {r.name for r in rows} == set(net.params)
-    failures = [r for r in rows if not r.passed]
-    assert not failures, failures
-    if batch_norm and k > 1:
-        assert {r.name for r in rows if r.judged_by == "absolute"} == {
-            f"b{layer}" for layer in range(1, k)
-        }
+    for path, rows in check_network_paths(net, X, y, lambda_=0.01).items():
+        assert {r.name for r in rows} == set(net.params)
+        failures = [r for r in rows if not r.passed]
+        assert not failures, (path, failures)
+        if batch_norm and k > 1:
+            assert {r.name for r in rows if r.judged_by == "absolute"} == {
+                f"b{layer}" for layer in range(1, k)
+            }
+
+
+@pytest.mark.parametrize("k", range(1, 10))
+def test_gradients_with_bn_after_relu_match_centred_differences(k: int) -> None:
+    """Batch norm after the ReLU: no bias feeds it directly, so every gradient is judged
+    relatively, the engine's and the textbook layers' alike."""
+    X, y = small_problem(seed=30 + k)
+    hidden = [12, 10, 8, 8, 6, 6, 6, 6][: k - 1]
+    net = Network(
+        X.shape[1], hidden, 10, batch_norm=True, bn_position="after_relu", dtype="float64", seed=k
+    )
+    assert choose_check_point(net, X, np.random.default_rng(k)) >= 6e-4
+    for path, rows in check_network_paths(net, X, y, lambda_=0.01).items():
+        assert {r.name for r in rows} == set(net.params)
+        assert all(r.judged_by == "relative" for r in rows)
+        failures = [r for r in rows if not r.passed]
+        assert not failures, (path, failures)
 
 
 @pytest.mark.parametrize("k", [3, 9])
@@ -269,3 +287,47 @@ def test_stacked_costs_equal_one_at_a_time_costs() -> None:
     for i, variant in enumerate(variants):
         net.set_params(variant)
         assert costs[i] == pytest.approx(net.cost(X, y, 0.02, train=True)[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("bn_position", [None, "before_relu", "after_relu"])
+def test_gradients_agree_with_torch_autograd(bn_position: str | None) -> None:
+    """An independent implementation: the same network written out in PyTorch, differentiated
+    by its autograd (float64)."""
+    torch = pytest.importorskip("torch", reason="PyTorch not installed: no independent reference")
+    X, y = small_problem(seed=21, n=16)
+    hidden = [12, 10, 8]
+    net = Network(
+        X.shape[1],
+        hidden,
+        10,
+        batch_norm=bn_position is not None,
+        bn_position=bn_position or "before_relu",
+        dtype="float64",
+        seed=21,
+    )
+    choose_check_point(net, X, np.random.default_rng(21))
+    cost, grads = net.cost_and_gradients(X, y, 0.01)
+
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in net.params.items()}
+
+    def batch_norm(S, layer):
+        mean, var = S.mean(dim=0), S.var(dim=0, unbiased=False)
+        return p[f"gamma{layer}"] * (S - mean) / torch.sqrt(var + 1e-12) + p[f"beta{layer}"]
+
+    H = torch.tensor(X)
+    for layer in range(1, len(hidden) + 2):
+        H = H @ p[f"W{layer}"] + p[f"b{layer}"]
+        if layer <= len(hidden):
+            if bn_position == "before_relu":
+                H = batch_norm(H, layer)
+            H = torch.relu(H)
+            if bn_position == "after_relu":
+                H = batch_norm(H, layer)
+    penalty = sum((p[f"W{layer}"] ** 2).sum() for layer in range(1, len(hidden) + 2))
+    total = torch.nn.functional.cross_entropy(H, torch.tensor(y)) + 0.01 * penalty
+    total.backward()
+    assert cost == pytest.approx(total.item(), rel=1e-12)
+    for name, tensor in p.items():
+        np.testing.assert_allclose(
+            grads[name], tensor.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name
+        )

@@ -1,0 +1,153 @@
+"""The engine against the textbook: the same gradients, statistics and steps, element by element,
+for every depth, batch-norm placement and update rule, with the first layer split or whole."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from knn_cli.engine.lanes import Lanes
+from knn_cli.engine.split import SPLIT_MIN_MULTIPLY_ADDS
+from knn_cli.network import Network
+from knn_cli.optim import UPDATE_RULES, make_update_rule
+
+HIDDEN = [12, 10, 8, 8, 6, 6, 6, 6]
+VARIANTS = {
+    "no-bn": {"batch_norm": False},
+    "bn-before-relu": {"batch_norm": True, "bn_position": "before_relu"},
+    "bn-after-relu": {"batch_norm": True, "bn_position": "after_relu"},
+}
+
+
+def problem(seed: int, n: int = 16, d: int = 15) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)), rng.integers(0, 10, n)
+
+
+def moved(network: Network, seed: int) -> Network:
+    """Off the initial point (zero biases, unit gamma), where slips in the math could hide."""
+    rng = np.random.default_rng(seed)
+    network.set_params(
+        {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in network.params.items()}
+    )
+    return network
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("k", range(1, 10))
+def test_engine_gradients_equal_the_textbook_layers(k: int, variant: str) -> None:
+    X, y = problem(k)
+    net = moved(Network(15, HIDDEN[: k - 1], 10, dtype="float64", seed=k, **VARIANTS[variant]), k)
+    cost, grads = net.cost_and_gradients(X, y, 0.01)
+    expected_cost, expected = net.textbook_gradients(X, y, 0.01)
+    assert cost == pytest.approx(expected_cost, rel=1e-13)
+    assert list(grads) == list(expected) == list(net.params)
+    for name in expected:
+        np.testing.assert_allclose(grads[name], expected[name], rtol=1e-9, atol=1e-13, err_msg=name)
+    for name in net.zero_gradients:
+        assert not grads[name].any()  # exactly zero, not rounding noise
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_step_measures_the_textbook_batch_statistics_bit_for_bit(variant: str) -> None:
+    X, y = problem(3, n=20)
+    net = moved(Network(15, [9, 7], 10, dtype="float32", seed=3, **VARIANTS[variant]), 3)
+    expected = net.batch_statistics(X)
+    net.train_step(X, y, 0.01, 0.0)  # eta 0: the averages start from this batch's statistics
+    assert net.moving_averages.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_array_equal(net.moving_averages[name], value, err_msg=name)
+
+
+def textbook_step(net: Network, rule, X, y, lambda_: float, eta: float) -> None:
+    """A step as a textbook writes it: loss gradients, the rule's step, the moving averages."""
+    _, grads = net.textbook_gradients(X, y, 0.0)  # the loss alone: rules apply lambda themselves
+    for name in net.zero_gradients:
+        # Their true value. The textbook backward leaves rounding noise (~1e-17) there, which
+        # Adam's normalization would blow up to steps of ~1e-11; the engine leaves them alone.
+        grads[name] = np.zeros_like(grads[name])
+    stats = net.batch_statistics(X)
+    rule.step(net.params, grads, eta, lambda_, net.decayed)
+    net.update_moving_averages(stats)
+
+
+def assert_same_state(net: Network, reference: Network, rtol: float = 1e-9) -> None:
+    for name in reference.params:
+        np.testing.assert_allclose(
+            net.params[name], reference.params[name], rtol=rtol, atol=1e-12, err_msg=name
+        )
+    assert net.moving_averages.keys() == reference.moving_averages.keys()
+    for name in reference.moving_averages:
+        np.testing.assert_allclose(
+            net.moving_averages[name], reference.moving_averages[name], rtol=rtol, err_msg=name
+        )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("rule_name", UPDATE_RULES)
+def test_engine_steps_equal_textbook_steps(rule_name: str, variant: str) -> None:
+    X, y = problem(5, n=60)
+    fast, slow = (
+        moved(Network(15, [9, 7], 10, dtype="float64", seed=5, **VARIANTS[variant]), 5)
+        for _ in range(2)
+    )
+    fast_rule, slow_rule = make_update_rule(rule_name), make_update_rule(rule_name)
+    for step in range(4):
+        rows = np.arange(step, 60, 4)[:12]
+        eta = 0.01 * (step + 1)
+        fast.train_step(X, y, 0.02, eta, rows=rows, optimizer=fast_rule)
+        textbook_step(slow, slow_rule, X[rows], y[rows], 0.02, eta)
+        assert_same_state(fast, slow)
+    assert fast_rule.steps == slow_rule.steps == 4
+    for slot, by_name in slow_rule.state.items():
+        for name, value in by_name.items():
+            np.testing.assert_allclose(fast_rule.state[slot][name], value, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("helping", [False, True])
+@pytest.mark.parametrize("rule_name", ["sgd", "adam"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_engine_steps_with_a_split_first_layer_equal_textbook_steps(
+    variant: str, rule_name: str, helping: bool
+) -> None:
+    """The first layer shared by two lanes, each updating its half and computing its half of
+    the next batch's product ahead, against the textbook step on the whole layer."""
+    d, n = 640, 40
+    assert n * d * 50 >= SPLIT_MIN_MULTIPLY_ADDS
+    rng = np.random.default_rng(11)
+    X, y = rng.standard_normal((200, d)) / np.sqrt(d) * 3, rng.integers(0, 10, 200)
+    fast, slow = (
+        Network(d, [50, 20], 10, dtype="float64", seed=3, **VARIANTS[variant]) for _ in range(2)
+    )
+    assert fast.engine.workspace(n).split is not None
+    fast_rule, slow_rule = make_update_rule(rule_name), make_update_rule(rule_name)
+    batches = [np.arange(i, 200, 5)[:n] for i in range(5)]
+    with Lanes(helping=helping) as lanes:
+        for step, rows in enumerate(batches):
+            following = batches[step + 1] if step + 1 < len(batches) else None
+            eta = 0.02 * (step + 1)
+            fast.train_step(X, y, 0.02, eta, lanes, rows, following, fast_rule)
+            textbook_step(slow, slow_rule, X[rows], y[rows], 0.02, eta)
+            assert_same_state(fast, slow, rtol=1e-8)
+
+
+def test_the_engine_never_writes_into_the_callers_data() -> None:
+    """A stack whose first layer works in place (here batch norm on the inputs) gets a copy."""
+    from knn_cli.network import Affine, BatchNorm, ReLU
+
+    stack = [BatchNorm(0, 6), Affine(1, 6, 5), ReLU(), Affine(2, 5, 3)]
+    net = Network.from_layers(stack, dtype="float64")
+    X = np.random.default_rng(0).standard_normal((10, 6))
+    before = X.copy()
+    net.cost_and_gradients(X, np.arange(10) % 3, 0.01)
+    net.train_step(X, np.arange(10) % 3, 0.01, 0.1)
+    np.testing.assert_array_equal(X, before)
+
+
+def test_which_gradients_are_exactly_zero_follows_from_the_stack() -> None:
+    before = Network(5, [4, 3], 2, batch_norm=True, bn_position="before_relu")
+    after = Network(5, [4, 3], 2, batch_norm=True, bn_position="after_relu")
+    plain = Network(5, [4, 3], 2, batch_norm=False)
+    assert before.zero_gradients == {"b1", "b2"}
+    assert after.zero_gradients == plain.zero_gradients == frozenset()
+    assert list(after.params) == list(before.params)  # the same names either way

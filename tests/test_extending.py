@@ -1,0 +1,140 @@
+"""Extending the core from outside the package, as the README's Development section says: a
+layer and an update rule defined here alone train, are gradient-checked and save their state,
+with no module of the package changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from knn_cli.gradcheck import check_network_paths, choose_check_point
+from knn_cli.network import Affine, BatchNorm, Layer, ReLU, Network
+from knn_cli.optim import ALL_ROWS, UpdateRule
+from knn_cli.trainer import Schedule, Splits, train
+
+
+@dataclass(frozen=True)
+class LeakyReLU(Layer):
+    """max(x, slope x): a layer without parameters, with a kink at 0."""
+
+    slope: float = 0.1
+
+    def forward(self, x, params, mode):
+        return np.where(x > 0, x, self.slope * x), x
+
+    def backward(self, dout, cache, params):
+        return dout * np.where(cache > 0, 1.0, self.slope), {}
+
+    def distance_to_kink(self, x):
+        return float(np.abs(x).min())
+
+
+@dataclass(frozen=True)
+class Scale(Layer):
+    """out = x s, one learned scale per unit: a layer with a parameter of its own."""
+
+    index: int
+    width: int
+
+    @property
+    def s(self) -> str:
+        return f"s{self.index}"
+
+    def parameters(self):
+        return {self.s: (self.width,)}
+
+    def initial_values(self, rng, init):
+        return {self.s: np.ones(self.width)}
+
+    def forward(self, x, params, mode):
+        return x * params[self.s], x
+
+    def backward(self, dout, cache, params):
+        return dout * params[self.s], {self.s: (dout * cache).sum(axis=0)}
+
+
+class RMSProp(UpdateRule):
+    """square <- rho square + (1 - rho) g^2,  w <- w - eta g / (sqrt(square) + eps)."""
+
+    slots = ("square",)
+
+    def __init__(self, rho: float = 0.9, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.rho, self.eps = rho, eps
+
+    def update(self, name, w, g, *, decayed, rows=ALL_ROWS):
+        if decayed:
+            g = g + 2.0 * self.lambda_ * w
+        square = self.state["square"][name][rows]
+        square *= self.rho
+        square += (1.0 - self.rho) * np.square(g)
+        w -= self.eta * g / (np.sqrt(square) + self.eps)
+
+
+def stack(d: int, classes: int) -> list[Layer]:
+    return [
+        Affine(1, d, 16),
+        LeakyReLU(),
+        Scale(1, 16),
+        Affine(2, 16, 12),
+        BatchNorm(2, 12),
+        ReLU(),
+        Affine(3, 12, classes),
+    ]
+
+
+def test_a_new_layer_is_gradient_checked_on_the_engine_and_the_textbook_path() -> None:
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((14, 9)), rng.integers(0, 5, 14)
+    network = Network.from_layers(stack(9, 5), dtype="float64", seed=1)
+    assert list(network.params) == [
+        "W1", "b1", "s1", "W2", "b2", "gamma2", "beta2", "W3", "b3",
+    ]  # fmt: skip
+    assert network.zero_gradients == {"b2"}  # b2 feeds the batch norm; b1 feeds LeakyReLU
+    assert choose_check_point(network, X, rng) >= 6e-4
+    for path, rows in check_network_paths(network, X, y, 0.01).items():
+        failures = [row for row in rows if not row.passed]
+        assert not failures, (path, failures)
+
+
+def test_a_new_layer_and_a_new_update_rule_train() -> None:
+    rng = np.random.default_rng(2)
+    centers = rng.standard_normal((5, 20)) * 2.0
+    y = rng.integers(0, 5, 500)
+    X = (centers[y] + rng.standard_normal((500, 20))).astype(np.float32)
+    network = Network.from_layers(stack(20, 5), seed=3)
+    rule = RMSProp()
+    records: list[dict] = []
+    schedule = Schedule(0.001, 25, 1e-4, 1e-2, n_s=40, cycles=1, eval_every=40, seed=0)
+    splits = Splits(X[:400], y[:400], X[400:], y[400:])
+    outcome = train(network, splits, schedule, on_evaluation=records.extend, optimizer=rule)
+    assert outcome.status == "finished"
+    first, last = records[1], records[-1]  # validation at step 0 and at the end
+    assert first["split"] == last["split"] == "val"
+    assert last["accuracy"] > 0.9 > first["accuracy"]
+    assert rule.steps == schedule.total_steps
+    assert rule.state_dict().keys() >= {"square.s1", "square.W1", "steps"}
+    assert not np.allclose(network.params["s1"], 1.0)  # the new parameter was trained
+
+
+@pytest.mark.parametrize("helping", [False, True])
+def test_a_new_update_rule_on_the_split_first_layer(helping: bool) -> None:
+    """The engine hands each lane its half of W1 to update: a rule written here gets the rows
+    of its own state for that half, and the result is that of one whole update."""
+    from knn_cli.engine.lanes import Lanes
+
+    rng = np.random.default_rng(4)
+    X, y = rng.standard_normal((80, 640)) / 8.0, rng.integers(0, 10, 80)
+    split, whole = (Network(640, [50], 10, dtype="float64", seed=4) for _ in range(2))
+    assert split.engine.workspace(40).split is not None
+    rules = RMSProp(), RMSProp()
+    with Lanes(helping=helping) as lanes:
+        for step in range(3):
+            rows = np.arange(step % 2, 80, 2)
+            split.train_step(X, y, 0.01, 0.01, lanes, rows, None, rules[0])
+            _, grads = whole.textbook_gradients(X[rows], y[rows], 0.0)
+            rules[1].step(whole.params, grads, 0.01, 0.01, whole.decayed)
+    for name in whole.params:
+        np.testing.assert_allclose(split.params[name], whole.params[name], rtol=1e-8, atol=1e-12)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from knn_cli.gradcheck import check_network_paths, choose_check_point
-from knn_cli.network import Affine, BatchNorm, Layer, ReLU, Network
+from knn_cli.network import Affine, BatchNorm, Layer, Network, ReLU
 from knn_cli.optim import ALL_ROWS, UpdateRule
 from knn_cli.trainer import Schedule, Splits, train
 

@@ -1,0 +1,177 @@
+"""The sweep folder: `sweep.json` (what was asked for, and every trial planned so far) and one
+subfolder per attempt of a trial, each an ordinary `knn train` run folder. A trial cut short or
+failed is re-run in a fresh subfolder (`003-coarse.2`), so no run folder is ever overwritten; a
+trial's record is its done attempt if it has one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from knn_cli.errors import RunFolderError
+from knn_cli.runs import SUMMARY_FILE, atomic_write_json, new_run_dir, read_summary
+from knn_cli.sweeps.plan import INIT_SENSITIVITY, LAMBDA_SEARCH, GridSpec, LambdaSearchSpec, Trial
+
+SWEEP_FILE = "sweep.json"
+
+
+SWEEP_FORMAT_VERSION = 1
+
+
+DONE_STATUSES = ("finished", "diverged")  # deterministic ends: re-running changes nothing
+
+
+SELECTION_METRIC = "final_val_accuracy"  # the model a search trial ends with, judged on val
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial as its folder tells it: status, accuracies, where, and why it failed if it did."""
+
+    trial: Trial
+    folder: Path | None
+    summary: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        if self.folder is None:
+            return "pending"
+        return str(self.summary.get("status", "interrupted"))
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    @property
+    def score(self) -> float | None:
+        """Validation accuracy used for selection; None unless the trial finished."""
+        return self.summary.get(SELECTION_METRIC) if self.finished else None
+
+    def get(self, key: str) -> Any:
+        return self.summary.get(key)
+
+    @property
+    def message(self) -> str:
+        return "" if self.finished else str(self.summary.get("message") or "")
+
+
+_SPECS: dict[str, type] = {LAMBDA_SEARCH: LambdaSearchSpec, INIT_SENSITIVITY: GridSpec}
+
+
+def start_sweep(runs_dir: str | Path, kind: str, spec: LambdaSearchSpec | GridSpec) -> Path:
+    """A new sweep folder with its plan written (atomically) before any trial starts."""
+    sweep_dir = new_run_dir(runs_dir, kind)
+    doc = {"kind": kind, "version": SWEEP_FORMAT_VERSION, "spec": asdict(spec), "trials": []}
+    atomic_write_json(sweep_dir / SWEEP_FILE, doc)
+    return sweep_dir
+
+
+def load_sweep(sweep_dir: str | Path) -> tuple[str, LambdaSearchSpec | GridSpec]:
+    """The kind and spec of an existing sweep folder, or a one-line RunFolderError."""
+    doc = read_sweep_file(Path(sweep_dir))
+    try:
+        cls = _SPECS[doc["kind"]]
+        spec = {
+            key: tuple(value) if isinstance(value, list) and key != "base" else value
+            for key, value in doc["spec"].items()
+        }
+        if cls is LambdaSearchSpec:
+            # Sweeps planned before the final retrain had seeds and a hold-out of its own
+            # resume as they were planned: one retrain, on the base config's split.
+            spec.setdefault("final_seeds", 1)
+            spec.setdefault("final_validation_size", spec["base"]["data"]["validation_size"])
+        return doc["kind"], cls(**spec)
+    except (KeyError, TypeError) as error:
+        raise RunFolderError(
+            f"{sweep_dir}/{SWEEP_FILE} is not a valid sweep plan: {error}"
+        ) from None
+
+
+def read_sweep_file(sweep_dir: Path) -> dict[str, Any]:
+    path = sweep_dir / SWEEP_FILE
+    if not sweep_dir.is_dir():
+        raise RunFolderError(f"sweep folder {sweep_dir} does not exist")
+    if not path.is_file():
+        raise RunFolderError(f"{sweep_dir} is not a sweep folder: it has no {SWEEP_FILE}")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise RunFolderError(f"{path} cannot be read: {error}") from None
+    if not isinstance(doc, dict) or doc.get("version") != SWEEP_FORMAT_VERSION:
+        raise RunFolderError(f"{path} is not a sweep plan this version of knn can read")
+    return doc
+
+
+def record_plan(sweep_dir: Path, trials: Sequence[Trial], **notes: Any) -> None:
+    """Add a stage's trials (and notes such as the fine range) to sweep.json, refusing a plan
+    that disagrees with the one on disk: resuming it would mix two different sweeps."""
+    doc = read_sweep_file(sweep_dir)
+    planned = {t["folder"]: t for t in doc["trials"]}
+    for trial in trials:
+        known = planned.get(trial.folder)
+        if known is not None and known != trial.to_dict():
+            raise RunFolderError(
+                f"{sweep_dir}: trial {trial.folder} would differ from the recorded plan; "
+                "start a new sweep instead of resuming this one"
+            )
+        planned[trial.folder] = trial.to_dict()
+    doc["trials"] = sorted(planned.values(), key=lambda t: t["index"])
+    doc.update(notes)
+    atomic_write_json(sweep_dir / SWEEP_FILE, doc)
+
+
+def recorded_stage(sweep_dir: Path, stage: str) -> list[Trial]:
+    """A stage's trials as first planned. The fine and final stages depend on earlier results,
+    which a resume may change (a failed trial re-run); the plan on record is the sweep's."""
+    doc = read_sweep_file(sweep_dir)
+    return [Trial.from_dict(t) for t in doc["trials"] if t["stage"] == stage]
+
+
+def attempt_dirs(sweep_dir: Path, trial: Trial) -> list[Path]:
+    """The trial's folders, oldest first: `003-coarse`, then `003-coarse.2`, `.3`... for re-runs."""
+    found = []
+    for attempt in range(1, 1000):
+        path = sweep_dir / (trial.folder if attempt == 1 else f"{trial.folder}.{attempt}")
+        if not path.is_dir():
+            return found
+        found.append(path)
+    return found
+
+
+def summary_or_empty(run_dir: Path) -> dict[str, Any]:
+    try:
+        return read_summary(run_dir)
+    except RunFolderError:
+        return {}
+
+
+def trial_record(sweep_dir: Path, trial: Trial) -> TrialRecord:
+    """The trial's done attempt if it has one, else its latest (failed, interrupted) attempt."""
+    attempts = [(path, summary_or_empty(path)) for path in attempt_dirs(sweep_dir, trial)]
+    for path, summary in attempts:
+        if summary.get("status") in DONE_STATUSES:
+            return TrialRecord(trial, path, summary)
+    if attempts:
+        return TrialRecord(trial, *attempts[-1])
+    return TrialRecord(trial, None)
+
+
+def next_attempt(sweep_dir: Path, trial: Trial) -> Path:
+    """The folder the trial's next attempt will train in (made by the worker, see run_trial)."""
+    attempts = len(attempt_dirs(sweep_dir, trial))
+    name = trial.folder if attempts == 0 else f"{trial.folder}.{attempts + 1}"
+    return sweep_dir / name
+
+
+def write_failure(run_dir: Path, trial: Trial, error: str) -> None:
+    summary = {
+        **summary_or_empty(run_dir),
+        "name": trial.config["name"],
+        "status": "failed",
+        "message": error,
+    }
+    run_dir.mkdir(exist_ok=True)  # the trial may have failed before it made its folder
+    atomic_write_json(run_dir / SUMMARY_FILE, summary)

@@ -1,0 +1,222 @@
+"""What a sweep runs: its trials, each a full config, planned deterministically -- a trial's lambda
+and seed follow from the sweep seed, its stage and its index, never from which worker ran it or
+when -- and the specs that `--resume` rebuilds a sweep from."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from knn_cli.config import config_from_dict, config_to_dict
+from knn_cli.experiment import default_hidden
+
+LAMBDA_SEARCH = "lambda-search"
+
+
+INIT_SENSITIVITY = "init-sensitivity"
+
+
+STAGE_CODES = {"coarse": 1, "fine": 2, "final": 3, "grid": 4}
+
+
+SEARCH_STAGES = ("coarse", "fine")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One planned training run: its full config, so a worker needs nothing else."""
+
+    index: int
+    stage: str
+    label: str
+    config: dict[str, Any]
+    folder: str
+    evaluate_test: bool
+
+    @property
+    def lambda_(self) -> float:
+        return float(self.config["training"]["lambda"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Trial:
+        return cls(**doc)
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """What travels to a worker: the trial and the folder this attempt is to train in."""
+
+    trial: Trial
+    run_dir: str
+    background_evaluation: bool = False
+
+
+def trial_config(base: Mapping[str, Any], name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with dotted `settings` applied, validated like any config file, as plain data."""
+    doc = {key: dict(value) if isinstance(value, Mapping) else value for key, value in base.items()}
+    doc["name"] = name
+    for dotted, value in settings.items():
+        section, key = dotted.split(".")
+        doc[section][key] = value
+    return config_to_dict(config_from_dict(doc))
+
+
+def sample_log_lambda(seed: int, stage: str, index: int, low: float, high: float) -> float:
+    """lambda = 10^u, u ~ Uniform(low, high), from a generator seeded by (seed, stage, index).
+
+    Seeding by index alone means trial 7 gets the same lambda whether the sweep has 8 trials or
+    80, whichever worker runs it, and in whatever order trials complete.
+    """
+    rng = np.random.default_rng([seed, STAGE_CODES[stage], index])
+    return float(10.0 ** rng.uniform(low, high))
+
+
+def lambda_trials(
+    base: Mapping[str, Any],
+    stage: str,
+    log_range: tuple[float, float],
+    indices: Iterable[int],
+    *,
+    seed: int,
+    cycles: int,
+    n_s: int | None,
+) -> list[Trial]:
+    """Search trials of one stage: a sampled lambda each, on the short search schedule."""
+    trials = []
+    for index in indices:
+        value = sample_log_lambda(seed, stage, index, *log_range)
+        trials.append(_lambda_trial(base, stage, index, value, seed=seed, cycles=cycles, n_s=n_s))
+    return trials
+
+
+def final_trials(
+    base: Mapping[str, Any],
+    indices: Iterable[int],
+    lambda_: float,
+    *,
+    seed: int,
+    cycles: int,
+    validation_size: int,
+) -> list[Trial]:
+    """The chosen lambda retrained for longer, once per index (so once per seed), then tested.
+
+    The retrain holds out only `validation_size` images, as the course protocol trains its final
+    model on all the training data but 1,000: lambda is chosen by then, so the rest of the
+    validation set is worth more as training data. The schedule is the base config's own n_s
+    (a factor of epochs unless the config fixes it), not the search's.
+    """
+    n_s = base["training"]["n_s"]
+    extra = {"data.validation_size": validation_size}
+    options = {"seed": seed, "cycles": cycles, "n_s": n_s, "evaluate_test": True, "extra": extra}
+    return [_lambda_trial(base, "final", index, lambda_, **options) for index in indices]
+
+
+def _lambda_trial(
+    base: Mapping[str, Any],
+    stage: str,
+    index: int,
+    lambda_: float,
+    *,
+    seed: int,
+    cycles: int,
+    n_s: int | None,
+    evaluate_test: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> Trial:
+    folder = f"{index:03d}-{stage}"
+    settings = {
+        "training.lambda": lambda_,
+        "training.cycles": cycles,
+        "training.n_s": n_s,
+        "training.seed": seed + index,
+        **(extra or {}),
+    }
+    return Trial(
+        index=index,
+        stage=stage,
+        label=f"lambda={lambda_:.3g}",
+        config=trial_config(base, f"{base['name']}-{folder}", settings),
+        folder=folder,
+        evaluate_test=evaluate_test,
+    )
+
+
+def grid_trials(
+    base: Mapping[str, Any],
+    depths: Sequence[int],
+    batch_norms: Sequence[bool],
+    sigmas: Sequence[float],
+    *,
+    seed: int,
+    cycles: int,
+    n_s: int | None,
+) -> list[Trial]:
+    """depth x batch norm x sigma, each from a normal(0, sigma) init, tested at the end."""
+    trials = []
+    cells = [(k, bn, s) for k in depths for bn in batch_norms for s in sigmas]
+    for index, (depth, batch_norm, sigma) in enumerate(cells):
+        folder = f"{index:03d}-k{depth}-{'bn' if batch_norm else 'nobn'}-sigma{sigma:g}"
+        settings = {
+            "model.hidden": list(default_hidden(depth)),
+            "model.batch_norm": batch_norm,
+            "model.init": "normal",
+            "model.sigma": sigma,
+            "training.cycles": cycles,
+            "training.n_s": n_s,
+            # One seed for every cell: the cells then differ by depth, BN and sigma alone (a
+            # paired comparison), not also by their draw of the initial weights and batches.
+            "training.seed": seed,
+        }
+        trials.append(
+            Trial(
+                index=index,
+                stage="grid",
+                label=f"k={depth} {bn_label(batch_norm)} sigma={sigma:g}",
+                config=trial_config(base, f"init-{folder}", settings),
+                folder=folder,
+                evaluate_test=True,
+            )
+        )
+    return trials
+
+
+def bn_label(batch_norm: bool) -> str:
+    return "BN" if batch_norm else "no BN"
+
+
+@dataclass(frozen=True)
+class LambdaSearchSpec:
+    """Everything `--resume` needs to rebuild a lambda search (the executor is chosen anew)."""
+
+    base: dict[str, Any]
+    coarse: bool = True
+    fine: bool = True
+    final: bool = False
+    log_range: tuple[float, float] = (-5.0, -1.0)
+    trials: int = 10
+    cycles: int = 2
+    n_s: int | None = None
+    final_cycles: int = 3
+    final_seeds: int = 3
+    final_validation_size: int = 1000
+    seed: int = 0
+    source: str | None = None  # an earlier sweep whose trials --fine refines
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """Everything `--resume` needs to rebuild an init-sensitivity grid."""
+
+    base: dict[str, Any]
+    depths: tuple[int, ...] = (3, 9)
+    batch_norms: tuple[bool, ...] = (False, True)
+    sigmas: tuple[float, ...] = (1e-1, 1e-3, 1e-4)
+    cycles: int = 2
+    n_s: int | None = None
+    seed: int = 0

@@ -1,0 +1,178 @@
+"""A sweep's tables: CSV with every field for programs, Markdown for people, written atomically."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from knn_cli.reports import csv_text, markdown_table
+from knn_cli.runs import atomic_write_text
+from knn_cli.sweeps.folder import TrialRecord
+from knn_cli.sweeps.plan import GridSpec, Trial, bn_label
+
+
+def final_test_summary(records: Sequence[TrialRecord]) -> tuple[float, float, int] | None:
+    """Mean and sample standard deviation of the finished final retrains' test accuracy, and
+    how many there were (0 deviation for one): one seed alone can be half a point off or more."""
+    accuracies = [
+        float(r.get("test_accuracy"))
+        for r in records
+        if r.trial.stage == "final" and r.finished and r.get("test_accuracy") is not None
+    ]
+    if not accuracies:
+        return None
+    spread = float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0
+    return float(np.mean(accuracies)), spread, len(accuracies)
+
+
+def final_summary_line(summary: tuple[float, float, int]) -> str:
+    mean, spread, count = summary
+    if count == 1:
+        return f"final retrain: test accuracy {100 * mean:.2f}% (one seed)"
+    return (
+        f"final retrain: test accuracy {100 * mean:.2f}% +- {100 * spread:.2f} "
+        f"(mean +- standard deviation over {count} seeds)"
+    )
+
+
+LAMBDA_CSV_HEADERS = (
+    "index",
+    "stage",
+    "lambda",
+    "status",
+    "best_val_accuracy",
+    "final_val_accuracy",
+    "test_accuracy",
+    "seconds",
+    "folder",
+    "message",
+)
+
+
+LAMBDA_TABLE_HEADERS = ("lambda", "stage", "val accuracy", "best val accuracy", "test", "status")
+
+
+def write_lambda_tables(sweep_dir: Path, records: Sequence[TrialRecord]) -> str:
+    """trials.csv (all fields) and table.md (sorted by validation accuracy, as in the study)."""
+    rows = [
+        [
+            r.trial.index,
+            r.trial.stage,
+            f"{r.trial.lambda_:.6g}",
+            r.status,
+            r.get("best_val_accuracy"),
+            r.get("final_val_accuracy"),
+            r.get("test_accuracy"),
+            r.get("wall_seconds"),
+            shown_folder(sweep_dir, r.folder),
+            r.message,
+        ]
+        for r in sorted(records, key=lambda r: r.trial.index)
+    ]
+    atomic_write_text(sweep_dir / "trials.csv", csv_text(LAMBDA_CSV_HEADERS, rows))
+    table = lambda_table(records)
+    summary = final_test_summary(records)
+    if summary is not None:
+        table += f"\n{final_summary_line(summary)}\n"
+    atomic_write_text(sweep_dir / "table.md", table)
+    return table
+
+
+def lambda_table(records: Sequence[TrialRecord]) -> str:
+    def order(r: TrialRecord) -> tuple[Any, ...]:
+        is_final = r.trial.stage == "final"
+        return (is_final, r.score is None, -(r.score or 0.0), r.trial.index)
+
+    rows = [
+        [
+            f"{r.trial.lambda_:.3g}",
+            r.trial.stage,
+            percent(r.get("final_val_accuracy")),
+            percent(r.get("best_val_accuracy")),
+            percent(r.get("test_accuracy")),
+            r.status if not r.message else f"{r.status}: {r.message}",
+        ]
+        for r in sorted(records, key=order)
+    ]
+    return markdown_table(LAMBDA_TABLE_HEADERS, rows)
+
+
+def percent(value: float | None) -> str | None:
+    return None if value is None else f"{100 * value:.2f}%"
+
+
+def shown_folder(sweep_dir: Path, folder: Path | None) -> str:
+    if folder is None:
+        return ""
+    try:
+        return str(folder.relative_to(sweep_dir))
+    except ValueError:
+        return str(folder)
+
+
+GRID_CSV_HEADERS = (
+    "index",
+    "depth",
+    "hidden",
+    "batch_norm",
+    "sigma",
+    "status",
+    "final_val_accuracy",
+    "test_accuracy",
+    "seconds",
+    "folder",
+    "message",
+)
+
+
+def cell_key(trial: Trial) -> tuple[int, bool, float]:
+    model = trial.config["model"]
+    return len(model["hidden"]) + 1, bool(model["batch_norm"]), float(model["sigma"])
+
+
+def write_grid_tables(sweep_dir: Path, spec: GridSpec, records: Sequence[TrialRecord]) -> str:
+    """results.csv (one row per run) and results.md (test accuracy: depth and BN x sigma)."""
+    rows = []
+    for r in records:
+        depth, batch_norm, sigma = cell_key(r.trial)
+        rows.append(
+            [
+                r.trial.index,
+                depth,
+                " ".join(map(str, r.trial.config["model"]["hidden"])),
+                batch_norm,
+                f"{sigma:g}",
+                r.status,
+                r.get("final_val_accuracy"),
+                r.get("test_accuracy"),
+                r.get("wall_seconds"),
+                shown_folder(sweep_dir, r.folder),
+                r.message,
+            ]
+        )
+    atomic_write_text(sweep_dir / "results.csv", csv_text(GRID_CSV_HEADERS, rows))
+    table = grid_table(spec, records)
+    atomic_write_text(sweep_dir / "results.md", table)
+    return table
+
+
+def grid_table(spec: GridSpec, records: Sequence[TrialRecord]) -> str:
+    by_cell = {cell_key(r.trial): r for r in records}
+    headers = ["layers", "batch norm", *(f"sigma={s:g}" for s in spec.sigmas)]
+    rows = []
+    for depth in spec.depths:
+        for batch_norm in spec.batch_norms:
+            cells = [by_cell.get((depth, batch_norm, float(s))) for s in spec.sigmas]
+            rows.append([depth, bn_label(batch_norm), *(grid_cell(r) for r in cells)])
+    return markdown_table(headers, rows)
+
+
+def grid_cell(record: TrialRecord | None) -> str | None:
+    if record is None or record.status == "pending":
+        return None
+    if record.finished:
+        return percent(record.get("test_accuracy"))
+    return record.status

@@ -9,7 +9,7 @@ as benchmarks/bench_train.py times it.
 
     KNN_DATA_DIR=/path/to/cifar-10-batches-py python benchmarks/compare_checkouts.py \\
         --old /path/to/old/checkout [--old-python /path/to/old/venv/bin/python] [--repeats 7]
-        [--rules sgd,momentum,nesterov,adam,adamw]
+        [--lanes 1] [--rules sgd,momentum,nesterov,adam,adamw]
 
 `--rules` also times the new checkout with each update rule on 3layer_bn (and 9layer_bn), as
 ratios to SGD within each repeat. Without the real data both sides train on random rows of the
@@ -54,8 +54,8 @@ except DataError:
 splits = Splits(X, y, X[:0], y[:0])
 runners = {}
 
-def runner(config_name, rule_name):
-    key = (config_name, rule_name)
+def runner(config_name, rule_name, lanes):
+    key = (config_name, rule_name, lanes)
     if key not in runners:
         overrides = [] if rule_name == "sgd" else [f"training.optimizer={rule_name}"]
         config = load_config(f"configs/{config_name}.yaml", overrides)
@@ -64,15 +64,15 @@ def runner(config_name, rule_name):
         t = config.training
         schedule = Schedule(t.lambda_, 100, t.eta_min, t.eta_max, n_s=225, cycles=1,
                             eval_every=10**9, seed=0)
-        options = {} if rule is None else {"optimizer": rule}
+        options = {"two_lanes": lanes == "2"} | ({} if rule is None else {"optimizer": rule})
         runners[key] = lambda: train(network, splits, schedule, **options)
         runners[key]()  # warm: workspaces, pages of the memory map
     return runners[key]
 
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
-    config_name, rule_name = line.split()
-    run = runner(config_name, rule_name)
+    config_name, rule_name, lanes = line.split()
+    run = runner(config_name, rule_name, lanes)
     start = time.perf_counter()
     outcome = run()
     seconds = time.perf_counter() - start
@@ -83,8 +83,9 @@ for line in sys.stdin:
 class Side:
     """One checkout's child process, answering one epoch per request."""
 
-    def __init__(self, name: str, checkout: Path, python: str) -> None:
+    def __init__(self, name: str, checkout: Path, python: str, lanes: int) -> None:
         self.name = name
+        self.lanes = lanes
         self.process = subprocess.Popen(
             [python, "-c", CHILD],
             cwd=checkout,
@@ -103,7 +104,7 @@ class Side:
 
     def epoch(self, config: str, rule: str = "sgd") -> float:
         assert self.process.stdin is not None
-        self.process.stdin.write(f"{config} {rule}\n")
+        self.process.stdin.write(f"{config} {rule} {self.lanes}\n")
         self.process.stdin.flush()
         answer = self._read()
         if answer["status"] != "finished":
@@ -144,13 +145,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument("--rules", default="", help="comma-separated update rules to time too")
+    parser.add_argument(
+        "--lanes", type=int, choices=(1, 2), default=2, help="2: as knn train; 1: one thread"
+    )
     args = parser.parse_args()
     old_python = args.old_python or str(args.old / ".venv" / "bin" / "python")
     rules = [r for r in args.rules.split(",") if r and r != "sgd"]
 
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}")
     print(f"old: {args.old} ({git_head(args.old)}), new: {args.new} ({git_head(args.new)})")
-    old, new = Side("old", args.old, old_python), Side("new", args.new, args.new_python)
+    print(f"{args.lanes} lane(s); repeats {args.repeats}")
+    old = Side("old", args.old, old_python, args.lanes)
+    new = Side("new", args.new, args.new_python, args.lanes)
     times: dict[tuple[str, str, str], list[float]] = {}
     try:
         for repeat in range(args.repeats):

@@ -151,3 +151,32 @@ def test_which_gradients_are_exactly_zero_follows_from_the_stack() -> None:
     assert before.zero_gradients == {"b1", "b2"}
     assert after.zero_gradients == plain.zero_gradients == frozenset()
     assert list(after.params) == list(before.params)  # the same names either way
+
+
+def test_numbers_near_the_subnormal_range_are_flushed_to_zero() -> None:
+    from knn_cli.engine.step import flush_subnormals
+
+    values = np.array([1e-33, -1e-35, 1e-31, 1e-20, 0.0, 1.0], dtype=np.float32)
+    assert flush_subnormals([values])
+    np.testing.assert_array_equal(values, np.array([0, 0, 0, 1e-20, 0, 1], dtype=np.float32))
+    assert not flush_subnormals([values])  # nothing left to flush
+
+
+def test_a_flush_during_training_reaches_params_and_state_and_drops_work_done_ahead() -> None:
+    """Every FLUSH_EVERY steps; and since W1 may change, a product computed ahead is not used."""
+    from knn_cli.engine.step import FLUSH_EVERY
+
+    rng = np.random.default_rng(5)
+    X, y = rng.standard_normal((80, 640)).astype(np.float32), rng.integers(0, 10, 80)
+    net = Network(640, [50, 20], 10, batch_norm=True, seed=5)
+    rule = make_update_rule("momentum")
+    rows = np.arange(40)
+    with Lanes() as lanes:
+        for step in range(FLUSH_EVERY - 1):
+            net.train_step(X, y, 0.0, 0.0, lanes, rows, rows, rule)  # eta 0: nothing moves
+        net.params["W1"][0, 0] = 1e-33
+        rule.state["velocity"]["b1"][0] = -1e-34  # b1 feeds batch norm: no update touches it
+        version = net.version
+        net.train_step(X, y, 0.0, 0.0, lanes, rows, None, rule)
+    assert net.params["W1"][0, 0] == 0 and rule.state["velocity"]["b1"][0] == 0
+    assert net.version == version + 2  # the flush and the step

@@ -30,6 +30,11 @@ from knn_cli.network import Affine, Network
 from knn_cli.optim import SGD, UpdateRule
 
 
+# Steps between flushes of subnormal numbers (see `flush_subnormals`): rare enough to cost
+# nothing per step, often enough that few of them pile up in between.
+FLUSH_EVERY = 200
+
+
 class Workspace:
     """Every array one training step writes, for one batch size, reused step after step:
     allocating them anew costs more than the arithmetic on the small layers, and reusing them
@@ -80,6 +85,7 @@ class Engine:
         self._averages: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
         self._sgd = SGD()
         self._decayed = frozenset(network.decayed)
+        self._steps = 0
 
     def workspace(self, n: int) -> Workspace:
         work = self._workspaces.get(n)
@@ -142,6 +148,11 @@ class Engine:
             and lanes.helping
         )
         rule.begin(eta, lambda_, params)
+        self._steps += 1
+        if self._steps % FLUSH_EVERY == 0 and flush_subnormals(
+            [*params.values(), *(a for by_name in rule.state.values() for a in by_name.values())]
+        ):
+            network.version += 1  # W1 may have changed: a product computed ahead is stale
         penalties = [0.0, 0.0, 0.0]  # W1's halves (each lane updates the half it computed), rest
 
         def update_half(which: int) -> None:
@@ -246,6 +257,28 @@ class Engine:
             views = consecutive(averages, work.statistic_sizes)
             network.moving_averages = dict(views)
             self._averages = (averages, views)
+
+
+def flush_subnormals(arrays: Sequence[np.ndarray]) -> bool:
+    """Set numbers within 2^24 of the subnormal range (below 2e-31 in float32) to zero, in
+    place; whether there were any.
+
+    Adam at high rates drives the weights of dead units, and the moments of parameters whose
+    gradient stays zero, towards zero step after step and into subnormal numbers, on which x86
+    arithmetic is about a hundred times slower: an Adam run at the study's rates slowed down
+    epoch after epoch, to 25 times its first epoch's time (benchmarks/compare_checkouts.py
+    --rules). Flushing only true subnormals did not keep up; with the margin, numbers take
+    some hundred steps to decay from the threshold into the subnormals, longer than
+    FLUSH_EVERY. A number this small changes no float32 sum it enters.
+    """
+    changed = False
+    for array in arrays:
+        small = np.abs(array) < np.finfo(array.dtype).tiny * 2.0**24
+        small &= array != 0
+        if small.any():
+            array[small] = 0
+            changed = True
+    return changed
 
 
 def consecutive(flat: np.ndarray, sizes: Sequence[tuple[str, int]]) -> dict[str, np.ndarray]:

@@ -7,10 +7,10 @@ attach nothing. It raises nothing for a diverging run; it stops and says so in i
 It uses both cores where it may: evaluations run on a second thread (`engine/evaluations.py`),
 and between them the step's first layer is shared with a helper thread (`engine/lanes.py`,
 `engine/split.py`), each step being told the next batch so that the helper can go on to it
-without a second hand-over. Both need BLAS held to one thread per thread of ours (`blas.py`);
-where that cannot be had, or the environment keeps BLAS to one thread (sweep workers, one per
-core), evaluation stays in line and the step on one thread. What each part gains is measured by
-benchmarks/bench_train.py ("1 lane/ours", and --full).
+without a second hand-over. Both need BLAS held to one thread per thread of ours (`blas.py`):
+where that cannot be had, evaluation stays in line and the step on one thread; where the
+environment holds BLAS to one thread (sweep workers, one per core), the step stays on one. What
+each part gains is measured by benchmarks/bench_train.py ("1 lane/ours", and --full).
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ t = config.training
 schedule = Schedule(t.lambda_, 100, t.eta_min, t.eta_max, n_s=steps // 2, cycles=1,
                     eval_every=10**9, seed=0)
 with threadpool_limits(1, user_api="blas"):
-    assert train(network, Splits(X, y, X[:0], y[:0]), schedule, two_lanes=False).status == "finished"
+    outcome = train(network, Splits(X, y, X[:0], y[:0]), schedule, two_lanes=False)
+assert outcome.status == "finished"
 """
 
 

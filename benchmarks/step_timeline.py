@@ -25,10 +25,11 @@ from threadpoolctl import threadpool_limits
 from knn_cli.engine import lanes as lanes_module
 from knn_cli.engine.lanes import Lanes
 from knn_cli.errors import DataError
+from knn_cli.experiment import default_hidden
 from knn_cli.network import Network
 
 STEPS, WARM_UP, BATCH = 1_500, 100, 100
-WIDTHS = {"3layer_bn": [50, 50], "9layer_bn": [50, 30, 20, 20, 10, 10, 10, 10]}
+WIDTHS = {"3layer_bn": default_hidden(3), "9layer_bn": default_hidden(9)}
 
 
 def training_rows() -> tuple[np.ndarray, np.ndarray]:

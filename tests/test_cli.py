@@ -371,3 +371,42 @@ def test_disk_error_mid_run_is_one_line_and_keeps_what_was_written(
     (run_dir,) = runs.iterdir()
     assert (run_dir / "metrics.csv").read_text().count("\n") == 1 + 2 * 2  # two points kept
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+
+
+def test_every_command_module_imports_on_its_own() -> None:
+    """cli.py and cli_sweeps.py once imported each other: importing either one first failed."""
+    import subprocess
+    import sys
+
+    for module in ("knn_cli.cli_sweeps", "knn_cli.cli", "knn_cli.sweeps", "knn_cli.engine"):
+        result = subprocess.run(
+            [sys.executable, "-c", f"import {module}"], capture_output=True, text=True
+        )
+        assert result.returncode == 0, (module, result.stderr)
+
+
+def test_gradcheck_checks_batch_norm_after_the_relu(tmp_path: Path) -> None:
+    result = run(
+        "gradcheck", "--layers", "3", "--hidden", "8,6", "--bn", "--bn-position", "after_relu",
+        "--runs-dir", str(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "with BN after ReLU: nearest ReLU kink" in result.output
+    assert "textbook layers: worst relative error" in result.output
+    (run_dir,) = tmp_path.iterdir()
+    table = (run_dir / "gradcheck.md").read_text()
+    assert table.count("with BN after ReLU") == 10 and "absolute" not in table
+
+
+def test_gradcheck_fails_when_the_textbook_layers_are_wrong(tmp_path: Path, monkeypatch) -> None:
+    from knn_cli import layers
+
+    right = layers.batch_norm_backward
+
+    def wrong(dout, cache):
+        dx, dgamma, dbeta = right(dout, cache)
+        return dx, dgamma * 1.01, dbeta
+
+    monkeypatch.setattr(layers, "batch_norm_backward", wrong)
+    result = run("gradcheck", "--layers", "2", "--hidden", "5", "--bn", "--runs-dir", str(tmp_path))
+    assert_one_line_error(result, 1, "with BN (textbook layers)")

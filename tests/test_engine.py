@@ -172,7 +172,7 @@ def test_a_flush_during_training_reaches_params_and_state_and_drops_work_done_ah
     rule = make_update_rule("momentum")
     rows = np.arange(40)
     with Lanes() as lanes:
-        for step in range(FLUSH_EVERY - 1):
+        for _ in range(FLUSH_EVERY - 1):
             net.train_step(X, y, 0.0, 0.0, lanes, rows, rows, rule)  # eta 0: nothing moves
         net.params["W1"][0, 0] = 1e-33
         rule.state["velocity"]["b1"][0] = -1e-34  # b1 feeds batch norm: no update touches it

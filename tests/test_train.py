@@ -12,7 +12,7 @@ from conftest import REAL_DATA_DIR, requires_real_data
 
 from knn_cli.config import config_from_dict
 from knn_cli.data import Dataset
-from knn_cli.experiment import evaluate_run, load_trained_network, train_run
+from knn_cli.experiment import evaluate_run, load_trained, load_trained_network, train_run
 from knn_cli.network import Network
 from knn_cli.runs import new_run_dir, read_metrics
 from knn_cli.trainer import Schedule, Splits, _batches, train
@@ -34,13 +34,16 @@ def synthetic_dataset(seed: int = 0, n_train: int = 600, d: int = 32) -> Dataset
     return Dataset(X_train, y_train, X_val, y_val, X_test, y_test, names, "synthetic")
 
 
-def small_config(batch_norm: bool = True, **training: object):
-    doc = {
+def small_config_doc(batch_norm: bool = True, **training: object) -> dict:
+    return {
         "name": "tiny",
         "model": {"hidden": [20, 20], "batch_norm": batch_norm},
         "training": {"n_s": 30, "cycles": 2, "batch_size": 20, "eval_every": 10, **training},
     }
-    return config_from_dict(doc)
+
+
+def small_config(batch_norm: bool = True, **training: object):
+    return config_from_dict(small_config_doc(batch_norm, **training))
 
 
 def test_training_learns_and_writes_a_complete_run_folder(tmp_path: Path) -> None:
@@ -77,6 +80,34 @@ def test_saved_model_reloads_to_the_same_predictions(tmp_path: Path) -> None:
     accuracy = float(np.mean(network.predict(data.X_test) == data.y_test))
     assert accuracy == summary["test_accuracy"]
     assert set(network.moving_averages) == {"mu1", "var1", "mu2", "var2"}
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_the_update_rules_state_is_saved_with_the_model(tmp_path: Path, optimizer: str) -> None:
+    """model.npz holds the rule's state by parameter name, and loading the run restores it."""
+    data = synthetic_dataset()
+    run_dir = new_run_dir(tmp_path, optimizer)
+    config = small_config(optimizer=optimizer, eta_min=1e-4, eta_max=1e-2)
+    summary = train_run(config, run_dir, dataset=data)
+    assert summary["status"] == "finished" and summary["test_accuracy"] > 0.6
+    _config, network, rule = load_trained(run_dir)
+    assert type(rule).__name__.lower() == optimizer
+    assert rule.steps == summary["total_steps"]
+    with np.load(run_dir / "model.npz") as saved:
+        slot = type(rule).slots[0]
+        assert f"optimizer.{slot}.W1" in saved.files
+        np.testing.assert_array_equal(rule.state[slot]["W1"], saved[f"optimizer.{slot}.W1"])
+    assert set(rule.state[slot]) == set(network.params)
+    assert float(np.mean(network.predict(data.X_test) == data.y_test)) == summary["test_accuracy"]
+
+
+def test_batch_norm_after_the_relu_trains(tmp_path: Path) -> None:
+    data = synthetic_dataset()
+    config = config_from_dict(
+        {**small_config_doc(), "model": {"hidden": [20, 20], "bn_position": "after_relu"}}
+    )
+    summary = train_run(config, new_run_dir(tmp_path, "after"), dataset=data)
+    assert summary["status"] == "finished" and summary["test_accuracy"] > 0.6
 
 
 def test_same_config_and_seed_give_identical_metrics(tmp_path: Path) -> None:

@@ -29,7 +29,6 @@ from knn_cli.engine.split import SplitAffineKernel, worth_splitting
 from knn_cli.network import Affine, Network
 from knn_cli.optim import SGD, UpdateRule
 
-
 # Steps between flushes of subnormal numbers (see `flush_subnormals`): rare enough to cost
 # nothing per step, often enough that few of them pile up in between.
 FLUSH_EVERY = 200
@@ -265,11 +264,10 @@ def flush_subnormals(arrays: Sequence[np.ndarray]) -> bool:
 
     Adam at high rates drives the weights of dead units, and the moments of parameters whose
     gradient stays zero, towards zero step after step and into subnormal numbers, on which x86
-    arithmetic is about a hundred times slower: an Adam run at the study's rates slowed down
-    epoch after epoch, to 25 times its first epoch's time (benchmarks/compare_checkouts.py
-    --rules). Flushing only true subnormals did not keep up; with the margin, numbers take
-    some hundred steps to decay from the threshold into the subnormals, longer than
-    FLUSH_EVERY. A number this small changes no float32 sum it enters.
+    arithmetic is many times slower: an Adam run at the study's rates slowed down epoch after
+    epoch (README, Performance). Flushing only true subnormals did not keep up; from the margin
+    numbers take longer than FLUSH_EVERY steps to decay into the subnormals. A number this
+    small changes no float32 sum it enters.
     """
     changed = False
     for array in arrays:

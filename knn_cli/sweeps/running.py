@@ -45,7 +45,7 @@ _DATASETS: dict[tuple[Any, ...], Dataset] = {}
 
 
 def _dataset_for(config: RunConfig) -> Dataset:
-    """The data, loaded once per worker process (memory-mapped from the cache, ~0.2 s), never
+    """The data, loaded once per worker process (memory-mapped from the cache: quick), never
     downloaded by a worker: the sweep fetched and cached it before starting any."""
     key = (
         config.data.dir,

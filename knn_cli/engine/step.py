@@ -84,7 +84,6 @@ class Engine:
         self._averages: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
         self._sgd = SGD()
         self._decayed = frozenset(network.decayed)
-        self._steps = 0
 
     def workspace(self, n: int) -> Workspace:
         work = self._workspaces.get(n)
@@ -147,8 +146,9 @@ class Engine:
             and lanes.helping
         )
         rule.begin(eta, lambda_, params)
-        self._steps += 1
-        if self._steps % FLUSH_EVERY == 0 and flush_subnormals(
+        # By the rule's count of steps, which is saved with its state: a continued run flushes
+        # where the uninterrupted one would.
+        if rule.steps % FLUSH_EVERY == 0 and flush_subnormals(
             [*params.values(), *(a for by_name in rule.state.values() for a in by_name.values())]
         ):
             network.version += 1  # W1 may have changed: a product computed ahead is stale

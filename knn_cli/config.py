@@ -39,6 +39,7 @@ class ModelConfig:
     bn_eps: float = 1e-12
     init: str = "he"
     sigma: float = 0.1
+    dropout: float | tuple[float, ...] = 0.0  # one rate for every hidden layer, or one each
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,7 @@ class TrainingConfig:
     seed: int = 0
     eval_every: int | None = None
     dtype: str = "float32"
+    label_smoothing: float = 0.0
     optimizer: str = "sgd"
     momentum: float = 0.9
     beta1: float = 0.9
@@ -215,6 +217,15 @@ def _widths(key: str, value: Any) -> tuple[int, ...]:
     return tuple(width(f"{key}[{i}]", w) for i, w in enumerate(value))
 
 
+def _rate_or_rates(key: str, value: Any) -> float | tuple[float, ...]:
+    rate = _number(0, below=1)
+    if isinstance(value, list | tuple):
+        return tuple(rate(f"{key}[{i}]", v) for i, v in enumerate(value))
+    if _as_float(value) is None:
+        raise _invalid(key, value, "a rate in [0, 1) or a list of them, one per hidden layer")
+    return rate(key, value)
+
+
 def _folder_or_null(key: str, value: Any) -> str | None:
     # A NUL byte would only fail later, inside os calls, with a ValueError.
     if value is not None and (not isinstance(value, str) or not value or "\0" in value):
@@ -256,6 +267,7 @@ _SECTIONS: dict[str, tuple[type, tuple[_Field, ...]]] = {
             _Field("bn_eps", _number(0, low_open=True)),
             _Field("init", _choice(*INITS)),
             _Field("sigma", _number(0, low_open=True)),
+            _Field("dropout", _rate_or_rates),
         ),
     ),
     "training": (
@@ -271,6 +283,7 @@ _SECTIONS: dict[str, tuple[type, tuple[_Field, ...]]] = {
             _Field("seed", _integer(0)),
             _Field("eval_every", _integer(1, nullable=True)),
             _Field("dtype", _choice(*DTYPES)),
+            _Field("label_smoothing", _number(0, below=1)),
             _Field("optimizer", _choice(*UPDATE_RULES)),
             _Field("momentum", _number(0, below=1)),
             _Field("beta1", _number(0, below=1)),
@@ -331,6 +344,12 @@ def _parse_section(section: str, raw: Any) -> Any:
 def _check_together(cfg: RunConfig) -> None:
     """Rules that span keys, checked once every key is known to be well-typed."""
     train, n_train = cfg.training, cfg.data.n_train
+    dropout, hidden = cfg.model.dropout, cfg.model.hidden
+    if isinstance(dropout, tuple) and len(dropout) != len(hidden):
+        raise ConfigError(
+            f"model.dropout has {len(dropout)} rates for {len(hidden)} hidden layers "
+            f"(model.hidden {list(hidden)}); give one rate each, or one number for all"
+        )
     if train.eta_min > train.eta_max:
         raise ConfigError(
             f"training.eta_min ({train.eta_min!r}) must be <= training.eta_max ({train.eta_max!r})"

@@ -53,6 +53,8 @@ def build_network(config: RunConfig, input_dim: int) -> Network:
         dtype=config.training.dtype,
         bn_eps=model.bn_eps,
         bn_alpha=model.bn_alpha,
+        dropout=model.dropout,
+        label_smoothing=config.training.label_smoothing,
     )
 
 

@@ -145,6 +145,27 @@ def relu_backward(dout: np.ndarray, active: np.ndarray) -> np.ndarray:
     return dout * active
 
 
+# -- dropout (Srivastava et al., 2014) ------------------------------------------------------------
+
+
+def dropout_forward(
+    x: np.ndarray, rate: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inverted dropout, training mode: each unit of each sample kept with probability
+    1 - rate and scaled by 1 / (1 - rate), so that evaluation mode passes x unchanged.
+
+    x (n, m) -> out (n, m); the cache is the mask, scaled (the same for stacked parameters).
+    """
+    keep = 1.0 - rate
+    mask = (rng.random(x.shape[-2:], dtype=np.float32) < keep).astype(x.dtype) / keep
+    return x * mask, mask
+
+
+def dropout_backward(dout: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """dL/dx = dout times the same scaled mask."""
+    return dout * mask
+
+
 # -- softmax and cross-entropy --------------------------------------------------------------------
 
 
@@ -155,23 +176,32 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return exps / exps.sum(axis=-1, keepdims=True)
 
 
-def cross_entropy(scores: np.ndarray, y: np.ndarray):
+def cross_entropy(scores: np.ndarray, y: np.ndarray, smoothing: float = 0.0):
     """Mean cross-entropy of the softmax of `scores` against the labels y:
 
         L = mean_i (log sum_j exp s_ij - s_i,y_i)   (log-sum-exp: finite for confident mistakes)
+
+    With label smoothing eps the target is q = (1 - eps) onehot(y) + eps / C instead, and
+    L = mean_i (log sum_j exp s_ij - (1 - eps) s_i,y_i - eps mean_j s_ij).
 
     scores (n, C), y (n,) integer labels -> a float (an array over any leading stack axes).
     """
     shifted = scores - scores.max(axis=-1, keepdims=True)
     log_norm = np.log(np.exp(shifted).sum(axis=-1))
     picked = shifted[..., np.arange(len(y)), y]
+    if smoothing:
+        picked = (1.0 - smoothing) * picked + smoothing * shifted.mean(axis=-1)
     loss = np.mean(log_norm - picked, axis=-1)
     return float(loss) if np.ndim(loss) == 0 else loss
 
 
-def softmax_cross_entropy_backward(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """dL/dscores = (softmax(scores) - onehot(y)) / n.   scores (n, C) -> (n, C)."""
-    n = scores.shape[0]
+def softmax_cross_entropy_backward(
+    scores: np.ndarray, y: np.ndarray, smoothing: float = 0.0
+) -> np.ndarray:
+    """dL/dscores = (softmax(scores) - q) / n, q the (smoothed) target.  scores (n, C) -> (n, C)."""
+    n, classes = scores.shape
     dscores = softmax(scores)
-    dscores[np.arange(n), y] -= 1.0
+    dscores[np.arange(n), y] -= 1.0 - smoothing
+    if smoothing:
+        dscores -= smoothing / classes
     return dscores / n

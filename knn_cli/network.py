@@ -40,10 +40,19 @@ BN_POSITIONS = ("before_relu", "after_relu")
 @dataclass(frozen=True)
 class Mode:
     """What a forward pass is for: training (batch statistics) or evaluation (the moving
-    averages, by name)."""
+    averages, by name); and, in training, the seed of its noise (dropout's masks).
+
+    Every layer draws from its own generator, seeded by `noise` and the layer's index, so the
+    same seed gives the same masks in the engine and on the textbook path, and in every pass of
+    a gradient check (a fixed mask). The trainer seeds each step by the run's seed and the step.
+    """
 
     train: bool
     averages: Mapping[str, np.ndarray] = field(default_factory=dict)
+    noise: tuple[int, ...] = (0,)
+
+    def generator(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([*self.noise, index])
 
 
 TRAINING = Mode(train=True)
@@ -196,6 +205,22 @@ class BatchNorm(Layer):
 
 
 @dataclass(frozen=True)
+class Dropout(Layer):
+    """Inverted dropout after hidden layer `index`, at `rate`; the identity in evaluation."""
+
+    index: int
+    rate: float
+
+    def forward(self, x, params, mode):
+        if not mode.train:
+            return x, None
+        return L.dropout_forward(x, self.rate, mode.generator(self.index))
+
+    def backward(self, dout, cache, params):
+        return (dout if cache is None else L.dropout_backward(dout, cache)), {}
+
+
+@dataclass(frozen=True)
 class ReLU(Layer):
     """max(x, 0), element by element."""
 
@@ -215,13 +240,18 @@ def standard_layers(
     batch_norm: bool,
     bn_position: str = "before_relu",
     bn_eps: float = 1e-12,
+    dropout: float | Sequence[float] = 0.0,
 ) -> list[Layer]:
     """The study's stack for widths (d, m1, ..., C): every hidden layer affine, ReLU and, with
-    `batch_norm`, batch norm before or after the ReLU; the output layer affine alone."""
+    `batch_norm`, batch norm before or after the ReLU, then dropout where its rate (one for
+    every hidden layer, or one each) is above 0; the output layer affine alone."""
     if bn_position not in BN_POSITIONS:
         raise ValueError(f"bn_position must be one of {BN_POSITIONS}, got {bn_position!r}")
-    stack: list[Layer] = []
     k = len(widths) - 1
+    rates = [dropout] * (k - 1) if isinstance(dropout, int | float) else list(dropout)
+    if len(rates) != k - 1 or not all(0.0 <= rate < 1.0 for rate in rates):
+        raise ValueError(f"dropout needs {k - 1} rates in [0, 1), got {dropout!r}")
+    stack: list[Layer] = []
     for index in range(1, k + 1):
         stack.append(Affine(index, widths[index - 1], widths[index]))
         if index == k:
@@ -230,6 +260,8 @@ def standard_layers(
         if batch_norm:
             norm = BatchNorm(index, widths[index], bn_eps)
             block = [norm, *block] if bn_position == "before_relu" else [*block, norm]
+        if rates[index - 1] > 0:
+            block.append(Dropout(index, float(rates[index - 1])))
         stack.extend(block)
     return stack
 
@@ -256,12 +288,18 @@ class Network:
         dtype: str = "float32",
         bn_eps: float = 1e-12,
         bn_alpha: float = 0.8,
+        dropout: float | Sequence[float] = 0.0,
+        label_smoothing: float = 0.0,
     ) -> None:
         widths = (int(input_dim), *(int(w) for w in hidden), int(n_classes))
         stack = standard_layers(
-            widths, batch_norm=bool(batch_norm), bn_position=bn_position, bn_eps=float(bn_eps)
+            widths,
+            batch_norm=bool(batch_norm),
+            bn_position=bn_position,
+            bn_eps=float(bn_eps),
+            dropout=dropout,
         )
-        self._build(stack, Init(init, float(sigma)), seed, dtype, bn_alpha)
+        self._build(stack, Init(init, float(sigma)), seed, dtype, bn_alpha, label_smoothing)
 
     @classmethod
     def from_layers(
@@ -273,14 +311,23 @@ class Network:
         seed: int = 0,
         dtype: str = "float32",
         bn_alpha: float = 0.8,
+        label_smoothing: float = 0.0,
     ) -> Network:
         """A network of any stack of layers, e.g. one with a layer of your own."""
         network = cls.__new__(cls)
-        network._build(list(stack), Init(init, float(sigma)), seed, dtype, bn_alpha)
+        network._build(
+            list(stack), Init(init, float(sigma)), seed, dtype, bn_alpha, label_smoothing
+        )
         return network
 
     def _build(
-        self, stack: list[Layer], init: Init, seed: int, dtype: str, bn_alpha: float
+        self,
+        stack: list[Layer],
+        init: Init,
+        seed: int,
+        dtype: str,
+        bn_alpha: float,
+        label_smoothing: float,
     ) -> None:
         if init.scheme not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init.scheme!r}")
@@ -293,6 +340,8 @@ class Network:
         self.input_dim, self.n_classes = affine[0].fan_in, affine[-1].fan_out
         self.dtype = np.dtype(dtype)
         self.bn_alpha = float(bn_alpha)
+        # The training loss's label smoothing (0: plain cross-entropy against one-hot labels).
+        self.label_smoothing = float(label_smoothing)
         self.shapes = {name: s for layer in stack for name, s in layer.parameters().items()}
         self.statistic_shapes = {n: s for layer in stack for n, s in layer.statistics().items()}
         self.decayed = tuple(name for layer in stack for name in layer.decayed())
@@ -389,18 +438,22 @@ class Network:
         return {name: grads[name] for name in self.params}
 
     def textbook_gradients(
-        self, X: np.ndarray, y: np.ndarray, lambda_: float
+        self, X: np.ndarray, y: np.ndarray, lambda_: float, noise: tuple[int, ...] = (0,)
     ) -> tuple[float, dict[str, np.ndarray]]:
         """`cost_and_gradients` through the layers as written: the reference for the engine."""
-        scores, caches = self.forward_pass(X, TRAINING)
-        grads = self.backward_pass(L.softmax_cross_entropy_backward(scores, y), caches)
+        scores, caches = self.forward_pass(X, Mode(train=True, noise=noise))
+        smoothing = self.label_smoothing
+        dscores = L.softmax_cross_entropy_backward(scores, y, smoothing)
+        grads = self.backward_pass(dscores, caches)
         for name in self.decayed:
             grads[name] = grads[name] + 2.0 * lambda_ * self.params[name]
-        return L.cross_entropy(scores, y) + lambda_ * self.weight_penalty(), grads
+        return L.cross_entropy(scores, y, smoothing) + lambda_ * self.weight_penalty(), grads
 
-    def batch_statistics(self, X: np.ndarray) -> dict[str, np.ndarray]:
+    def batch_statistics(
+        self, X: np.ndarray, noise: tuple[int, ...] = (0,)
+    ) -> dict[str, np.ndarray]:
         """The statistics a training step on the batch X measures, by name."""
-        _scores, caches = self.forward_pass(X, TRAINING)
+        _scores, caches = self.forward_pass(X, Mode(train=True, noise=noise))
         stats: dict[str, np.ndarray] = {}
         for layer, cache in zip(self.layers, caches, strict=True):
             stats.update(layer.batch_statistics(cache))
@@ -440,8 +493,9 @@ class Network:
     def cost(
         self, X: np.ndarray, y: np.ndarray, lambda_: float, *, train: bool = False
     ) -> tuple[float, float]:
-        """(cost, loss): mean cross-entropy plus lambda times the sum of squared weights."""
-        loss = L.cross_entropy(self.scores(X, train=train), y)
+        """(cost, loss): mean cross-entropy (label-smoothed as in training) plus lambda times
+        the sum of squared weights."""
+        loss = L.cross_entropy(self.scores(X, train=train), y, self.label_smoothing)
         return loss + lambda_ * self.weight_penalty(), loss
 
     def weight_penalty(self, params: Mapping[str, np.ndarray] | None = None) -> Any:
@@ -453,7 +507,12 @@ class Network:
         return float(total) if np.ndim(total) == 0 else total
 
     def cost_of(
-        self, params: Mapping[str, np.ndarray], X: np.ndarray, y: np.ndarray, lambda_: float
+        self,
+        params: Mapping[str, np.ndarray],
+        X: np.ndarray,
+        y: np.ndarray,
+        lambda_: float,
+        noise: tuple[int, ...] = (0,),
     ) -> np.ndarray:
         """Training-mode cost for parameter sets stacked along a leading axis, shape (P,).
 
@@ -465,20 +524,22 @@ class Network:
             name: value[:, None, :] if len(self.shapes[name]) == 1 else value
             for name, value in params.items()
         }
-        scores, _caches = self.forward_pass(X, TRAINING, stacked)
-        return L.cross_entropy(scores, y) + lambda_ * self.weight_penalty(params)
+        scores, _caches = self.forward_pass(X, Mode(train=True, noise=noise), stacked)
+        loss = L.cross_entropy(scores, y, self.label_smoothing)
+        return loss + lambda_ * self.weight_penalty(params)
 
     # -- on the engine ------------------------------------------------------------------------
 
     def cost_and_gradients(
-        self, X: np.ndarray, y: np.ndarray, lambda_: float
+        self, X: np.ndarray, y: np.ndarray, lambda_: float, noise: tuple[int, ...] = (0,)
     ) -> tuple[float, dict[str, np.ndarray]]:
-        """Cost and its exact gradient for every parameter, by name, in training mode.
+        """Cost and its exact gradient for every parameter, by name, in training mode (dropout's
+        masks drawn from `noise`).
 
         Leaves the moving averages alone so that it is a pure function of the parameters, which
         is what a numerical gradient check needs. The arrays returned are the caller's own.
         """
-        return self.engine.cost_and_gradients(X, y, lambda_)
+        return self.engine.cost_and_gradients(X, y, lambda_, noise)
 
     def train_step(
         self,
@@ -490,11 +551,13 @@ class Network:
         rows: np.ndarray | None = None,
         next_rows: np.ndarray | None = None,
         optimizer: UpdateRule | None = None,
+        noise: tuple[int, ...] = (0,),
     ) -> float:
         """One step of `optimizer` (plain SGD by default) on the mini-batch X[rows], y[rows]
         (all of X and y when `rows` is None), updating the moving averages; returns the cost
-        before the step. See `Engine.step` for `lanes` and `next_rows`."""
-        return self.engine.step(X, y, lambda_, eta, optimizer, lanes, rows, next_rows)
+        before the step. `noise` seeds dropout's masks. See `Engine.step` for `lanes` and
+        `next_rows`."""
+        return self.engine.step(X, y, lambda_, eta, optimizer, lanes, rows, next_rows, noise)
 
 
 def zero_gradient_parameters(stack: Sequence[Layer]) -> frozenset[str]:

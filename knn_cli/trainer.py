@@ -33,6 +33,9 @@ from knn_cli.schedule import cyclical_learning_rate
 # Rows per forward pass in `evaluate`: small enough that a block's activations stay in the
 # cache, large enough that the per-block Python cost is nothing beside its matrix product.
 EVAL_BLOCK = 1_000
+# Streams of random numbers drawn from the schedule's seed, apart from the init's: the batches'
+# order, and each step's noise (dropout), seeded by the step so a continued run draws alike.
+BATCH_STREAM, NOISE_STREAM = 1, 2
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,8 @@ def evaluate(
         scores = network.scores(X[start : start + EVAL_BLOCK])
         labels = y[start : start + EVAL_BLOCK]
         correct += int(np.count_nonzero(scores.argmax(axis=1) == labels))
-        total_loss += cross_entropy(scores, labels) * len(labels)  # the block's summed loss
+        smoothing = network.label_smoothing
+        total_loss += cross_entropy(scores, labels, smoothing) * len(labels)  # the block's sum
     loss = total_loss / len(X)
     return loss + lambda_ * network.weight_penalty(), loss, correct / len(X)
 
@@ -159,8 +163,9 @@ def train(
             if lanes is not None:
                 lanes.helping = not evaluations.in_flight()
             cost = network.train_step(
-                X_train, y_train, schedule.lambda_, eta, lanes, rows, next_rows, rule
-            )
+                X_train, y_train, schedule.lambda_, eta, lanes, rows, next_rows, rule,
+                noise=(schedule.seed, NOISE_STREAM, step),
+            )  # fmt: skip
             if not math.isfinite(cost):
                 return TrainingOutcome(
                     "diverged",
@@ -182,7 +187,7 @@ def train(
 def _batches(n_train: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
     """Rows of each mini-batch, a new shuffle every epoch, from a generator seeded by the
     schedule alone (a stream apart from the init's); a last partial batch is dropped."""
-    rng = np.random.default_rng([seed, 1])
+    rng = np.random.default_rng([seed, BATCH_STREAM])
     while True:
         order = rng.permutation(n_train)
         for start in range(0, n_train - batch_size + 1, batch_size):

@@ -16,6 +16,8 @@ VARIANTS = {
     "no-bn": {"batch_norm": False},
     "bn-before-relu": {"batch_norm": True, "bn_position": "before_relu"},
     "bn-after-relu": {"batch_norm": True, "bn_position": "after_relu"},
+    "bn-dropout": {"batch_norm": True, "dropout": 0.3},
+    "dropout-label-smoothing": {"batch_norm": False, "dropout": 0.2, "label_smoothing": 0.1},
 }
 
 

@@ -96,10 +96,44 @@ def test_relu_backward(rng: np.random.Generator) -> None:
     assert_close(L.relu_backward(dout, L.relu_forward(x)[1]), numerical_gradient(loss, x))
 
 
-def test_softmax_cross_entropy_backward(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_softmax_cross_entropy_backward(smoothing: float, rng: np.random.Generator) -> None:
     scores, y = rng.standard_normal((7, 10)) * 3, rng.integers(0, 10, 7)
-    numeric = numerical_gradient(lambda: L.cross_entropy(scores, y), scores)
-    assert_close(L.softmax_cross_entropy_backward(scores, y), numeric)
+    numeric = numerical_gradient(lambda: L.cross_entropy(scores, y, smoothing), scores)
+    assert_close(L.softmax_cross_entropy_backward(scores, y, smoothing), numeric)
+
+
+def test_label_smoothing_is_cross_entropy_against_the_smoothed_targets(
+    rng: np.random.Generator,
+) -> None:
+    scores, y = rng.standard_normal((5, 4)), rng.integers(0, 4, 5)
+    targets = np.full((5, 4), 0.1 / 4)
+    targets[np.arange(5), y] += 0.9
+    log_probs = np.log(L.softmax(scores))
+    assert L.cross_entropy(scores, y, 0.1) == pytest.approx(-np.mean((targets * log_probs).sum(1)))
+
+
+def test_dropout_backward_with_a_fixed_mask(rng: np.random.Generator) -> None:
+    x, dout = rng.standard_normal((6, 8)), rng.standard_normal((6, 8))
+
+    def forward() -> tuple[np.ndarray, np.ndarray]:  # the same mask in every pass
+        return L.dropout_forward(x, 0.4, np.random.default_rng(7))
+
+    def loss() -> float:
+        return float(np.sum(dout * forward()[0]))
+
+    out, mask = forward()
+    assert set(np.unique(mask)) <= {0.0, 1.0 / 0.6}
+    assert_close(L.dropout_backward(dout, mask), numerical_gradient(loss, x))
+
+
+def test_dropout_keeps_the_expected_value(rng: np.random.Generator) -> None:
+    """Inverted dropout: units scaled by 1 / (1 - rate), so E[out] = x and evaluation needs
+    no scaling."""
+    x = np.ones((2000, 50))
+    out, mask = L.dropout_forward(x, 0.3, rng)
+    assert 0.27 < np.mean(mask == 0) < 0.33
+    assert out.mean() == pytest.approx(1.0, abs=0.01)
 
 
 def test_stacked_parameters_compute_each_variant(rng: np.random.Generator) -> None:

@@ -331,3 +331,34 @@ def test_gradients_agree_with_torch_autograd(bn_position: str | None) -> None:
         np.testing.assert_allclose(
             grads[name], tensor.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name
         )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"batch_norm": False, "dropout": 0.3},
+        {"batch_norm": True, "dropout": [0.5, 0.2, 0.1]},
+        {"batch_norm": True, "bn_position": "after_relu", "dropout": 0.3},
+        {"batch_norm": True, "label_smoothing": 0.1},
+        {"batch_norm": False, "dropout": 0.2, "label_smoothing": 0.2},
+    ],
+    ids=["dropout", "bn-dropout-per-layer", "bn-after-relu-dropout", "bn-smoothing", "both"],
+)
+def test_dropout_and_label_smoothing_gradients_match_centred_differences(settings: dict) -> None:
+    """Dropout is checked with a fixed mask: every pass of the check draws from the same seed."""
+    X, y = small_problem(seed=40, n=16)
+    net = Network(X.shape[1], [12, 10, 8], 10, dtype="float64", seed=4, **settings)
+    assert choose_check_point(net, X, np.random.default_rng(4)) >= 6e-4
+    for path, rows in check_network_paths(net, X, y, lambda_=0.01).items():
+        failures = [r for r in rows if not r.passed]
+        assert not failures, (path, failures)
+
+
+def test_dropout_is_off_in_evaluation_and_on_in_training() -> None:
+    X, _ = small_problem(seed=41, n=30)
+    plain = Network(X.shape[1], [20, 20], 10, dtype="float64", seed=5)
+    dropping = Network(X.shape[1], [20, 20], 10, dtype="float64", seed=5, dropout=0.5)
+    assert [type(layer).__name__ for layer in dropping.layers].count("Dropout") == 2
+    dropping.set_params(plain.params)
+    np.testing.assert_array_equal(dropping.scores(X), plain.scores(X))
+    assert not np.allclose(dropping.scores(X, train=True), plain.scores(X, train=True))

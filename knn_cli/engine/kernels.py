@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from knn_cli.network import TRAINING, Affine, BatchNorm, Layer, ReLU
+from knn_cli.network import Affine, BatchNorm, Dropout, Layer, Mode, ReLU
 
 Params = Mapping[str, np.ndarray]
 
@@ -40,7 +40,9 @@ class Kernel(Protocol):
     # Whether forward writes its output over its input (so the input must be the step's own).
     in_place: bool
 
-    def forward(self, x: np.ndarray, params: Params) -> np.ndarray: ...
+    def forward(self, x: np.ndarray, params: Params, mode: Mode) -> np.ndarray:
+        """The training-mode output (mode: the step's noise)."""
+        ...
 
     def backward(
         self, g: np.ndarray, params: Params, grads: dict[str, np.ndarray]
@@ -62,7 +64,7 @@ class AffineKernel:
         self.constant_bias = layer.b in setup.zero_gradients
         self.x = self.out[:, :0]
 
-    def forward(self, x: np.ndarray, params: Params) -> np.ndarray:
+    def forward(self, x: np.ndarray, params: Params, mode: Mode) -> np.ndarray:
         self.x = x
         out = np.matmul(x, params[self.W], out=self.out)
         out += params[self.b]
@@ -92,7 +94,7 @@ class BatchNormKernel:
         self.mean = setup.statistics[mean][None, :]
         self.var = setup.statistics[var][None, :]
 
-    def forward(self, x: np.ndarray, params: Params) -> np.ndarray:
+    def forward(self, x: np.ndarray, params: Params, mode: Mode) -> np.ndarray:
         inv_n = 1.0 / x.shape[0]
         mean = np.add.reduce(x, axis=0, keepdims=True, out=self.mean)
         mean *= inv_n
@@ -132,7 +134,7 @@ class ReLUKernel:
     def __init__(self, layer: ReLU, setup: KernelSetup) -> None:
         self.active = np.empty((0, 0), dtype=bool)  # its width is known at the first forward
 
-    def forward(self, x: np.ndarray, params: Params) -> np.ndarray:
+    def forward(self, x: np.ndarray, params: Params, mode: Mode) -> np.ndarray:
         if self.active.shape != x.shape:
             self.active = np.empty(x.shape, dtype=bool)
         np.maximum(x, 0, out=x)
@@ -141,6 +143,27 @@ class ReLUKernel:
 
     def backward(self, g, params, grads):
         g *= self.active
+        return g
+
+
+class DropoutKernel:
+    """Inverted dropout in place, the mask drawn as `layers.dropout_forward` draws it."""
+
+    in_place = True
+
+    def __init__(self, layer: Dropout, setup: KernelSetup) -> None:
+        self.index, self.keep = layer.index, 1.0 - layer.rate
+        self.mask = np.empty((0, 0), dtype=setup.dtype)
+
+    def forward(self, x: np.ndarray, params: Params, mode: Mode) -> np.ndarray:
+        drawn = mode.generator(self.index).random(x.shape, dtype=np.float32)
+        self.mask = np.less(drawn, self.keep).astype(x.dtype)
+        self.mask /= self.keep
+        x *= self.mask
+        return x
+
+    def backward(self, g, params, grads):
+        g *= self.mask
         return g
 
 
@@ -158,8 +181,8 @@ class LayerKernel:
         self.statistics = setup.statistics
         self.cache: object = None
 
-    def forward(self, x: np.ndarray, params: Params) -> np.ndarray:
-        out, self.cache = self.layer.forward(x, params, TRAINING)
+    def forward(self, x: np.ndarray, params: Params, mode: Mode) -> np.ndarray:
+        out, self.cache = self.layer.forward(x, params, mode)
         for name, value in self.layer.batch_statistics(self.cache).items():
             self.statistics[name][...] = value
         return np.array(out, dtype=x.dtype)
@@ -175,6 +198,7 @@ FAST_KERNELS: dict[type[Layer], type] = {
     Affine: AffineKernel,
     BatchNorm: BatchNormKernel,
     ReLU: ReLUKernel,
+    Dropout: DropoutKernel,
 }
 
 
@@ -185,21 +209,32 @@ def kernel_for(layer: Layer, setup: KernelSetup) -> Kernel:
 
 
 def softmax_cross_entropy_grad(
-    scores: np.ndarray, y: np.ndarray, rows: np.ndarray, scale: float, out: np.ndarray
+    scores: np.ndarray,
+    y: np.ndarray,
+    rows: np.ndarray,
+    scale: float,
+    out: np.ndarray,
+    smoothing: float = 0.0,
 ) -> float:
-    """Mean cross-entropy of a batch, with `scale` times d(loss)/d(scores) written into `out`.
+    """Mean cross-entropy of a batch (with label smoothing), with `scale` times
+    d(loss)/d(scores) written into `out`.
 
     One pass for both (layers.cross_entropy and softmax_cross_entropy_backward each shift and
     exponentiate the scores). `scores` is overwritten. `rows` is np.arange(n).
     """
-    n = scores.shape[0]
+    n, classes = scores.shape
     scores -= np.maximum.reduce(scores, axis=1, keepdims=True)
     picked = scores[rows, y]
+    if smoothing:
+        mean_score = np.add.reduce(scores, axis=1) / classes
+        picked = (1.0 - smoothing) * picked + smoothing * mean_score
     np.exp(scores, out=scores)
     sums = np.add.reduce(scores, axis=1, keepdims=True)
     loss = float(np.add.reduce(np.log(sums[:, 0]) - picked)) / n
     np.divide(scores, sums, out=out)
-    out[rows, y] -= 1.0
+    out[rows, y] -= 1.0 - smoothing
+    if smoothing:
+        out -= smoothing / classes
     out *= scale / n
     return loss
 

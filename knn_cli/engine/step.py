@@ -26,7 +26,7 @@ from knn_cli.engine.kernels import (
 )
 from knn_cli.engine.lanes import Lanes
 from knn_cli.engine.split import SplitAffineKernel, worth_splitting
-from knn_cli.network import Affine, Network
+from knn_cli.network import Affine, Mode, Network
 from knn_cli.optim import SGD, UpdateRule
 
 # Steps between flushes of subnormal numbers (see `flush_subnormals`): rare enough to cost
@@ -96,12 +96,12 @@ class Engine:
         return work
 
     def cost_and_gradients(
-        self, X: np.ndarray, y: np.ndarray, lambda_: float
+        self, X: np.ndarray, y: np.ndarray, lambda_: float, noise: tuple[int, ...] = (0,)
     ) -> tuple[float, dict[str, np.ndarray]]:
         """`Network.cost_and_gradients`: the cost and dJ/d(every parameter), L2 term included."""
         network = self.network
         work = self.workspace(len(y))
-        loss = self._loss_and_gradients(work, X, y, scale=1.0)
+        loss = self._loss_and_gradients(work, X, y, 1.0, Mode(train=True, noise=noise))
         total = {name: grad.copy() for name, grad in work.grads.items()}
         for name in network.decayed:
             total[name] += (2.0 * lambda_) * network.params[name]
@@ -117,9 +117,11 @@ class Engine:
         lanes: Lanes | None = None,
         rows: np.ndarray | None = None,
         next_rows: np.ndarray | None = None,
+        noise: tuple[int, ...] = (0,),
     ) -> float:
         """One step of `rule` (plain SGD when None) on the mini-batch X[rows], y[rows] (all of X
-        and y when `rows` is None); returns the cost before the step.
+        and y when `rows` is None), dropout's masks drawn from `noise`; returns the cost before
+        the step.
 
         Given the whole training set and the rows, the lanes of a split first layer gather their
         own halves of the batch; given also `next_rows`, the rows of the next call, which must
@@ -173,6 +175,7 @@ class Engine:
             X,
             y,
             rule.gradient_scale(eta),
+            Mode(train=True, noise=noise),
             lanes=lanes,
             rows=rows,
             after_first_layer=update_half if split is not None else None,
@@ -189,6 +192,7 @@ class Engine:
         X: np.ndarray,
         y: np.ndarray,
         scale: float,
+        mode: Mode,
         *,
         lanes: Lanes | None = None,
         rows: np.ndarray | None = None,
@@ -213,10 +217,11 @@ class Engine:
             batch = np.asarray(X if rows is None else X[rows], dtype=network.dtype)
             if kernels[0].in_place and np.may_share_memory(batch, X):  # not the caller's X
                 batch = batch.copy()
-            H = kernels[0].forward(batch, params)
+            H = kernels[0].forward(batch, params, mode)
         for kernel in kernels[1:]:
-            H = kernel.forward(H, params)
-        loss = softmax_cross_entropy_grad(H, y, work.rows, scale, out=work.loss_grad)
+            H = kernel.forward(H, params, mode)
+        smoothing = network.label_smoothing
+        loss = softmax_cross_entropy_grad(H, y, work.rows, scale, work.loss_grad, smoothing)
         G = work.loss_grad
         for kernel in reversed(kernels[1:]):
             G = kernel.backward(G, params, grads)

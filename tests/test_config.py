@@ -52,6 +52,7 @@ NON_DEFAULT = {
         "bn_eps": 1e-8,
         "init": "normal",
         "sigma": 0.001,
+        "dropout": [0.1, 0.2, 0.3],
     },
     "training": {
         "lambda": 0.0123,
@@ -64,6 +65,7 @@ NON_DEFAULT = {
         "seed": 42,
         "eval_every": 17,
         "dtype": "float64",
+        "label_smoothing": 0.05,
         "optimizer": "adamw",
         "momentum": 0.5,
         "beta1": 0.8,

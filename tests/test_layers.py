@@ -122,7 +122,7 @@ def test_dropout_backward_with_a_fixed_mask(rng: np.random.Generator) -> None:
     def loss() -> float:
         return float(np.sum(dout * forward()[0]))
 
-    out, mask = forward()
+    _out, mask = forward()
     assert set(np.unique(mask)) <= {0.0, 1.0 / 0.6}
     assert_close(L.dropout_backward(dout, mask), numerical_gradient(loss, x))
 

@@ -52,7 +52,7 @@ NON_DEFAULT = {
         "bn_eps": 1e-8,
         "init": "normal",
         "sigma": 0.001,
-        "dropout": [0.1, 0.2, 0.3],
+        "dropout": 0.25,
     },
     "training": {
         "lambda": 0.0123,
@@ -546,3 +546,13 @@ def test_any_file_gives_a_config_or_a_config_error(tmp_path: Path, text: str) ->
         assert "\n" not in str(err)
     else:
         assert load_config(write(tmp_path, dump_config(cfg))) == cfg
+
+
+def test_dropout_takes_one_rate_or_one_per_hidden_layer() -> None:
+    per_layer = config_from_dict({"model": {"hidden": [30, 20], "dropout": [0.1, 0.2]}})
+    assert per_layer.model.dropout == (0.1, 0.2)
+    assert config_to_dict(per_layer)["model"]["dropout"] == [0.1, 0.2]
+    with pytest.raises(ConfigError, match=r"model.dropout has 1 rates for 2 hidden layers"):
+        config_from_dict({"model": {"hidden": [30, 20], "dropout": [0.1]}})
+    with pytest.raises(ConfigError, match=r"model.dropout\[1\] must be a number >= 0 and < 1"):
+        config_from_dict({"model": {"hidden": [30, 20], "dropout": [0.1, 1.0]}})

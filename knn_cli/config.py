@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from knn_cli.augment import PADDINGS
 from knn_cli.errors import ConfigError
 from knn_cli.network import BN_POSITIONS, DTYPES, INITS
 from knn_cli.optim import UPDATE_RULES
@@ -103,12 +104,31 @@ class DataConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AugmentConfig:
+    """Random changes to each training image, drawn anew every time it is used."""
+
+    flip: bool = False  # mirror left to right with probability 1/2
+    translate: int = 0  # shift by up to this many pixels each way
+    padding: str = "zero"  # what shifts in: zero (the training mean) or the edge pixels
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationConfig:
+    """What is measured at the end beyond the plain test accuracy."""
+
+    precise_bn: bool = False  # batch-norm statistics of the whole training set, not averages
+    test_time_flip: bool = False  # also the accuracy averaging each image with its mirror
+
+
+@dataclass(frozen=True, slots=True)
 class RunConfig:
     """Everything one training run needs; saved with the run so it can be reproduced."""
 
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
 
@@ -291,6 +311,21 @@ _SECTIONS: dict[str, tuple[type, tuple[_Field, ...]]] = {
             _Field("adam_eps", _number(0, low_open=True)),
         ),
     ),
+    "augment": (
+        AugmentConfig,
+        (
+            _Field("flip", _boolean),
+            _Field("translate", _integer(0, 16)),
+            _Field("padding", _choice(*PADDINGS)),
+        ),
+    ),
+    "evaluation": (
+        EvaluationConfig,
+        (
+            _Field("precise_bn", _boolean),
+            _Field("test_time_flip", _boolean),
+        ),
+    ),
     "data": (
         DataConfig,
         (
@@ -444,6 +479,8 @@ def config_from_dict(
         name=_name("name", doc.get("name", default_name)),
         model=_parse_section("model", doc.get("model")),
         training=_parse_section("training", doc.get("training")),
+        augment=_parse_section("augment", doc.get("augment")),
+        evaluation=_parse_section("evaluation", doc.get("evaluation")),
         data=_parse_section("data", doc.get("data")),
     )
     _check_together(cfg)

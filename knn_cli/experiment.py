@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from knn_cli.augment import Augmentation
 from knn_cli.config import RunConfig, dump_config, load_config
 from knn_cli.data import N_CLASSES, Dataset, load_cifar10
 from knn_cli.errors import ConfigError, RunFolderError
@@ -34,7 +35,7 @@ from knn_cli.runs import (
     provenance,
     require_run_dir,
 )
-from knn_cli.trainer import Schedule, Splits, TrainingOutcome, train
+from knn_cli.trainer import Schedule, Splits, TrainingOutcome, accuracy, train
 
 OPTIMIZER_PREFIX = "optimizer."
 
@@ -156,6 +157,7 @@ def train_run(
             on_evaluation=on_evaluation,
             on_step=on_step,
             optimizer=rule,
+            augmentation=Augmentation(**asdict(config.augment)),
             background_evaluation=background_evaluation,
         )
     except KeyboardInterrupt:
@@ -167,10 +169,10 @@ def train_run(
     finally:
         bar.close()
         log.close()
+        measured: dict[str, float] = {}
+        if outcome.status == "finished":
+            measured = final_measurements(network, dataset, config, evaluate_test)
         atomic_save_npz(run_dir / MODEL_FILE, saved_state(network, rule))
-        test_accuracy = None
-        if outcome.status == "finished" and evaluate_test:
-            test_accuracy = float(np.mean(network.predict(dataset.X_test) == dataset.y_test))
         summary = {
             "name": config.name,
             "status": outcome.status,
@@ -183,7 +185,8 @@ def train_run(
             "final_val_accuracy": latest.get("val", {}).get("accuracy"),
             "best_val_accuracy": best["val_accuracy"],
             "best_val_step": best["step"],
-            "test_accuracy": test_accuracy,
+            "test_accuracy": measured.pop("test_accuracy", None),
+            **measured,
             "wall_seconds": round(time.time() - started, 3),
             "seed": config.training.seed,
             "data": dataset.source,
@@ -193,6 +196,31 @@ def train_run(
         if latest:
             plot_run(run_dir)
     return summary
+
+
+def final_measurements(
+    network: Network, dataset: Dataset, config: RunConfig, evaluate_test: bool
+) -> dict[str, float]:
+    """The finished network's test accuracy, and what `config.evaluation` asks for beside it.
+
+    With precise BN the network's moving averages are replaced, so the saved model keeps the
+    precise statistics, and the accuracy with the moving averages is reported apart; so is the
+    accuracy averaged over each image and its mirror (test-time augmentation).
+    """
+    measured: dict[str, float] = {}
+    test, val = (dataset.X_test, dataset.y_test), (dataset.X_val, dataset.y_val)
+    if config.evaluation.precise_bn and network.statistic_shapes:
+        if evaluate_test:
+            measured["test_accuracy_moving_averages"] = accuracy(network, *test)
+        network.moving_averages = network.precise_statistics(dataset.X_train)
+        measured["final_val_accuracy_precise_bn"] = accuracy(network, *val)
+    if evaluate_test:
+        measured["test_accuracy"] = accuracy(network, *test)
+    if config.evaluation.test_time_flip:
+        measured["final_val_accuracy_flip"] = accuracy(network, *val, mirrored=True)
+        if evaluate_test:
+            measured["test_accuracy_flip"] = accuracy(network, *test, mirrored=True)
+    return measured
 
 
 def load_trained_network(run_dir: str | Path) -> tuple[RunConfig, Network]:
@@ -235,7 +263,7 @@ def evaluate_run(run_dir: str | Path, *, progress: bool = False) -> float:
             f"the model expects {network.input_dim} input features, "
             f"the data has {dataset.X_test.shape[1]}"
         )
-    return float(np.mean(network.predict(dataset.X_test) == dataset.y_test))
+    return accuracy(network, dataset.X_test, dataset.y_test)
 
 
 # -- gradient check -------------------------------------------------------------------------------

@@ -111,6 +111,11 @@ class Layer:
         """The statistics a training-mode pass measured, by the names of `statistics()`."""
         return {}
 
+    def population_statistics(self, blocks: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The statistics of `statistics()` measured over every row of its input, given in
+        blocks (see `Network.precise_statistics`)."""
+        return {}
+
     def distance_to_kink(self, x: np.ndarray) -> float:
         """How far the input is from a point where the layer is not differentiable."""
         return math.inf
@@ -202,6 +207,14 @@ class BatchNorm(Layer):
     def batch_statistics(self, cache: L.BatchNormCache) -> dict[str, np.ndarray]:
         _, _, mean, var = self.names
         return {mean: cache.mean, var: cache.var}
+
+    def population_statistics(self, blocks: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Mean and (biased) variance over all the rows, summed in float64."""
+        _, _, mean_name, var_name = self.names
+        n, dtype = sum(len(block) for block in blocks), blocks[0].dtype
+        mean = sum(block.sum(axis=0, dtype=np.float64) for block in blocks) / n
+        var = sum(np.square(block - mean).sum(axis=0) for block in blocks) / n
+        return {mean_name: mean.astype(dtype), var_name: var.astype(dtype)}
 
 
 @dataclass(frozen=True)
@@ -457,6 +470,23 @@ class Network:
         stats: dict[str, np.ndarray] = {}
         for layer, cache in zip(self.layers, caches, strict=True):
             stats.update(layer.batch_statistics(cache))
+        return stats
+
+    def precise_statistics(self, X: np.ndarray, block_size: int = 10_000) -> dict[str, np.ndarray]:
+        """Batch norm's statistics over all of X ("precise BN", Wu and Johnson, 2021), to use in
+        place of the moving averages, which average batches seen while the parameters still
+        moved: layer by layer, each measured on its input over every row, computed in evaluation
+        mode with the statistics of the layers before it already replaced. One pass through the
+        network, keeping one layer's activations of all the rows at a time."""
+        stats: dict[str, np.ndarray] = {}
+        mode = Mode(train=False, averages=stats)
+        blocks = [
+            np.asarray(X[start : start + block_size], dtype=self.dtype)
+            for start in range(0, len(X), block_size)
+        ]
+        for layer in self.layers:
+            stats.update(layer.population_statistics(blocks))
+            blocks = [layer.forward(block, self.params, mode)[0] for block in blocks]
         return stats
 
     def update_moving_averages(self, batch_stats: Mapping[str, np.ndarray]) -> None:

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from knn_cli.augment import Augmentation, draw, mirror
 from knn_cli.blas import may_use_two_cores, one_thread_limit
+from knn_cli.engine.batches import AugmentedBatch, Batch
 from knn_cli.engine.evaluations import Record, run_evaluations
 from knn_cli.engine.lanes import Lanes
-from knn_cli.layers import cross_entropy
+from knn_cli.layers import cross_entropy, softmax
 from knn_cli.network import Network
 from knn_cli.optim import SGD, UpdateRule
 from knn_cli.schedule import cyclical_learning_rate
@@ -34,8 +36,9 @@ from knn_cli.schedule import cyclical_learning_rate
 # cache, large enough that the per-block Python cost is nothing beside its matrix product.
 EVAL_BLOCK = 1_000
 # Streams of random numbers drawn from the schedule's seed, apart from the init's: the batches'
-# order, and each step's noise (dropout), seeded by the step so a continued run draws alike.
-BATCH_STREAM, NOISE_STREAM = 1, 2
+# order, and each step's dropout masks and augmentation, seeded by the step so that a continued
+# run draws alike.
+BATCH_STREAM, NOISE_STREAM, AUGMENT_STREAM = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,22 @@ def evaluate(
     return loss + lambda_ * network.weight_penalty(), loss, correct / len(X)
 
 
+def accuracy(network: Network, X: np.ndarray, y: np.ndarray, *, mirrored: bool = False) -> float:
+    """Accuracy in evaluation mode; with `mirrored`, of the class probabilities averaged over
+    each image and its mirror image (test-time augmentation)."""
+    if not mirrored:
+        return float(np.mean(network.predict(X) == y))
+    X = np.asarray(X)
+    correct = 0
+    for start in range(0, len(X), EVAL_BLOCK):
+        block = X[start : start + EVAL_BLOCK]
+        probabilities = softmax(network.scores(block)) + softmax(network.scores(mirror(block)))
+        correct += int(
+            np.count_nonzero(probabilities.argmax(axis=1) == y[start : len(block) + start])
+        )
+    return correct / len(X)
+
+
 def train(
     network: Network,
     splits: Splits,
@@ -98,13 +117,15 @@ def train(
     on_evaluation: Callable[[list[Record]], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     optimizer: UpdateRule | None = None,
+    augmentation: Augmentation | None = None,
     background_evaluation: bool = True,
     two_lanes: bool = True,
 ) -> TrainingOutcome:
     """Train for `schedule.total_steps` updates, evaluating at step 0, every `eval_every` steps and
     at the end. Shuffling draws from a generator seeded by the schedule alone, so the same config
     and seed give the same metrics. `optimizer` is the update rule (plain SGD when None); it
-    keeps its state, so a caller can save it with the network.
+    keeps its state, so a caller can save it with the network. `augmentation` changes each
+    training batch as it is drawn, with choices seeded by the schedule's seed and the step.
 
     Every evaluation requested has been handed to `on_evaluation` when this returns or raises
     (a KeyboardInterrupt included). `background_evaluation=False` evaluates on this thread
@@ -121,6 +142,15 @@ def train(
 
     def rate(step: int) -> float:
         return cyclical_learning_rate(step, schedule.eta_min, schedule.eta_max, schedule.n_s)
+
+    augmenting = augmentation is not None and augmentation.active
+
+    def batch(step: int, rows: np.ndarray) -> Batch:
+        if not augmenting:
+            return Batch(X_train, rows)
+        assert augmentation is not None
+        rng = np.random.default_rng([schedule.seed, AUGMENT_STREAM, step])
+        return AugmentedBatch(X_train, rows, augmentation, draw(augmentation, len(rows), rng))
 
     def records(snapshot: Network, step: int, eta: float) -> list[Record]:
         rows: list[Record] = []
@@ -155,16 +185,16 @@ def train(
     ):
         evaluations.request(network, 0, rate(0))
         batches = _batches(n_train, batch_size, schedule.seed)
-        rows = next(batches)
+        current = batch(0, next(batches))
         for step in range(schedule.total_steps):
             # The step is told the next batch too: its lanes start on it (see Engine.step).
-            next_rows = next(batches) if step + 1 < schedule.total_steps else None
+            following = batch(step + 1, next(batches)) if step + 1 < schedule.total_steps else None
             eta = rate(step)
             if lanes is not None:
                 lanes.helping = not evaluations.in_flight()
             cost = network.train_step(
-                X_train, y_train, schedule.lambda_, eta, lanes, rows, next_rows, rule,
-                noise=(schedule.seed, NOISE_STREAM, step),
+                current, y_train[current.rows], schedule.lambda_, eta, lanes, None, following,
+                rule, noise=(schedule.seed, NOISE_STREAM, step),
             )  # fmt: skip
             if not math.isfinite(cost):
                 return TrainingOutcome(
@@ -180,7 +210,8 @@ def train(
                 evaluations.request(network, done, rate(done))
             else:
                 evaluations.deliver_ready()
-            rows = next_rows
+            if following is not None:
+                current = following
         return TrainingOutcome("finished", schedule.total_steps)
 
 

@@ -72,6 +72,8 @@ NON_DEFAULT = {
         "beta2": 0.99,
         "adam_eps": 1e-6,
     },
+    "augment": {"flip": True, "translate": 3, "padding": "edge"},
+    "evaluation": {"precise_bn": True, "test_time_flip": True},
     "data": {"dir": "/data/cifar-10-batches-py", "validation_size": 1000},
 }
 
@@ -200,7 +202,7 @@ def test_round_trip_through_dict_and_yaml(tmp_path: Path) -> None:
 def test_dump_keeps_schema_order() -> None:
     text = dump_config(RunConfig())
     keys = [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")]
-    assert keys == ["name", "model", "training", "data"]
+    assert keys == ["name", "model", "training", "augment", "evaluation", "data"]
 
 
 # --- derived values ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from knn_cli import trainer as trainer_module
+from knn_cli.augment import Augmentation
 from knn_cli.engine import split as split_module
 from knn_cli.engine.lanes import Lanes, run_halves
 from knn_cli.engine.split import SPLIT_MIN_MULTIPLY_ADDS
@@ -130,19 +131,26 @@ def blas_threads_unpinned(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @two_cores
 @pytest.mark.usefixtures("blas_threads_unpinned")
+@pytest.mark.parametrize("augmented", [False, True], ids=["plain", "augmented"])
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_training_gives_the_same_bits_with_one_lane_or_two(
-    batch_norm: bool, monkeypatch: pytest.MonkeyPatch
+    batch_norm: bool, augmented: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(trainer_module, "Lanes", CountingLanes)
     schedule = Schedule(0.01, 40, 1e-4, 0.01, n_s=12, cycles=1, eval_every=6, seed=2)
+    augmentation = Augmentation(flip=True, translate=3) if augmented else None
     results = []
     for two_lanes in (False, True):
         network, splits = _problem(batch_norm)
         records: list[dict] = []
         CountingLanes.helped = 0
         outcome = train(
-            network, splits, schedule, on_evaluation=records.extend, two_lanes=two_lanes
+            network,
+            splits,
+            schedule,
+            on_evaluation=records.extend,
+            augmentation=augmentation,
+            two_lanes=two_lanes,
         )
         assert outcome.status == "finished"
         results.append((network.state(), records))

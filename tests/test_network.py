@@ -362,3 +362,25 @@ def test_dropout_is_off_in_evaluation_and_on_in_training() -> None:
     dropping.set_params(plain.params)
     np.testing.assert_array_equal(dropping.scores(X), plain.scores(X))
     assert not np.allclose(dropping.scores(X, train=True), plain.scores(X, train=True))
+
+
+@pytest.mark.parametrize("bn_position", ["before_relu", "after_relu"])
+def test_precise_statistics_are_each_layers_over_all_rows(bn_position: str) -> None:
+    """Layer by layer, each on its input computed with the earlier layers' new statistics."""
+    X, _ = small_problem(seed=50, n=230, d=9)
+    net = Network(9, [7, 5], 3, batch_norm=True, bn_position=bn_position, dtype="float64", seed=1)
+    stats = net.precise_statistics(X, block_size=64)  # blocks that do not divide the rows
+    H = X @ net.params["W1"] + net.params["b1"]
+    if bn_position == "after_relu":
+        H = np.maximum(H, 0)
+    np.testing.assert_allclose(stats["mu1"], H.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(stats["var1"], H.var(axis=0), rtol=1e-12)
+    H = (H - H.mean(axis=0)) / np.sqrt(H.var(axis=0) + 1e-12) * net.params["gamma1"]
+    H += net.params["beta1"]
+    if bn_position == "before_relu":
+        H = np.maximum(H, 0)
+    H = H @ net.params["W2"] + net.params["b2"]
+    if bn_position == "after_relu":
+        H = np.maximum(H, 0)
+    np.testing.assert_allclose(stats["mu2"], H.mean(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(stats["var2"], H.var(axis=0), rtol=1e-10)

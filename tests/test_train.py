@@ -240,3 +240,64 @@ def test_a_few_hundred_steps_on_real_cifar10_learn(tmp_path: Path) -> None:
     assert summary["n_train"] == 45000
     assert summary["final_val_accuracy"] > 0.35
     assert summary["test_accuracy"] > 0.35
+
+
+def image_dataset(seed: int = 0, n_train: int = 300) -> Dataset:
+    """Ten classes of random 3 x 32 x 32 'images' around class means: augmentation needs the
+    image layout."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((10, 3072)) * 0.5
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 10, n)
+        return (centers[y] + rng.standard_normal((n, 3072))).astype(np.float32), y
+
+    (X_train, y_train), (X_val, y_val), (X_test, y_test) = split(n_train), split(60), split(60)
+    names = tuple(f"class{i}" for i in range(10))
+    return Dataset(X_train, y_train, X_val, y_val, X_test, y_test, names, "synthetic images")
+
+
+def test_augmented_training_is_reproducible_from_the_seed_and_differs_from_plain(
+    tmp_path: Path,
+) -> None:
+    data = image_dataset()
+    doc = small_config_doc()
+    augmented = config_from_dict({**doc, "augment": {"flip": True, "translate": 2}})
+    runs = [new_run_dir(tmp_path, f"r{i}") for i in range(3)]
+    for run_dir, config in zip(runs, (augmented, augmented, config_from_dict(doc)), strict=True):
+        assert train_run(config, run_dir, dataset=data)["status"] == "finished"
+    first, second, plain = ((r / "metrics.csv").read_text() for r in runs)
+    assert first == second
+    assert first != plain
+
+
+def test_precise_batch_norm_replaces_the_averages_and_both_accuracies_are_reported(
+    tmp_path: Path,
+) -> None:
+    data = synthetic_dataset()
+    config = config_from_dict({**small_config_doc(), "evaluation": {"precise_bn": True}})
+    run_dir = new_run_dir(tmp_path, "precise")
+    summary = train_run(config, run_dir, dataset=data)
+    assert {"test_accuracy_moving_averages", "final_val_accuracy_precise_bn"} <= summary.keys()
+    assert summary["test_accuracy"] > 0.6 and summary["test_accuracy_moving_averages"] > 0.6
+    _config, network = load_trained_network(run_dir)
+    # The first layer's statistics are those of X W1 + b1 over every training row.
+    S1 = data.X_train.astype(np.float64) @ network.params["W1"] + network.params["b1"]
+    np.testing.assert_allclose(network.moving_averages["mu1"], S1.mean(axis=0), rtol=1e-4)
+    np.testing.assert_allclose(network.moving_averages["var1"], S1.var(axis=0), rtol=1e-4)
+    assert summary["test_accuracy"] == float(np.mean(network.predict(data.X_test) == data.y_test))
+
+
+def test_test_time_flip_is_reported_apart(tmp_path: Path) -> None:
+    from knn_cli.augment import mirror
+    from knn_cli.layers import softmax
+
+    data = image_dataset()
+    config = config_from_dict({**small_config_doc(), "evaluation": {"test_time_flip": True}})
+    run_dir = new_run_dir(tmp_path, "flip")
+    summary = train_run(config, run_dir, dataset=data)
+    _config, network = load_trained_network(run_dir)
+    both = softmax(network.scores(data.X_test)) + softmax(network.scores(mirror(data.X_test)))
+    assert summary["test_accuracy_flip"] == float(np.mean(both.argmax(axis=1) == data.y_test))
+    assert "final_val_accuracy_flip" in summary
+    assert summary["test_accuracy"] == float(np.mean(network.predict(data.X_test) == data.y_test))

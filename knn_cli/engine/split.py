@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from knn_cli.engine.batches import Batch
 from knn_cli.engine.kernels import KernelSetup, sum_of_squares
 from knn_cli.engine.lanes import Lanes, run_halves
 from knn_cli.network import Affine
@@ -48,56 +49,46 @@ class SplitAffineKernel:
         self.out = np.empty((n, width), dtype=dtype)
         self.partials = [np.empty((n, width), dtype=dtype) for _ in range(2)]
         self.inputs: list[np.ndarray] = [np.empty((n, 0), dtype=dtype)] * 2  # for the backward
-        self._batch = np.empty((0, d), dtype=dtype)  # the whole batch, when gathered at once
-        # What the partials were computed for: rows, source and the weights' version.
-        self._prepared: tuple[np.ndarray, np.ndarray, int] | None = None
+        self._whole = np.empty((0, d), dtype=dtype)  # the whole batch, when gathered at once
+        # What the partials were computed for: the batch and the weights' version.
+        self._prepared: tuple[Batch, int] | None = None
 
-    def prepare(
-        self, which: int, X: np.ndarray, rows: np.ndarray | None, W: np.ndarray, each_gathers: bool
-    ) -> None:
-        """One half of X[rows] @ W (of X @ W when `rows` is None), into `partials[which]`.
+    def prepare(self, which: int, batch: Batch, W: np.ndarray, each_gathers: bool) -> None:
+        """One half of batch @ W, into `partials[which]`.
 
         With `each_gathers` (the helper helps), each lane gathers its own half of the batch's
         features, so the half lands in the cache of the core that uses it. On one thread
         (half 0 runs first) one gather of whole rows is cheaper.
         """
         features = self.features[which]
-        if rows is None:
-            part = X[:, features]
-        elif each_gathers:
-            part = X[rows, features]
+        if each_gathers:
+            part = batch.take(features)
         else:
             if which == 0:
-                self._batch = X[rows]
-            part = self._batch[:, features]
+                self._whole = batch.whole()
+            part = self._whole[:, features]
         self.inputs[which] = part = np.asarray(part, dtype=W.dtype)
         np.matmul(part, W[features], out=self.partials[which])
 
-    def prepared_for(self, X: np.ndarray, rows: np.ndarray, version: int) -> None:
-        """Both halves of `prepare` have run for X[rows] with the weights of this `version`."""
-        self._prepared = (rows.copy(), X, version)  # the caller may reuse its rows array
+    def prepared_for(self, batch: Batch, version: int) -> None:
+        """Both halves of `prepare` have run for this batch with the weights of `version`."""
+        self._prepared = (batch.kept(), version)  # the caller may reuse its rows array
 
     def forward(
-        self,
-        X: np.ndarray,
-        rows: np.ndarray | None,
-        params: Mapping[str, np.ndarray],
-        version: int,
-        lanes: Lanes | None,
+        self, batch: Batch, params: Mapping[str, np.ndarray], version: int, lanes: Lanes | None
     ) -> np.ndarray:
-        """X[rows] @ W + b, W at `version`; from the halves `prepare` left if they are for the
-        same rows of the same X at the same version."""
+        """batch @ W + b, W at `version`; from the halves `prepare` left if they are for the
+        same batch at the same version."""
         W = params[self.W]
         prepared, self._prepared = self._prepared, None
         if (
-            rows is None
+            batch.rows is None
             or prepared is None
-            or prepared[1] is not X
-            or prepared[2] != version
-            or not np.array_equal(prepared[0], rows)
+            or prepared[1] != version
+            or not prepared[0].same_as(batch)
         ):
             each_gathers = lanes is not None and lanes.helping  # once: both halves must agree
-            run_halves(lambda which: self.prepare(which, X, rows, W, each_gathers), lanes)
+            run_halves(lambda which: self.prepare(which, batch, W, each_gathers), lanes)
         out = np.add(self.partials[0], self.partials[1], out=self.out)
         out += params[self.b]
         return out

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from knn_cli.engine.batches import Batch
 from knn_cli.engine.kernels import (
     KernelSetup,
     kernel_for,
@@ -101,7 +102,8 @@ class Engine:
         """`Network.cost_and_gradients`: the cost and dJ/d(every parameter), L2 term included."""
         network = self.network
         work = self.workspace(len(y))
-        loss = self._loss_and_gradients(work, X, y, 1.0, Mode(train=True, noise=noise))
+        mode = Mode(train=True, noise=noise)
+        loss = self._loss_and_gradients(work, Batch(X), y, 1.0, mode)
         total = {name: grad.copy() for name, grad in work.grads.items()}
         for name in network.decayed:
             total[name] += (2.0 * lambda_) * network.params[name]
@@ -109,19 +111,20 @@ class Engine:
 
     def step(
         self,
-        X: np.ndarray,
+        X: np.ndarray | Batch,
         y: np.ndarray,
         lambda_: float,
         eta: float,
         rule: UpdateRule | None = None,
         lanes: Lanes | None = None,
         rows: np.ndarray | None = None,
-        next_rows: np.ndarray | None = None,
+        next_rows: np.ndarray | Batch | None = None,
         noise: tuple[int, ...] = (0,),
     ) -> float:
         """One step of `rule` (plain SGD when None) on the mini-batch X[rows], y[rows] (all of X
         and y when `rows` is None), dropout's masks drawn from `noise`; returns the cost before
-        the step.
+        the step. X may also be a `Batch` (an augmented one, say), y then its labels, and
+        `next_rows` the next step's `Batch`.
 
         Given the whole training set and the rows, the lanes of a split first layer gather their
         own halves of the batch; given also `next_rows`, the rows of the next call, which must
@@ -132,18 +135,22 @@ class Engine:
         halves, never what they compute.
         """
         network, rule = self.network, rule or self._sgd
-        if rows is not None:
-            rows = np.asarray(rows)
-            y = np.asarray(y)[rows]
+        if isinstance(X, Batch):
+            batch = X
+        else:
+            batch = Batch(X, None if rows is None else np.asarray(rows))
+            if rows is not None:
+                y = np.asarray(y)[batch.rows]
+        following = next_rows
+        if following is not None and not isinstance(following, Batch):
+            following = Batch(batch.X, np.asarray(following))
         work = self.workspace(len(y))
         split, params, grads, decayed = work.split, network.params, work.grads, self._decayed
-        if next_rows is not None:
-            next_rows = np.asarray(next_rows)
         ahead = (
             split is not None
-            and rows is not None
-            and next_rows is not None
-            and len(next_rows) == len(y)  # else the next step has other buffers
+            and batch.rows is not None
+            and following is not None
+            and len(following) == len(y)  # else the next step has other buffers
             and lanes is not None
             and lanes.helping
         )
@@ -160,7 +167,7 @@ class Engine:
             assert split is not None
             penalties[which] = split.update_half(which, rule, params, grads, split.W in decayed)
             if ahead:
-                split.prepare(which, X, next_rows, params[split.W], each_gathers=True)
+                split.prepare(which, following, params[split.W], each_gathers=True)
 
         def update_the_rest() -> None:
             for name in work.updated_here:
@@ -172,34 +179,32 @@ class Engine:
 
         loss = self._loss_and_gradients(
             work,
-            X,
+            batch,
             y,
             rule.gradient_scale(eta),
             Mode(train=True, noise=noise),
             lanes=lanes,
-            rows=rows,
             after_first_layer=update_half if split is not None else None,
             meanwhile=update_the_rest,
         )
         network.version += 1
         if ahead:
-            split.prepared_for(X, next_rows, network.version)
+            split.prepared_for(following, network.version)
         return loss + lambda_ * sum(penalties)
 
     def _loss_and_gradients(
         self,
         work: Workspace,
-        X: np.ndarray,
+        batch: Batch,
         y: np.ndarray,
         scale: float,
         mode: Mode,
         *,
         lanes: Lanes | None = None,
-        rows: np.ndarray | None = None,
         after_first_layer=None,
         meanwhile=None,
     ) -> float:
-        """Mean cross-entropy of the batch X[rows] (X when `rows` is None), with `scale` times
+        """Mean cross-entropy of the batch, with `scale` times
         its gradient for every parameter in `work.grads` and its statistics in
         `work.statistics`.
 
@@ -209,15 +214,13 @@ class Engine:
         """
         network = self.network
         params, grads, kernels, split = network.params, work.grads, work.kernels, work.split
-        if split is not None:  # its lanes gather their own halves of X[rows]
-            if rows is None:
-                X = np.asarray(X, dtype=network.dtype)
-            H = split.forward(X, rows, params, network.version, lanes)
+        if split is not None:  # its lanes gather their own halves of the batch
+            H = split.forward(batch, params, network.version, lanes)
         else:
-            batch = np.asarray(X if rows is None else X[rows], dtype=network.dtype)
-            if kernels[0].in_place and np.may_share_memory(batch, X):  # not the caller's X
-                batch = batch.copy()
-            H = kernels[0].forward(batch, params, mode)
+            inputs = np.asarray(batch.whole(), dtype=network.dtype)
+            if kernels[0].in_place and np.may_share_memory(inputs, batch.X):  # not the caller's
+                inputs = inputs.copy()
+            H = kernels[0].forward(inputs, params, mode)
         for kernel in kernels[1:]:
             H = kernel.forward(H, params, mode)
         smoothing = network.label_smoothing

@@ -1,0 +1,121 @@
+"""A step's mini-batch as rows of the data set, gathered where it is used: whole, or a range of
+features at a time by each lane of a split first layer (so each half lands in the cache of the
+core that uses it).
+
+`AugmentedBatch` gathers the rows shifted and mirrored as `augment.augment` does, in the same
+pass: a shift of an image is a change of where its rows of pixels are read from, so a strided
+view of the data set (`np.lib.stride_tricks.as_strided`) starting at the shifted pixel gives
+every image's shifted rows in one gather; the pixels it reads from beyond the image's edge are
+then zeroed by a mask, and mirrored images reversed. It computes exactly what `augment` does
+(tests/test_augment.py), in a fraction of its time (benchmarks/bench_augment.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from knn_cli.augment import IMAGE_SHAPE, Augmentation, Draws, augment
+
+ROW = IMAGE_SHAPE[2]  # pixels in a row of an image: features come in runs of 32
+ROWS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]  # rows of pixels in an image, its channels one after another
+
+
+class Batch:
+    """The rows `rows` of X (all of X when None)."""
+
+    def __init__(self, X: np.ndarray, rows: np.ndarray | None = None) -> None:
+        self.X, self.rows = X, rows
+
+    def __len__(self) -> int:
+        return len(self.X) if self.rows is None else len(self.rows)
+
+    def whole(self) -> np.ndarray:
+        return self.X if self.rows is None else self.X[self.rows]
+
+    def take(self, features: slice) -> np.ndarray:
+        return self.X[:, features] if self.rows is None else self.X[self.rows, features]
+
+    def same_as(self, other: Batch) -> bool:
+        """Whether `other` is this batch: the same rows of the same data."""
+        if type(other) is not Batch or other.X is not self.X:
+            return False
+        if self.rows is None or other.rows is None:
+            return self.rows is other.rows
+        return np.array_equal(self.rows, other.rows)
+
+    def kept(self) -> Batch:
+        """A copy that later changes to the caller's rows array cannot reach."""
+        return Batch(self.X, None if self.rows is None else self.rows.copy())
+
+
+class AugmentedBatch(Batch):
+    """The rows `rows` of the images X, augmented as `draws` says."""
+
+    def __init__(
+        self, X: np.ndarray, rows: np.ndarray, augmentation: Augmentation, draws: Draws
+    ) -> None:
+        super().__init__(X, rows)
+        self.augmentation, self.draws = augmentation, draws
+        p = augmentation.translate
+        # Where each image's shifted first pixel is, in the data set as one flat array.
+        self.starts = rows * X.shape[1] + (draws.top - p) * ROW + (draws.left - p)
+        self.fast = augmentation.padding == "zero" and X.flags.c_contiguous
+        self._whole: np.ndarray | None = None
+
+    def whole(self) -> np.ndarray:
+        if self._whole is None:
+            self._whole = self.take(slice(0, self.X.shape[1]))
+        return self._whole
+
+    def take(self, features: slice) -> np.ndarray:
+        first, stop = features.start or 0, features.stop
+        if not (self.fast and first % ROW == 0 and stop % ROW == 0):
+            return self._reference()[:, features]
+        flat = self.X.reshape(-1)
+        count = (stop - first) // ROW  # rows of pixels taken
+        starts = self.starts + first
+        last = len(flat) - count * ROW  # the last start whose rows lie inside the data
+        if starts.min() < 0 or starts.max() > last:  # the first or last image, shifted out
+            return self._reference()[:, features]
+        step = flat.strides[0]
+        # pixels[k] is the `count` rows of 32 pixels that start at flat[k].
+        pixels = as_strided(flat, shape=(last + 1, count, ROW), strides=(step, ROW * step, step))
+        part = pixels[starts]  # (n, count, 32): each image's rows, shifted
+        draws, p = self.draws, self.augmentation.translate
+        if p:
+            part *= _edge_masks(p, part.dtype)[draws.top, draws.left, first // ROW : stop // ROW]
+        mirrored = draws.mirrored
+        if mirrored.any():
+            part[mirrored] = part[mirrored][..., ::-1]
+        return part.reshape(len(part), -1)
+
+    def same_as(self, other: Batch) -> bool:
+        return other is self
+
+    def kept(self) -> Batch:
+        return self
+
+    def _reference(self) -> np.ndarray:
+        if self._whole is None:
+            self._whole = augment(self.X[self.rows], self.augmentation, self.draws)
+        return self._whole
+
+
+_MASKS: dict[tuple[int, np.dtype], np.ndarray] = {}
+
+
+def _edge_masks(p: int, dtype: np.dtype) -> np.ndarray:
+    """1 where a shifted image shows its own pixels, 0 where it shows what lies beyond its
+    edge, by window position (top, left): shape (2p + 1, 2p + 1, 96, 32), the 32 rows of each
+    channel one after another."""
+    key = (p, np.dtype(dtype))
+    if key not in _MASKS:
+        span = 2 * p + 1
+        masks = np.zeros((span, span, IMAGE_SHAPE[1], ROW), dtype=dtype)
+        for top in range(span):
+            for left in range(span):
+                dy, dx = top - p, left - p
+                masks[top, left, max(0, -dy) : ROW - max(0, dy), max(0, -dx) : ROW - max(0, dx)] = 1
+        _MASKS[key] = np.tile(masks, (1, 1, IMAGE_SHAPE[0], 1))
+    return _MASKS[key]

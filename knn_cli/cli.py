@@ -64,22 +64,48 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
+@click.argument("config_path", metavar="CONFIG", required=False, type=click.Path(path_type=Path))
 @set_option
 @runs_dir_option
-def train(config_path: Path, overrides: tuple[str, ...], runs_dir: Path) -> None:
-    """Train the network CONFIG describes; write curves, metrics and the model to a run folder."""
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="RUN_DIR",
+    help="Continue an interrupted run in its folder, from its last checkpoint.",
+)
+def train(
+    config_path: Path | None, overrides: tuple[str, ...], runs_dir: Path, resume: Path | None
+) -> None:
+    """Train the network CONFIG describes; write curves, metrics and the model to a run folder.
+
+    With --resume RUN_DIR, continue that run instead (its config as saved) to the numbers it
+    would have reached uninterrupted.
+    """
     from knn_cli.config import load_config
     from knn_cli.data import load_cifar10
-    from knn_cli.experiment import train_run
-    from knn_cli.runs import new_run_dir
+    from knn_cli.experiment import resumable, train_run
+    from knn_cli.runs import CONFIG_FILE, new_run_dir
 
-    config = load_config(config_path, overrides)
+    if (config_path is None) == (resume is None):
+        raise click.UsageError("give a CONFIG to train, or --resume RUN_DIR to continue a run")
+    if resume is not None and overrides:
+        raise click.UsageError("--resume continues the run as configured; drop --set")
+    if resume is not None:
+        resumable(resume)  # fail now, before loading the data
+    config = load_config(resume / CONFIG_FILE if resume else config_path, overrides)
     # The data first: a missing data folder should not leave an empty run folder behind.
     dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress_wanted())
-    run_dir = new_run_dir(runs_dir, config.name)
-    click.echo(f"run folder: {run_dir}")
-    summary = train_run(config, run_dir, dataset=dataset, progress=progress_wanted())
+    run_dir = resume or new_run_dir(runs_dir, config.name)
+    click.echo(f"{'continuing' if resume else 'run folder:'} {run_dir}")
+    summary = train_run(
+        config,
+        run_dir,
+        dataset=dataset,
+        progress=progress_wanted(),
+        stop_between_steps=True,
+        resume=resume is not None,
+    )
     if summary["status"] != "finished":
         raise RunFailed(f"run {summary['status']}: {summary['message']} (see {run_dir})")
     click.echo(

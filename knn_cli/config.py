@@ -58,6 +58,7 @@ class TrainingConfig:
     eval_every: int | None = None
     dtype: str = "float32"
     label_smoothing: float = 0.0
+    checkpoint_minutes: float | None = 5.0  # how often to save for --resume; null: never
     optimizer: str = "sgd"
     momentum: float = 0.9
     beta1: float = 0.9
@@ -215,6 +216,15 @@ def _number(low: float, *, low_open: bool = False, below: float | None = None) -
     return parse
 
 
+def _number_or_null(low: float, *, low_open: bool = False) -> Parser:
+    number = _number(low, low_open=low_open)
+
+    def parse(key: str, value: Any) -> float | None:
+        return None if value is None else number(key, value)
+
+    return parse
+
+
 def _choice(*options: str) -> Parser:
     def parse(key: str, value: Any) -> str:
         if not isinstance(value, str) or value not in options:
@@ -304,6 +314,7 @@ _SECTIONS: dict[str, tuple[type, tuple[_Field, ...]]] = {
             _Field("eval_every", _integer(1, nullable=True)),
             _Field("dtype", _choice(*DTYPES)),
             _Field("label_smoothing", _number(0, below=1)),
+            _Field("checkpoint_minutes", _number_or_null(0, low_open=True)),
             _Field("optimizer", _choice(*UPDATE_RULES)),
             _Field("momentum", _number(0, below=1)),
             _Field("beta1", _number(0, below=1)),

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,12 @@ from knn_cli.config import RunConfig, dump_config, load_config
 from knn_cli.data import N_CLASSES, Dataset, load_cifar10
 from knn_cli.errors import ConfigError, RunFolderError
 from knn_cli.gradcheck import GradientComparison, check_network_paths, choose_check_point
+from knn_cli.interrupts import StopRequests
 from knn_cli.network import Network
 from knn_cli.optim import UpdateRule, make_update_rule
 from knn_cli.plots import plot_run
 from knn_cli.runs import (
+    CHECKPOINT_FILE,
     CONFIG_FILE,
     MODEL_FILE,
     SUMMARY_FILE,
@@ -32,10 +35,21 @@ from knn_cli.runs import (
     atomic_save_npz,
     atomic_write_json,
     atomic_write_text,
+    keep_metrics_through,
     provenance,
+    read_checkpoint,
+    read_summary,
     require_run_dir,
+    write_checkpoint,
 )
-from knn_cli.trainer import Schedule, Splits, TrainingOutcome, accuracy, train
+from knn_cli.trainer import (
+    Checkpointing,
+    Schedule,
+    Splits,
+    TrainingOutcome,
+    accuracy,
+    train,
+)
 
 OPTIMIZER_PREFIX = "optimizer."
 
@@ -98,6 +112,8 @@ def train_run(
     progress: bool = False,
     evaluate_test: bool = True,
     background_evaluation: bool = True,
+    stop_between_steps: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train one network as `config` says, recording everything in `run_dir` as it comes.
 
@@ -105,23 +121,32 @@ def train_run(
     be looked at; `test_accuracy` is then None. `background_evaluation=False` keeps the run to
     one core, for sweeps whose workers already share the cores.
 
-    On Ctrl-C (KeyboardInterrupt) the metrics so far, the latest model and a summary with status
-    `interrupted` are saved before the interrupt goes on up.
+    Every `training.checkpoint_minutes` the run is saved in `checkpoint.npz`, from which
+    `resume=True` continues it in the same folder to the numbers it would have reached
+    uninterrupted. With `stop_between_steps` (the main process of `knn train` or of a sweep)
+    Ctrl-C and SIGTERM stop training at the next step boundary, saving a checkpoint there. On
+    any interrupt the metrics so far, the latest model and a summary with status `interrupted`
+    are saved before the interrupt goes on up.
     """
     started = time.time()
-    atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))
+    if not resume:
+        atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))
     if dataset is None:
         dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress)
     schedule = resolve_schedule(config, len(dataset.X_train))
     network = build_network(config, dataset.X_train.shape[1])
     rule = build_update_rule(config)
     splits = Splits(dataset.X_train, dataset.y_train, dataset.X_val, dataset.y_val)
+    start_step, earlier_seconds, earlier_records = 0, 0.0, []
+    if resume:
+        start_step, earlier_seconds, earlier_records = _restore(run_dir, network, rule)
 
     log = MetricsLog(run_dir)
     best: dict[str, Any] = {"val_accuracy": None, "step": None}
     latest: dict[str, Any] = {}
     bar = tqdm(
         total=schedule.total_steps,
+        initial=start_step,
         desc=config.name,
         unit="step",
         disable=not progress,
@@ -129,8 +154,7 @@ def train_run(
         dynamic_ncols=True,
     )
 
-    def on_evaluation(records: list[dict[str, Any]]) -> None:
-        log.append(records)
+    def note(records: list[dict[str, Any]]) -> None:
         for record in records:
             latest[record["split"]] = record
         val = latest["val"]
@@ -138,7 +162,17 @@ def train_run(
             best.update(val_accuracy=val["accuracy"], step=val["step"])
         bar.set_postfix(val_acc=f"{val['accuracy']:.3f}", refresh=False)
 
-    steps_done = {"n": 0}
+    def on_evaluation(records: list[dict[str, Any]]) -> None:
+        log.append(records)
+        note(records)
+
+    if earlier_records:
+        note(earlier_records)
+    steps_done = {"n": start_step}
+
+    def save_checkpoint(done: int) -> None:
+        seconds = earlier_seconds + time.time() - started
+        write_checkpoint(run_dir, saved_state(network, rule), {"step": done, "seconds": seconds})
 
     def on_step(step: int, eta: float) -> None:
         steps_done["n"] = step
@@ -149,17 +183,24 @@ def train_run(
             )
 
     outcome = TrainingOutcome("failed", 0)
+    minutes = config.training.checkpoint_minutes
     try:
-        outcome = train(
-            network,
-            splits,
-            schedule,
-            on_evaluation=on_evaluation,
-            on_step=on_step,
-            optimizer=rule,
-            augmentation=Augmentation(**asdict(config.augment)),
-            background_evaluation=background_evaluation,
-        )
+        with StopRequests() if stop_between_steps else nullcontext(lambda: False) as stopping:
+            checkpointing = Checkpointing(
+                save_checkpoint, None if minutes is None else 60.0 * minutes, stopping
+            )
+            outcome = train(
+                network,
+                splits,
+                schedule,
+                on_evaluation=on_evaluation,
+                on_step=on_step,
+                optimizer=rule,
+                augmentation=Augmentation(**asdict(config.augment)),
+                start_step=start_step,
+                checkpointing=checkpointing,
+                background_evaluation=background_evaluation,
+            )
     except KeyboardInterrupt:
         outcome = TrainingOutcome("interrupted", 0, "interrupted by the user")
         raise
@@ -187,15 +228,54 @@ def train_run(
             "best_val_step": best["step"],
             "test_accuracy": measured.pop("test_accuracy", None),
             **measured,
-            "wall_seconds": round(time.time() - started, 3),
+            "wall_seconds": round(earlier_seconds + time.time() - started, 3),
             "seed": config.training.seed,
             "data": dataset.source,
             "versions": provenance(),
         }
         atomic_write_json(run_dir / SUMMARY_FILE, summary)
+        if outcome.status in ("finished", "diverged"):  # nothing left to continue
+            (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
         if latest:
             plot_run(run_dir)
     return summary
+
+
+def resumable(run_dir: Path) -> None:
+    """Raise a one-line RunFolderError unless `run_dir` is a run that can be continued."""
+    run_dir = require_run_dir(run_dir, CONFIG_FILE)
+    status = read_summary(run_dir).get("status") if (run_dir / SUMMARY_FILE).is_file() else None
+    if status in ("finished", "diverged"):
+        raise RunFolderError(f"{run_dir} has {status}: there is nothing to continue")
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        raise RunFolderError(
+            f"{run_dir} has no {CHECKPOINT_FILE}: it stopped before its first checkpoint "
+            "(start it again)"
+        )
+
+
+def _restore(run_dir: Path, network: Network, rule: UpdateRule) -> tuple[int, float, list]:
+    """Network and update rule as the checkpoint left them; the step it was taken after, the
+    seconds trained before it, and the metrics recorded up to it (later ones are dropped: the
+    continued run computes them again)."""
+    state, info = read_checkpoint(run_dir)
+    try:
+        network.load_state(state)
+        rule.load_state_dict(_optimizer_part(state), network.params)
+        step, seconds = int(info["step"]), float(info["seconds"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise RunFolderError(
+            f"{run_dir / CHECKPOINT_FILE} does not fit this run: {error}"
+        ) from None
+    return step, seconds, keep_metrics_through(run_dir, step)
+
+
+def _optimizer_part(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {
+        key.removeprefix(OPTIMIZER_PREFIX): value
+        for key, value in state.items()
+        if key.startswith(OPTIMIZER_PREFIX)
+    }
 
 
 def final_measurements(
@@ -240,12 +320,7 @@ def load_trained(run_dir: str | Path) -> tuple[RunConfig, Network, UpdateRule]:
         network = build_network(config, state["W1"].shape[0])
         network.load_state(state)
         rule = build_update_rule(config)
-        optimizer = {
-            key.removeprefix(OPTIMIZER_PREFIX): value
-            for key, value in state.items()
-            if key.startswith(OPTIMIZER_PREFIX)
-        }
-        rule.load_state_dict(optimizer, network.params)
+        rule.load_state_dict(_optimizer_part(state), network.params)
     except (OSError, ValueError, KeyError) as error:
         reason = "corrupt or truncated" if "pickle" in str(error) else str(error)
         raise RunFolderError(

@@ -29,6 +29,8 @@ METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.npz"
+CHECKPOINT_FILE = "checkpoint.npz"
+_CHECKPOINT_INFO = "checkpoint_info"  # a JSON string among the checkpoint's arrays
 METRIC_FIELDS = ("step", "epoch", "eta", "split", "cost", "loss", "accuracy")
 MIN_FREE_BYTES = 50 * 1024 * 1024
 _UMASK = os.umask(0)
@@ -163,6 +165,48 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
                 # A record cut short by a crash mid-write is the only partial line there can be.
                 continue
     return rows
+
+
+def write_checkpoint(
+    run_dir: Path, arrays: Mapping[str, np.ndarray], info: Mapping[str, Any]
+) -> None:
+    """What continuing the run needs, atomically: a crash while writing leaves the last one."""
+    text = json.dumps(dict(info), default=_json_default)
+    atomic_save_npz(run_dir / CHECKPOINT_FILE, {**arrays, _CHECKPOINT_INFO: np.array(text)})
+
+
+def read_checkpoint(run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays and the info of a run's checkpoint (never unpickling anything)."""
+    path = run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir} has no {CHECKPOINT_FILE} to continue from")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        info = json.loads(str(arrays.pop(_CHECKPOINT_INFO)))
+    except (OSError, ValueError, KeyError) as error:
+        raise RunFolderError(f"{path} is not a valid checkpoint ({error})") from None
+    return arrays, info
+
+
+def keep_metrics_through(run_dir: Path, last_step: int) -> list[dict[str, Any]]:
+    """Rewrite metrics.csv (atomically) without the records after `last_step`, which a run
+    continued from a checkpoint at that step computes again; the lines kept are kept as they
+    were, byte for byte. Returns the records kept."""
+    path = run_dir / METRICS_FILE
+    with path.open(newline="") as handle:  # "\r\n" as the csv module wrote it
+        header, *lines = handle.read().splitlines(keepends=True)
+    kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= last_step]
+    with _atomic_file(path, "w") as handle:
+        handle.write(header + "".join(kept))
+    return [record for record in read_metrics(run_dir) if record["step"] <= last_step]
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(line.split(",", 1)[0])
+    except ValueError:  # a record cut short by a crash mid-write
+        return None
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ each part gains is measured by benchmarks/bench_train.py ("1 lane/ours", and --f
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -70,6 +71,17 @@ class Splits:
 
 
 @dataclass(frozen=True)
+class Checkpointing:
+    """How a run is saved between two steps so that it can be continued: `save(steps_done)`
+    is called with every evaluation requested so far delivered, every `every_seconds`, and
+    when `stop_requested()` turns true, after which training raises KeyboardInterrupt."""
+
+    save: Callable[[int], None]
+    every_seconds: float | None = None
+    stop_requested: Callable[[], bool] = lambda: False
+
+
+@dataclass(frozen=True)
 class TrainingOutcome:
     status: str  # "finished" or "diverged"
     steps: int
@@ -118,6 +130,8 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
     optimizer: UpdateRule | None = None,
     augmentation: Augmentation | None = None,
+    start_step: int = 0,
+    checkpointing: Checkpointing | None = None,
     background_evaluation: bool = True,
     two_lanes: bool = True,
 ) -> TrainingOutcome:
@@ -126,6 +140,11 @@ def train(
     and seed give the same metrics. `optimizer` is the update rule (plain SGD when None); it
     keeps its state, so a caller can save it with the network. `augmentation` changes each
     training batch as it is drawn, with choices seeded by the schedule's seed and the step.
+
+    `start_step` continues a run saved by `checkpointing` after that many steps (network and
+    optimizer restored by the caller): the batches, dropout masks and augmentation of the
+    steps that follow are those the uninterrupted run would have drawn, so it ends with the
+    same numbers.
 
     Every evaluation requested has been handed to `on_evaluation` when this returns or raises
     (a KeyboardInterrupt included). `background_evaluation=False` evaluates on this thread
@@ -183,10 +202,14 @@ def train(
         np.errstate(over="ignore", invalid="ignore"),  # divergence is reported, not warned
         run_evaluations(on_evaluation, records, background) as evaluations,
     ):
-        evaluations.request(network, 0, rate(0))
+        if start_step == 0:
+            evaluations.request(network, 0, rate(0))
         batches = _batches(n_train, batch_size, schedule.seed)
-        current = batch(0, next(batches))
-        for step in range(schedule.total_steps):
+        for _ in range(start_step):
+            next(batches)
+        current = batch(start_step, next(batches))
+        last_save = time.monotonic()
+        for step in range(start_step, schedule.total_steps):
             # The step is told the next batch too: its lanes start on it (see Engine.step).
             following = batch(step + 1, next(batches)) if step + 1 < schedule.total_steps else None
             eta = rate(step)
@@ -210,6 +233,15 @@ def train(
                 evaluations.request(network, done, rate(done))
             else:
                 evaluations.deliver_ready()
+            if checkpointing is not None and done < schedule.total_steps:
+                stop = checkpointing.stop_requested()
+                every = checkpointing.every_seconds
+                if stop or (every is not None and time.monotonic() - last_save >= every):
+                    evaluations.deliver_all()
+                    checkpointing.save(done)
+                    last_save = time.monotonic()
+                    if stop:
+                        raise KeyboardInterrupt
             if following is not None:
                 current = following
         return TrainingOutcome("finished", schedule.total_steps)

@@ -91,6 +91,26 @@ def write_fake_cifar(folder: Path, n_per_batch: int = 30, seed: int = 0) -> Path
     return folder
 
 
+def interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Send this process SIGINT once `step` steps are done, as Ctrl-C would."""
+    import os
+    import signal
+
+    import knn_cli.experiment as experiment
+
+    real_train = experiment.train
+
+    def train(*args, on_step, **kwargs):  # type: ignore[no-untyped-def]
+        def noted(done: int, eta: float) -> None:
+            on_step(done, eta)
+            if done == step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return real_train(*args, on_step=noted, **kwargs)
+
+    monkeypatch.setattr(experiment, "train", train)
+
+
 @pytest.fixture
 def fake_cifar_dir(tmp_path: Path) -> Path:
     """A fresh fake CIFAR-10 folder (5 x 30 train images, 30 test images)."""

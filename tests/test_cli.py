@@ -410,3 +410,48 @@ def test_gradcheck_fails_when_the_textbook_layers_are_wrong(tmp_path: Path, monk
     monkeypatch.setattr(layers, "batch_norm_backward", wrong)
     result = run("gradcheck", "--layers", "2", "--hidden", "5", "--bn", "--runs-dir", str(tmp_path))
     assert_one_line_error(result, 1, "with BN (textbook layers)")
+
+
+def test_train_resume_continues_an_interrupted_run_to_the_same_metrics(
+    tmp_path: Path, fake_cifar_dir: Path, monkeypatch
+) -> None:
+    from conftest import interrupt_at
+
+    longer = ("--set", "training.n_s=30")  # 60 steps
+    whole = train_on_fake(tmp_path, fake_cifar_dir, tmp_path / "whole", *longer)
+    assert whole.exit_code == 0, whole.output
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 27)
+        cut = train_on_fake(tmp_path, fake_cifar_dir, tmp_path / "cut", *longer)
+    assert_one_line_error(cut, EXIT_INTERRUPTED, "interrupted")
+    (run_dir,) = (tmp_path / "cut").iterdir()
+    assert (run_dir / "checkpoint.npz").is_file()
+    result = run("train", "--resume", str(run_dir))
+    assert result.exit_code == 0, result.output
+    assert f"continuing {run_dir}" in result.output
+    (reference,) = (tmp_path / "whole").iterdir()
+    assert (run_dir / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
+    again = run("train", "--resume", str(run_dir))
+    assert_one_line_error(again, 2, "finished: there is nothing to continue")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train"], "give a CONFIG to train, or --resume RUN_DIR"),
+        (["train", "c.yaml", "--resume", "somewhere"], "give a CONFIG to train, or --resume"),
+        (["train", "--resume", "x", "--set", "training.lambda=0.1"], "drop --set"),
+    ],
+)
+def test_train_resume_usage_errors(args: list[str], fragment: str) -> None:
+    result = run(*args)
+    assert result.exit_code == 2 and fragment in result.output
+
+
+def test_train_resume_of_a_folder_without_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    missing = run("train", "--resume", str(tmp_path / "nowhere"))
+    assert_one_line_error(missing, 2, "does not exist")
+    (tmp_path / "run" / "config.yaml").write_text("name: x\n")
+    result = run("train", "--resume", str(tmp_path / "run"))
+    assert_one_line_error(result, 2, "no checkpoint.npz")

@@ -66,6 +66,7 @@ NON_DEFAULT = {
         "eval_every": 17,
         "dtype": "float64",
         "label_smoothing": 0.05,
+        "checkpoint_minutes": 0.5,
         "optimizer": "adamw",
         "momentum": 0.5,
         "beta1": 0.8,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REAL_DATA_DIR, requires_real_data
+from conftest import REAL_DATA_DIR, interrupt_at, requires_real_data
 
 from knn_cli.config import config_from_dict
 from knn_cli.data import Dataset
@@ -301,3 +301,77 @@ def test_test_time_flip_is_reported_apart(tmp_path: Path) -> None:
     assert summary["test_accuracy_flip"] == float(np.mean(both.argmax(axis=1) == data.y_test))
     assert "final_val_accuracy_flip" in summary
     assert summary["test_accuracy"] == float(np.mean(network.predict(data.X_test) == data.y_test))
+
+
+def resumable_config():
+    """Everything a continued run must draw alike: shuffling, dropout, augmentation, Adam."""
+    doc = small_config_doc(optimizer="adam", eta_min=1e-4, eta_max=3e-3)
+    doc["model"] |= {"dropout": 0.2}
+    doc["augment"] = {"flip": True, "translate": 2}
+    doc["evaluation"] = {"precise_bn": True}
+    return config_from_dict(doc)
+
+
+def assert_same_run(run_dir: Path, reference: Path) -> None:
+    assert (run_dir / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
+    with np.load(run_dir / "model.npz") as got, np.load(reference / "model.npz") as expected:
+        assert got.files == expected.files
+        for name in expected.files:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    expected_summary = json.loads((reference / "summary.json").read_text())
+    for key in ("status", "steps", "test_accuracy", "final_val_accuracy", "best_val_accuracy"):
+        assert summary[key] == expected_summary[key], key
+
+
+def test_a_run_stopped_by_ctrl_c_continues_to_the_same_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, config = image_dataset(), resumable_config()
+    whole = new_run_dir(tmp_path, "whole")
+    train_run(config, whole, dataset=data, stop_between_steps=True)
+    cut = new_run_dir(tmp_path, "cut")
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 47)  # between two evaluation points (every 10 steps)
+        with pytest.raises(KeyboardInterrupt):
+            train_run(config, cut, dataset=data, stop_between_steps=True)
+    assert json.loads((cut / "summary.json").read_text())["status"] == "interrupted"
+    assert (cut / "checkpoint.npz").is_file()
+    summary = train_run(config, cut, dataset=data, stop_between_steps=True, resume=True)
+    assert summary["status"] == "finished" and not (cut / "checkpoint.npz").exists()
+    assert_same_run(cut, whole)
+
+
+def test_a_crashed_run_continues_from_its_last_periodic_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the last checkpoint: the steps and evaluations since are done again."""
+    import knn_cli.experiment as experiment
+
+    data = image_dataset()
+    config = config_from_dict(
+        {**small_config_doc(), "training": {**small_config_doc()["training"],
+                                            "checkpoint_minutes": 1e-9}}
+    )  # fmt: skip
+    whole = new_run_dir(tmp_path, "whole")
+    train_run(config, whole, dataset=data)
+    crashed = new_run_dir(tmp_path, "crashed")
+    real_save = experiment.write_checkpoint
+    saved: list[int] = []
+
+    def save_until(run_dir, arrays, info):  # type: ignore[no-untyped-def]
+        if info["step"] > 33:  # checkpoints stop here; the run crashes at step 58
+            if info["step"] >= 58:
+                raise RuntimeError("disk gone")
+            return
+        saved.append(info["step"])
+        real_save(run_dir, arrays, info)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(experiment, "write_checkpoint", save_until)
+        with pytest.raises(RuntimeError, match="disk gone"):
+            train_run(config, crashed, dataset=data)
+    assert saved[-1] == 33
+    assert max(r["step"] for r in read_metrics(crashed)) == 50  # recorded after the checkpoint
+    train_run(config, crashed, dataset=data, resume=True)
+    assert_same_run(crashed, whole)

@@ -54,7 +54,10 @@ class TrialJob:
 
     trial: Trial
     run_dir: str
-    background_evaluation: bool = False
+    # In the sweep's own process, one trial at a time: the trial may use both cores (evaluation
+    # on a second thread) and stops between two steps on Ctrl-C; workers leave Ctrl-C to the
+    # sweep, and share the cores.
+    in_process: bool = False
 
 
 def trial_config(base: Mapping[str, Any], name: str, settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -37,7 +37,8 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
         Path(job.run_dir),
         dataset=_dataset_for(config),
         evaluate_test=job.trial.evaluate_test,
-        background_evaluation=job.background_evaluation,
+        background_evaluation=job.in_process,
+        stop_between_steps=job.in_process,
     )
 
 
@@ -87,8 +88,7 @@ def run_trials(
     if todo:
         prepare_data(todo, progress=progress)
     jobs = [
-        TrialJob(t, str(next_attempt(sweep_dir, t)), background_evaluation=executor.in_process)
-        for t in todo
+        TrialJob(t, str(next_attempt(sweep_dir, t)), in_process=executor.in_process) for t in todo
     ]
     stage = ",".join(dict.fromkeys(t.stage for t in trials))
     with tqdm(total=len(jobs), desc=stage, unit="trial", disable=not progress) as bar:

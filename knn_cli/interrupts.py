@@ -1,0 +1,52 @@
+"""Ctrl-C and SIGTERM during training: stop between two steps, where the run can be saved and
+continued, rather than wherever the signal lands (possibly half-way through updating W1)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType, TracebackType
+from typing import Any
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequests:
+    """While active, SIGINT and SIGTERM set `requested` instead of raising; the trainer stops at
+    the next step boundary, saves a checkpoint and raises KeyboardInterrupt itself. A second
+    signal raises at once, for a step that never ends.
+
+    Only in the main thread (the only one signals reach), and never for a signal ignored on
+    purpose (sweep workers leave Ctrl-C to the sweep that started them).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for number in SIGNALS:
+                previous = signal.getsignal(number)
+                if previous is not signal.SIG_IGN:
+                    self._previous[number] = previous
+                    signal.signal(number, self._handle)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+        self._previous.clear()
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, number: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True

@@ -16,7 +16,7 @@ import click
 
 from knn_cli import __version__
 from knn_cli.cli_options import parse_list, progress_wanted, runs_dir_option, set_option
-from knn_cli.cli_sweeps import init_sensitivity, lambda_search
+from knn_cli.cli_sweeps import init_sensitivity, lambda_search, sweep
 from knn_cli.errors import KnnError, RunFailed
 
 EXIT_INTERRUPTED = 130
@@ -281,3 +281,4 @@ def main(argv: list[str] | None = None) -> None:
 
 cli.add_command(lambda_search)
 cli.add_command(init_sensitivity)
+cli.add_command(sweep)

@@ -358,3 +358,39 @@ def init_sensitivity(
         click.echo(f"{record.trial.label}: {record.status} {record.message}".rstrip())
     click.echo(f"written: {sweep_dir}/results.csv, results.md, loss_curves.png")
     _fail_unless_usable(records, sweep_dir)
+
+
+@click.command("sweep")
+@click.argument("plan", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@_executor_options
+@runs_dir_option
+def sweep(
+    plan: Path | None,
+    workers: int | None,
+    scheduler: str | None,
+    resume: Path | None,
+    runs_dir: Path,
+) -> None:
+    """Train each config of a PLAN file with its seeds; tabulate what each change brought.
+
+    PLAN lists configs (paths relative to it) and how many seeds each; see
+    configs/ablation.yaml. Use --workers 1 for wall times that compare with `knn train`.
+    """
+    from knn_cli.sweeps import CONFIG_SWEEP, run_config_sweep, start_sweep
+    from knn_cli.sweeps.config_runs import read_plan
+
+    executor = _executor(workers, scheduler)
+    if resume is not None:
+        if plan is not None:
+            raise click.UsageError("--resume takes the plan from the sweep folder; drop PLAN")
+        spec, sweep_dir = _resume_spec(resume, CONFIG_SWEEP), resume
+    else:
+        if plan is None:
+            raise click.UsageError("give a PLAN file, or --resume SWEEP_DIR")
+        spec = read_plan(plan)
+        sweep_dir = start_sweep(runs_dir, CONFIG_SWEEP, spec, name=spec.name)
+    click.echo(f"sweep folder: {sweep_dir}")
+    records = run_config_sweep(spec, sweep_dir, executor, progress=progress_wanted())
+    click.echo((sweep_dir / "results.md").read_text())
+    click.echo(f"written: {sweep_dir}/results.csv, results.md")
+    _fail_unless_usable(records, sweep_dir)

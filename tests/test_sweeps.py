@@ -512,3 +512,68 @@ def test_a_sweep_in_which_no_trial_finished_exits_1(tmp_path: Path, fake_cifar_d
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1, result.output
     assert "no trial finished" in result.stderr
+
+
+# -- knn sweep: a plan of configs -------------------------------------------------------------
+
+
+def write_plan(tmp_path: Path, data_dir: Path) -> Path:
+    common = (
+        "training: {n_s: 10, cycles: 1, batch_size: 20, eval_every: 10, seed: 4}\n"
+        f"data: {{dir: {data_dir}, validation_size: 30}}\n"
+    )
+    (tmp_path / "small.yaml").write_text(
+        "name: small\nmodel: {hidden: [8], batch_norm: true}\n" + common
+    )
+    (tmp_path / "wide.yaml").write_text(
+        "name: wide\nmodel: {hidden: [16], batch_norm: true}\n" + common
+    )
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "name: tiny-ablation\nseeds: 2\nruns:\n  - small.yaml\n"
+        "  - {config: wide.yaml, seeds: 1, set: [evaluation.test_time_flip=false]}\n"
+    )
+    return plan
+
+
+def test_sweep_command_trains_each_config_with_its_seeds_and_tabulates_the_changes(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    plan = write_plan(tmp_path, fake_cifar_dir)
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(
+        cli, ["sweep", str(plan), "--workers", "1", "--runs-dir", str(runs)]
+    )
+    assert result.exit_code == 0, result.output
+    (sweep_dir,) = runs.iterdir()
+    assert sweep_dir.name.endswith("_tiny-ablation")
+    trials = read_csv(sweep_dir / "results.csv")
+    assert [(t["config"], t["seed"], t["status"]) for t in trials] == [
+        ("small", "4", "finished"), ("small", "5", "finished"), ("wide", "4", "finished"),
+    ]  # fmt: skip
+    table = (sweep_dir / "results.md").read_text()
+    small, wide = table.splitlines()[2:4]
+    assert "(the start)" in small and "+-" in small  # two seeds: mean +- sd
+    assert "model.hidden=[16]" in wide and "training.seed" not in wide
+    again = CliRunner().invoke(cli, ["sweep", "--resume", str(sweep_dir), "--workers", "1"])
+    assert again.exit_code == 0, again.output
+    assert read_csv(sweep_dir / "results.csv") == trials  # nothing ran again
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("runs: []", "needs a list of configs under 'runs'"),
+        ("runs: [missing.yaml]", "config file not found"),
+        ("seeds: 0\nruns: [missing.yaml]", "seeds must be a whole number >= 1"),
+        ("runs: [{seeds: 2}]", "run 1 must be a config path"),
+        ("runs: [x.yaml]\nextra: 1", "unknown key 'extra'"),
+    ],
+)
+def test_a_bad_sweep_plan_is_one_line(tmp_path: Path, text: str, fragment: str) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(text)
+    result = CliRunner().invoke(cli, ["sweep", str(plan), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()

@@ -11,10 +11,12 @@ retrain and the init-sensitivity runs, never for a search trial.
     running.py        trials on an executor, with progress
     lambda_search.py  coarse, fine, final
     init_grid.py      depth x batch norm x sigma
+    config_runs.py    a plan of configs, each with its seeds (`knn sweep`)
     tables.py         CSV and Markdown
     figures.py        lambda against accuracy, the grid's loss curves
 """
 
+from knn_cli.sweeps.config_runs import run_config_sweep
 from knn_cli.sweeps.folder import (
     DONE_STATUSES,
     SWEEP_FILE,
@@ -34,6 +36,7 @@ from knn_cli.sweeps.lambda_search import (
     source_records,
 )
 from knn_cli.sweeps.plan import (
+    CONFIG_SWEEP,
     INIT_SENSITIVITY,
     LAMBDA_SEARCH,
     GridSpec,
@@ -50,6 +53,7 @@ from knn_cli.sweeps.running import prepare_data, run_trial, run_trials
 from knn_cli.sweeps.tables import final_summary_line, final_test_summary
 
 __all__ = [
+    "CONFIG_SWEEP",
     "DONE_STATUSES",
     "INIT_SENSITIVITY",
     "LAMBDA_SEARCH",
@@ -71,6 +75,7 @@ __all__ = [
     "load_sweep",
     "prepare_data",
     "ranked_records",
+    "run_config_sweep",
     "run_init_sensitivity",
     "run_lambda_search",
     "run_trial",

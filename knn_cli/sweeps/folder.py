@@ -13,7 +13,15 @@ from typing import Any
 
 from knn_cli.errors import RunFolderError
 from knn_cli.runs import SUMMARY_FILE, atomic_write_json, new_run_dir, read_summary
-from knn_cli.sweeps.plan import INIT_SENSITIVITY, LAMBDA_SEARCH, GridSpec, LambdaSearchSpec, Trial
+from knn_cli.sweeps.plan import (
+    CONFIG_SWEEP,
+    INIT_SENSITIVITY,
+    LAMBDA_SEARCH,
+    ConfigSweepSpec,
+    GridSpec,
+    LambdaSearchSpec,
+    Trial,
+)
 
 SWEEP_FILE = "sweep.json"
 
@@ -58,18 +66,24 @@ class TrialRecord:
         return "" if self.finished else str(self.summary.get("message") or "")
 
 
-_SPECS: dict[str, type] = {LAMBDA_SEARCH: LambdaSearchSpec, INIT_SENSITIVITY: GridSpec}
+_SPECS: dict[str, type] = {
+    LAMBDA_SEARCH: LambdaSearchSpec,
+    INIT_SENSITIVITY: GridSpec,
+    CONFIG_SWEEP: ConfigSweepSpec,
+}
+Spec = LambdaSearchSpec | GridSpec | ConfigSweepSpec
 
 
-def start_sweep(runs_dir: str | Path, kind: str, spec: LambdaSearchSpec | GridSpec) -> Path:
-    """A new sweep folder with its plan written (atomically) before any trial starts."""
-    sweep_dir = new_run_dir(runs_dir, kind)
+def start_sweep(runs_dir: str | Path, kind: str, spec: Spec, name: str | None = None) -> Path:
+    """A new sweep folder (named `name`, else by its kind) with its plan written (atomically)
+    before any trial starts."""
+    sweep_dir = new_run_dir(runs_dir, name or kind)
     doc = {"kind": kind, "version": SWEEP_FORMAT_VERSION, "spec": asdict(spec), "trials": []}
     atomic_write_json(sweep_dir / SWEEP_FILE, doc)
     return sweep_dir
 
 
-def load_sweep(sweep_dir: str | Path) -> tuple[str, LambdaSearchSpec | GridSpec]:
+def load_sweep(sweep_dir: str | Path) -> tuple[str, Spec]:
     """The kind and spec of an existing sweep folder, or a one-line RunFolderError."""
     doc = read_sweep_file(Path(sweep_dir))
     try:

@@ -14,14 +14,9 @@ from knn_cli.config import config_from_dict, config_to_dict
 from knn_cli.experiment import default_hidden
 
 LAMBDA_SEARCH = "lambda-search"
-
-
 INIT_SENSITIVITY = "init-sensitivity"
-
-
-STAGE_CODES = {"coarse": 1, "fine": 2, "final": 3, "grid": 4}
-
-
+CONFIG_SWEEP = "sweep"
+STAGE_CODES = {"coarse": 1, "fine": 2, "final": 3, "grid": 4, "runs": 5}
 SEARCH_STAGES = ("coarse", "fine")
 
 
@@ -210,6 +205,16 @@ class LambdaSearchSpec:
     final_validation_size: int = 1000
     seed: int = 0
     source: str | None = None  # an earlier sweep whose trials --fine refines
+
+
+@dataclass(frozen=True)
+class ConfigSweepSpec:
+    """Everything `--resume` needs to rebuild a sweep of configs (`knn sweep`): each config in
+    full, and its number of seeds."""
+
+    name: str
+    runs: tuple[dict[str, Any], ...]  # {"config": {...}, "seeds": n}
+    source: str | None = None
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,10 @@ class Draws:
     left: np.ndarray
     mirrored: np.ndarray
 
+    def rows(self, which: slice) -> Draws:
+        """The choices for some of the images."""
+        return Draws(self.top[which], self.left[which], self.mirrored[which])
+
 
 def draw(augmentation: Augmentation, n: int, rng: np.random.Generator) -> Draws:
     """The choices for n images, always drawn in the same order (so a given generator gives

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from knn_cli.augment import Augmentation, draw, mirror
+from knn_cli.augment import Augmentation, Draws, draw, mirror
 from knn_cli.blas import may_use_two_cores, one_thread_limit
 from knn_cli.engine.batches import AugmentedBatch, Batch
 from knn_cli.engine.evaluations import Record, run_evaluations
@@ -163,13 +163,21 @@ def train(
         return cyclical_learning_rate(step, schedule.eta_min, schedule.eta_max, schedule.n_s)
 
     augmenting = augmentation is not None and augmentation.active
+    epoch_draws: dict[int, Draws] = {}
 
     def batch(step: int, rows: np.ndarray) -> Batch:
+        """The step's batch, augmented by choices drawn for its whole epoch at once (seeded by
+        the epoch: a continued run draws alike), which costs a fraction of drawing per step."""
         if not augmenting:
             return Batch(X_train, rows)
         assert augmentation is not None
-        rng = np.random.default_rng([schedule.seed, AUGMENT_STREAM, step])
-        return AugmentedBatch(X_train, rows, augmentation, draw(augmentation, len(rows), rng))
+        epoch, position = divmod(step, batches_per_epoch)
+        if epoch not in epoch_draws:
+            epoch_draws.clear()
+            rng = np.random.default_rng([schedule.seed, AUGMENT_STREAM, epoch])
+            epoch_draws[epoch] = draw(augmentation, batches_per_epoch * batch_size, rng)
+        draws = epoch_draws[epoch].rows(slice(position * batch_size, (position + 1) * batch_size))
+        return AugmentedBatch(X_train, rows, augmentation, draws)
 
     def records(snapshot: Network, step: int, eta: float) -> list[Record]:
         rows: list[Record] = []

@@ -24,6 +24,9 @@ ROWS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]  # rows of pixels in an image, its channe
 class Batch:
     """The rows `rows` of X (all of X when None)."""
 
+    # On one thread, whether one gather of whole rows beats taking the features in two parts.
+    whole_is_cheaper = True
+
     def __init__(self, X: np.ndarray, rows: np.ndarray | None = None) -> None:
         self.X, self.rows = X, rows
 
@@ -51,6 +54,8 @@ class Batch:
 
 class AugmentedBatch(Batch):
     """The rows `rows` of the images X, augmented as `draws` says."""
+
+    whole_is_cheaper = False  # its temporaries grow with the part taken (bench_augment.py)
 
     def __init__(
         self, X: np.ndarray, rows: np.ndarray, augmentation: Augmentation, draws: Draws

@@ -61,7 +61,7 @@ class SplitAffineKernel:
         (half 0 runs first) one gather of whole rows is cheaper.
         """
         features = self.features[which]
-        if each_gathers:
+        if each_gathers or not batch.whole_is_cheaper:
             part = batch.take(features)
         else:
             if which == 0:

@@ -28,9 +28,18 @@ def test_quick_start_has_exactly_two_command_lines_and_ci_runs_the_test_line() -
     shlex.split(lines[0])  # well-formed shell words
 
 
-def test_every_shipped_config_loads() -> None:
-    from knn_cli.config import load_config
+PLANS = ("ablation.yaml",)  # sweep plans (`knn sweep`), not run configs
 
-    for path in (Path(__file__).parent.parent / "configs").glob("*.yaml"):
-        config = load_config(path)
-        assert config.name == path.stem
+
+def test_every_shipped_config_and_plan_loads() -> None:
+    from knn_cli.config import load_config
+    from knn_cli.sweeps.config_runs import read_plan
+
+    configs = Path(__file__).parent.parent / "configs"
+    paths = [*configs.glob("*.yaml"), *configs.glob("ablation/*.yaml")]
+    for path in paths:
+        if path.name in PLANS:
+            assert read_plan(path).runs
+        else:
+            assert load_config(path).name == path.stem
+    assert len(paths) >= 15

@@ -532,6 +532,8 @@ def write_plan(tmp_path: Path, data_dir: Path) -> Path:
     plan.write_text(
         "name: tiny-ablation\nseeds: 2\nruns:\n  - small.yaml\n"
         "  - {config: wide.yaml, seeds: 1, set: [evaluation.test_time_flip=false]}\n"
+        "  - {config: small.yaml, seeds: 1, set: [name=small-fast, training.eta_max=0.05],"
+        " against: small}\n"
     )
     return plan
 
@@ -550,11 +552,13 @@ def test_sweep_command_trains_each_config_with_its_seeds_and_tabulates_the_chang
     trials = read_csv(sweep_dir / "results.csv")
     assert [(t["config"], t["seed"], t["status"]) for t in trials] == [
         ("small", "4", "finished"), ("small", "5", "finished"), ("wide", "4", "finished"),
+        ("small-fast", "4", "finished"),
     ]  # fmt: skip
     table = (sweep_dir / "results.md").read_text()
-    small, wide = table.splitlines()[2:4]
+    small, wide, fast = table.splitlines()[2:5]
     assert "(the start)" in small and "+-" in small  # two seeds: mean +- sd
     assert "model.hidden=[16]" in wide and "training.seed" not in wide
+    assert "| training.eta_max=0.05 (from small) |" in fast
     again = CliRunner().invoke(cli, ["sweep", "--resume", str(sweep_dir), "--workers", "1"])
     assert again.exit_code == 0, again.output
     assert read_csv(sweep_dir / "results.csv") == trials  # nothing ran again
@@ -568,6 +572,7 @@ def test_sweep_command_trains_each_config_with_its_seeds_and_tabulates_the_chang
         ("seeds: 0\nruns: [missing.yaml]", "seeds must be a whole number >= 1"),
         ("runs: [{seeds: 2}]", "run 1 must be a config path"),
         ("runs: [x.yaml]\nextra: 1", "unknown key 'extra'"),
+        ("runs: [{config: x.yaml, against: nobody}]", "config file not found"),
     ],
 )
 def test_a_bad_sweep_plan_is_one_line(tmp_path: Path, text: str, fragment: str) -> None:

@@ -8,7 +8,10 @@ A plan is a YAML file:
     runs:
       - ablation/01-study.yaml                      # paths relative to the plan
       - {config: ablation/09-long.yaml, seeds: 1}   # its own number of seeds
-      - {config: base.yaml, set: [training.lambda=0.01]}
+      - {config: base.yaml, set: [training.lambda=0.01], against: other}
+
+`against` names the config (by its name) the table compares a row with; by default the row
+above it, so that a variation of an earlier config reads as the one change it is.
 
 The configs are read (and validated) once, when the sweep starts, and kept whole in sweep.json:
 a resumed sweep runs what was planned, whatever became of the files since.
@@ -60,10 +63,17 @@ def read_plan(path: Path) -> ConfigSweepSpec:
         if not isinstance(overrides, list):
             raise ConfigError(f"sweep plan run {number}: 'set' must be a list of key=value")
         config = load_config(path.parent / entry["config"], overrides)
+        against = entry.get("against")
+        names = [run["config"]["name"] for run in runs]
+        if against is not None and against not in names:
+            raise ConfigError(f"sweep plan run {number}: 'against' names no config above it")
+        if config.name in names:
+            raise ConfigError(f"sweep plan run {number}: a config named {config.name!r} is above")
         runs.append(
             {
                 "config": config_to_dict(config),
                 "seeds": _seeds(entry.get("seeds", seeds), f"runs[{number}].seeds"),
+                "against": against,
             }
         )
     name = doc.get("name", path.stem)
@@ -168,17 +178,20 @@ def config_table(spec: ConfigSweepSpec, records: Sequence[TrialRecord]) -> str:
     for record in records:
         by_config.setdefault(record.trial.config["name"], []).append(record)
     extras = [key for key in EXTRA_COLUMNS if any(r.get(key) is not None for r in records)]
-    headers = ["config", "changed from the row above", "test accuracy", "each seed",
+    headers = ["config", "changed (from the row above)", "test accuracy", "each seed",
                "val accuracy", *(EXTRA_COLUMNS[key] for key in extras), "wall time"]  # fmt: skip
     rows, previous = [], None
+    configs = {entry["config"]["name"]: entry["config"] for entry in spec.runs}
     for entry in spec.runs:
         config = entry["config"]
+        if entry.get("against"):
+            previous = configs[entry["against"]]
         runs = by_config.get(config["name"], [])
         finished = [r for r in runs if r.finished]
         rows.append(
             [
                 config["name"],
-                changes(previous, config),
+                changes(previous, config, entry.get("against")),
                 mean_and_spread([r.get("test_accuracy") for r in finished]),
                 " ".join(percent(r.get("test_accuracy")) or r.status for r in runs) or "-",
                 mean_and_spread([r.get("final_val_accuracy") for r in finished]),
@@ -190,9 +203,11 @@ def config_table(spec: ConfigSweepSpec, records: Sequence[TrialRecord]) -> str:
     return markdown_table(headers, rows)
 
 
-def changes(previous: Mapping[str, Any] | None, config: Mapping[str, Any]) -> str:
+def changes(
+    previous: Mapping[str, Any] | None, config: Mapping[str, Any], against: str | None = None
+) -> str:
     """`section.key=value` for every setting that differs from the previous config (the seed
-    and the name aside)."""
+    and the name aside), and which config that is when it is not the row above."""
     if previous is None:
         return "(the start)"
     changed = [
@@ -202,7 +217,8 @@ def changes(previous: Mapping[str, Any] | None, config: Mapping[str, Any]) -> st
         for key, value in settings.items()
         if previous.get(section, {}).get(key) != value and (section, key) != ("training", "seed")
     ]
-    return ", ".join(changed) or "(nothing)"
+    text = ", ".join(changed) or "(nothing)"
+    return text if against is None else f"{text} (from {against})"
 
 
 def _short(value: Any) -> str:

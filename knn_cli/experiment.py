@@ -7,6 +7,7 @@ progress bar -- and it is what sweeps call once per trial.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -229,6 +230,7 @@ def train_run(
             "test_accuracy": measured.pop("test_accuracy", None),
             **measured,
             "wall_seconds": round(earlier_seconds + time.time() - started, 3),
+            "peak_memory_mb": peak_memory_mb(),
             "seed": config.training.seed,
             "data": dataset.source,
             "versions": provenance(),
@@ -252,6 +254,17 @@ def resumable(run_dir: Path) -> None:
             f"{run_dir} has no {CHECKPOINT_FILE}: it stopped before its first checkpoint "
             "(start it again)"
         )
+
+
+def peak_memory_mb() -> float | None:
+    """This process's peak resident memory so far (in a sweep's own process, the peak of all
+    its runs so far), or None where the platform does not say."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes or KiB
 
 
 def _restore(run_dir: Path, network: Network, rule: UpdateRule) -> tuple[int, float, list]:

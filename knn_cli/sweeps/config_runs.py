@@ -136,6 +136,7 @@ CSV_HEADERS = (
     "test_accuracy_flip",
     "test_accuracy_moving_averages",
     "seconds",
+    "peak_memory_mb",
     "folder",
     "message",
 )
@@ -162,6 +163,7 @@ def write_config_tables(
             r.get("test_accuracy_flip"),
             r.get("test_accuracy_moving_averages"),
             r.get("wall_seconds"),
+            r.get("peak_memory_mb"),
             shown_folder(sweep_dir, r.folder),
             r.message,
         ]

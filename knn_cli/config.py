@@ -20,8 +20,9 @@ import yaml
 
 from knn_cli.augment import PADDINGS
 from knn_cli.errors import ConfigError
-from knn_cli.network import BN_POSITIONS, DTYPES, INITS
+from knn_cli.network import DTYPES
 from knn_cli.optim import UPDATE_RULES
+from knn_cli.stack import BN_POSITIONS, INITS
 
 CIFAR10_TRAIN_IMAGES = 50_000
 """Images in the five CIFAR-10 training batches; the validation set is carved out of these."""

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from knn_cli.network import TRAINING, Network
+from knn_cli.network import Network
+from knn_cli.stack import TRAINING
 
 
 @dataclass(frozen=True)

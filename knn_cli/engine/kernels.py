@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from knn_cli.network import Affine, BatchNorm, Dropout, Layer, Mode, ReLU
+from knn_cli.stack import Affine, BatchNorm, Dropout, Layer, Mode, ReLU
 
 Params = Mapping[str, np.ndarray]
 

@@ -22,8 +22,8 @@ import numpy as np
 from knn_cli.engine.batches import Batch
 from knn_cli.engine.kernels import KernelSetup, sum_of_squares
 from knn_cli.engine.lanes import Lanes, run_halves
-from knn_cli.network import Affine
 from knn_cli.optim import UpdateRule
+from knn_cli.stack import Affine
 
 # A first layer whose forward product has at least this many multiply-adds is shared by the two
 # lanes; a smaller one costs more to hand over than it takes. The study's first layer

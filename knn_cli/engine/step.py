@@ -27,8 +27,9 @@ from knn_cli.engine.kernels import (
 )
 from knn_cli.engine.lanes import Lanes
 from knn_cli.engine.split import SplitAffineKernel, worth_splitting
-from knn_cli.network import Affine, Mode, Network
+from knn_cli.network import Network
 from knn_cli.optim import SGD, UpdateRule
+from knn_cli.stack import Affine, Mode
 
 # Steps between flushes of subnormal numbers (see `flush_subnormals`): rare enough to cost
 # nothing per step, often enough that few of them pile up in between.

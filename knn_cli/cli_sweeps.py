@@ -37,8 +37,8 @@ _executor_options = with_options(
         "--scheduler",
         metavar="tcp://HOST:PORT",
         default=None,
-        help="Run the trials on this Dask distributed scheduler instead (pip install "
-        "'knn-cli[dask]').",
+        help="Run the trials on this Dask distributed scheduler instead (pip install -e "
+        "'.[dask]' in the checkout).",
     ),
     click.option(
         "--resume",

@@ -28,7 +28,7 @@ from knn_cli.errors import KnnError
 
 T = TypeVar("T")
 
-DASK_EXTRA_HINT = "install the extra: pip install 'knn-cli[dask]'"
+DASK_EXTRA_HINT = "install the extra from the checkout: pip install -e '.[dask]'"
 _ERROR_LIMIT = 300
 
 

@@ -2,7 +2,7 @@
 one-line message and an exit code. No arithmetic and no file formats here.
 
 Exit codes: 0 success; 1 a run failed (diverged) or a check failed; 2 bad usage or input;
-130 interrupted (Ctrl-C or SIGTERM), after saving what was computed.
+130 interrupted (Ctrl-C, SIGTERM or SIGHUP), after saving what was computed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from knn_cli import __version__
 from knn_cli.cli_options import parse_list, progress_wanted, runs_dir_option, set_option
 from knn_cli.cli_sweeps import init_sensitivity, lambda_search, sweep
 from knn_cli.errors import KnnError, RunFailed
+from knn_cli.interrupts import STOP_SIGNALS
+from knn_cli.locks import folder_lock
 
 EXIT_INTERRUPTED = 130
 # Failures of the disk rather than of the code: reported in one line, not as a traceback.
@@ -85,6 +87,7 @@ def train(
     from knn_cli.config import load_config
     from knn_cli.data import load_cifar10
     from knn_cli.experiment import resumable, train_run
+    from knn_cli.memory import check_memory
     from knn_cli.runs import CONFIG_FILE, new_run_dir
 
     if (config_path is None) == (resume is None):
@@ -94,18 +97,22 @@ def train(
     if resume is not None:
         resumable(resume)  # fail now, before loading the data
     config = load_config(resume / CONFIG_FILE if resume else config_path, overrides)
+    check_memory(config)  # an impossible size stops here, before the data is loaded
     # The data first: a missing data folder should not leave an empty run folder behind.
     dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress_wanted())
     run_dir = resume or new_run_dir(runs_dir, config.name)
     click.echo(f"{'continuing' if resume else 'run folder:'} {run_dir}")
-    summary = train_run(
-        config,
-        run_dir,
-        dataset=dataset,
-        progress=progress_wanted(),
-        stop_between_steps=True,
-        resume=resume is not None,
-    )
+    with folder_lock(run_dir):  # a second --resume of a run still training must not join it
+        if resume is not None:
+            resumable(resume)  # again: it may have finished while this process loaded the data
+        summary = train_run(
+            config,
+            run_dir,
+            dataset=dataset,
+            progress=progress_wanted(),
+            stop_between_steps=True,
+            resume=resume is not None,
+        )
     if summary["status"] != "finished":
         raise RunFailed(f"run {summary['status']}: {summary['message']} (see {run_dir})")
     click.echo(
@@ -274,8 +281,10 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: SIGTERM is treated like Ctrl-C, so both save what was computed."""
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    """Entry point: SIGTERM and SIGHUP (a closed terminal) are treated like Ctrl-C, so all three
+    save what was computed."""
+    for number in STOP_SIGNALS[1:]:
+        signal.signal(number, _raise_keyboard_interrupt)
     cli.main(args=argv, prog_name="knn")
 
 

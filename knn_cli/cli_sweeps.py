@@ -21,6 +21,7 @@ from knn_cli.cli_options import (
     with_options,
 )
 from knn_cli.errors import RunFolderError
+from knn_cli.locks import folder_lock
 
 DEFAULT_SEARCH_CONFIG = Path("configs/3layer_bn.yaml")
 EXECUTOR_OPTIONS = ("workers", "scheduler", "resume", "runs_dir")
@@ -78,7 +79,9 @@ def _executor(workers: int | None, scheduler: str | None) -> Any:
 
     if workers is not None and scheduler:
         raise click.UsageError("choose --workers or --scheduler, not both")
-    return make_executor(workers, scheduler)
+    executor = make_executor(workers, scheduler)
+    executor.check()  # before a sweep folder is made for it
+    return executor
 
 
 def _search_base(config_path: Path | None, overrides: Sequence[str]) -> dict[str, Any]:
@@ -147,6 +150,12 @@ def _search_base(config_path: Path | None, overrides: Sequence[str]) -> dict[str
     help="Images the final retrain holds out for validation; it trains on the rest "
     "[1000, or the config's hold-out if smaller].",
 )
+@click.option(
+    "--final-n-s",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Steps per half cycle of the final retrain, to shorten it for a quick try [the config's].",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Sweep seed [0].")
 @_executor_options
 @runs_dir_option
@@ -164,6 +173,7 @@ def lambda_search(
     final_cycles: int | None,
     final_seeds: int | None,
     final_validation_size: int | None,
+    final_n_s: int | None,
     seed: int | None,
     workers: int | None,
     scheduler: str | None,
@@ -172,6 +182,7 @@ def lambda_search(
 ) -> None:
     """Coarse-to-fine random search for lambda on validation accuracy, each trial a run."""
     from knn_cli.sweeps import LAMBDA_SEARCH, LambdaSearchSpec, run_lambda_search, start_sweep
+    from knn_cli.sweeps.tables import lambda_table
 
     ctx = click.get_current_context()
     executor = _executor(workers, scheduler)
@@ -189,6 +200,7 @@ def lambda_search(
             raise click.BadParameter("LO must be below HI", param_hint="--range")
         final_options = {"--final-cycles": final_cycles, "--final-seeds": final_seeds}
         final_options["--final-validation-size"] = final_validation_size
+        final_options["--final-n-s"] = final_n_s
         given = [name for name, value in final_options.items() if value is not None]
         if given and not final:
             raise click.UsageError(f"{', '.join(given)} set(s) the final retrain; add --final")
@@ -207,6 +219,7 @@ def lambda_search(
             final_seeds=final_seeds or defaults.final_seeds,
             final_validation_size=final_validation_size
             or min(defaults.final_validation_size, base["data"]["validation_size"]),
+            final_n_s=final_n_s,
             seed=seed if seed is not None else defaults.seed,
             source=str(source.resolve()) if source is not None else None,
         )
@@ -215,9 +228,11 @@ def lambda_search(
         if spec.final:
             _check_final_settings(spec)
         sweep_dir = start_sweep(runs_dir, LAMBDA_SEARCH, spec)
-    click.echo(f"sweep folder: {sweep_dir}")
-    result = run_lambda_search(spec, sweep_dir, executor, progress=progress_wanted())
-    click.echo((sweep_dir / "table.md").read_text())
+    with folder_lock(sweep_dir):
+        click.echo(f"sweep folder: {sweep_dir}")
+        result = run_lambda_search(spec, sweep_dir, executor, progress=progress_wanted())
+    # table.md ends with the finals' mean +- sd; here that line comes last, after each final's.
+    click.echo(lambda_table([*result.records, *result.finals]))
     if result.fine_log_range is not None:
         low, high = result.fine_log_range
         click.echo(f"fine range: lambda in [{10**low:.3g}, {10**high:.3g}]")
@@ -349,8 +364,9 @@ def init_sensitivity(
             seed=seed if seed is not None else defaults.seed,
         )
         sweep_dir = start_sweep(runs_dir, INIT_SENSITIVITY, spec)
-    click.echo(f"sweep folder: {sweep_dir}")
-    records = run_init_sensitivity(spec, sweep_dir, executor, progress=progress_wanted())
+    with folder_lock(sweep_dir):
+        click.echo(f"sweep folder: {sweep_dir}")
+        records = run_init_sensitivity(spec, sweep_dir, executor, progress=progress_wanted())
     click.echo("final test accuracy (rows: layers and batch norm; columns: init sigma)")
     click.echo((sweep_dir / "results.md").read_text())
     failed = [r for r in records if r.status not in ("finished",)]
@@ -389,8 +405,9 @@ def sweep(
             raise click.UsageError("give a PLAN file, or --resume SWEEP_DIR")
         spec = read_plan(plan)
         sweep_dir = start_sweep(runs_dir, CONFIG_SWEEP, spec, name=spec.name)
-    click.echo(f"sweep folder: {sweep_dir}")
-    records = run_config_sweep(spec, sweep_dir, executor, progress=progress_wanted())
+    with folder_lock(sweep_dir):
+        click.echo(f"sweep folder: {sweep_dir}")
+        records = run_config_sweep(spec, sweep_dir, executor, progress=progress_wanted())
     click.echo((sweep_dir / "results.md").read_text())
     click.echo(f"written: {sweep_dir}/results.csv, results.md")
     _fail_unless_usable(records, sweep_dir)

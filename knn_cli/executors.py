@@ -15,9 +15,14 @@ must be in its environment before numpy is first imported there.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
+import socket
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -25,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 from knn_cli.blas import one_thread_environment
 from knn_cli.errors import KnnError
+from knn_cli.interrupts import STOP_SIGNALS
 
 T = TypeVar("T")
 
@@ -65,6 +71,11 @@ class Executor(Protocol):
     # evaluates on a second thread); otherwise jobs share the cores and each keeps to one.
     in_process: bool
 
+    def check(self) -> None:
+        """Raise a one-line KnnError now if the executor cannot run jobs (before any folder is
+        made for them)."""
+        ...
+
     def run(self, items: Sequence[T], fn: Callable[[T], Any]) -> Iterator[tuple[T, Outcome]]: ...
 
 
@@ -82,15 +93,46 @@ class SerialExecutor:
     workers = 1
     in_process = True
 
+    def check(self) -> None:
+        pass
+
     def run(self, items: Sequence[T], fn: Callable[[T], Any]) -> Iterator[tuple[T, Outcome]]:
         for item in items:
             yield item, guarded(fn, item)
 
 
-def _worker_start() -> None:
-    """Leave Ctrl-C to the parent: it stops the workers itself after a terminal's SIGINT reaches
-    the whole process group, so a worker never dies half-way through reporting a result."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+PARENT_POLL_SECONDS = 1.0
+
+
+def _worker_start(parent: int) -> None:
+    """Leave Ctrl-C and a closed terminal to the parent: it stops the workers itself after the
+    terminal's SIGINT or SIGHUP reaches the whole process group, so a worker never dies half-way
+    through reporting a result.
+
+    And die with the parent however it ends: a sweep killed with -9 (or by the OOM killer, or
+    with its terminal) must not leave workers holding a gigabyte each, nor let them write into
+    a sweep folder that a `--resume` has taken over. On Linux the kernel sends SIGKILL when the
+    parent dies; a thread polling the parent's pid covers the other platforms and the instant
+    before the signal was asked for.
+    """
+    for number in STOP_SIGNALS[::2]:  # SIGINT and SIGHUP reach the whole process group
+        signal.signal(number, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+    # tqdm's default lock is a named semaphore, which a worker stopped with SIGTERM never
+    # unlinks (a "leaked semaphore" warning at the sweep's exit); workers draw no bars anyway.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
 
 
 class ProcessExecutor:
@@ -105,6 +147,9 @@ class ProcessExecutor:
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers or default_workers()
 
+    def check(self) -> None:
+        pass
+
     def run(self, items: Sequence[T], fn: Callable[[T], Any]) -> Iterator[tuple[T, Outcome]]:
         if not items:
             return
@@ -112,6 +157,7 @@ class ProcessExecutor:
             max_workers=min(self.workers, len(items)),
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_start,
+            initargs=(os.getpid(),),
         )
         before = set(multiprocessing.active_children())
         try:
@@ -158,6 +204,20 @@ class DaskExecutor:
         self.timeout = timeout
         self.workers = 0  # known once connected
 
+    def check(self) -> None:
+        """The extra installed, the address well formed and something listening there.
+
+        A plain socket first: Dask's client retries an unreachable address until its timeout
+        and, having failed, hangs again on exit closing itself.
+        """
+        _import_distributed()
+        host, port = scheduler_host_port(self.address)
+        try:
+            socket.create_connection((host, port), timeout=self.timeout).close()
+        except OSError as error:
+            reason = error.strerror or str(error) or type(error).__name__
+            raise KnnError(f"cannot reach the Dask scheduler at {self.address}: {reason}") from None
+
     def run(self, items: Sequence[T], fn: Callable[[T], Any]) -> Iterator[tuple[T, Outcome]]:
         if not items:
             return
@@ -184,6 +244,25 @@ class DaskExecutor:
             raise KnnError(
                 f"cannot reach the Dask scheduler at {self.address}: {one_line(error)}"
             ) from None
+
+
+DASK_SCHEMES = ("tcp", "tls")
+DASK_DEFAULT_PORT = 8786
+
+
+def scheduler_host_port(address: str) -> tuple[str, int]:
+    """(host, port) of a `tcp://HOST:PORT` address (scheme and port optional, as in Dask)."""
+    scheme, separator, rest = address.partition("://")
+    if not separator:
+        scheme, rest = "tcp", address
+    host, colon, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    host = host.strip("[]")  # an IPv6 address in brackets
+    valid_port = not colon or (port.isdigit() and 0 < int(port) < 65536)
+    if scheme not in DASK_SCHEMES or not host or "/" in host or not valid_port:
+        raise KnnError(
+            f"--scheduler {address!r} is not a scheduler address; expected tcp://HOST:PORT"
+        )
+    return host, int(port) if colon else DASK_DEFAULT_PORT
 
 
 def _dask_outcome(future: Any) -> Outcome:

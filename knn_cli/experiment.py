@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from knn_cli.augment import Augmentation
 from knn_cli.config import RunConfig, dump_config, load_config
@@ -24,9 +23,11 @@ from knn_cli.data import N_CLASSES, Dataset, load_cifar10
 from knn_cli.errors import ConfigError, RunFolderError
 from knn_cli.gradcheck import GradientComparison, check_network_paths, choose_check_point
 from knn_cli.interrupts import StopRequests
+from knn_cli.memory import check_memory
 from knn_cli.network import Network
 from knn_cli.optim import UpdateRule, make_update_rule
 from knn_cli.plots import plot_run
+from knn_cli.progress import TrainingBar
 from knn_cli.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -135,6 +136,8 @@ def train_run(
     if dataset is None:
         dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress)
     schedule = resolve_schedule(config, len(dataset.X_train))
+    images = len(dataset.X_train) + len(dataset.X_val) + len(dataset.X_test)
+    memory = check_memory(config, images=images, features=dataset.X_train.shape[1])
     network = build_network(config, dataset.X_train.shape[1])
     rule = build_update_rule(config)
     splits = Splits(dataset.X_train, dataset.y_train, dataset.X_val, dataset.y_val)
@@ -145,15 +148,7 @@ def train_run(
     log = MetricsLog(run_dir)
     best: dict[str, Any] = {"val_accuracy": None, "step": None}
     latest: dict[str, Any] = {}
-    bar = tqdm(
-        total=schedule.total_steps,
-        initial=start_step,
-        desc=config.name,
-        unit="step",
-        disable=not progress,
-        leave=True,
-        dynamic_ncols=True,
-    )
+    bar = TrainingBar(schedule.total_steps, initial=start_step, desc=config.name, enabled=progress)
 
     def note(records: list[dict[str, Any]]) -> None:
         for record in records:
@@ -161,7 +156,7 @@ def train_run(
         val = latest["val"]
         if best["val_accuracy"] is None or val["accuracy"] > best["val_accuracy"]:
             best.update(val_accuracy=val["accuracy"], step=val["step"])
-        bar.set_postfix(val_acc=f"{val['accuracy']:.3f}", refresh=False)
+        bar.evaluated(val["accuracy"], val["eta"])
 
     def on_evaluation(records: list[dict[str, Any]]) -> None:
         log.append(records)
@@ -177,11 +172,7 @@ def train_run(
 
     def on_step(step: int, eta: float) -> None:
         steps_done["n"] = step
-        bar.update(1)
-        if step % 100 == 0:
-            bar.set_postfix(
-                eta=f"{eta:.2e}", val_acc=f"{best['val_accuracy'] or 0:.3f}", refresh=False
-            )
+        bar.step(step, eta)
 
     outcome = TrainingOutcome("failed", 0)
     minutes = config.training.checkpoint_minutes
@@ -231,6 +222,7 @@ def train_run(
             **measured,
             "wall_seconds": round(earlier_seconds + time.time() - started, 3),
             "peak_memory_mb": peak_memory_mb(),
+            "memory_estimate_mb": memory.to_dict(),
             "seed": config.training.seed,
             "data": dataset.source,
             "versions": provenance(),

@@ -1,5 +1,6 @@
-"""Ctrl-C and SIGTERM during training: stop between two steps, where the run can be saved and
-continued, rather than wherever the signal lands (possibly half-way through updating W1)."""
+"""Ctrl-C, SIGTERM and SIGHUP during training: stop between two steps, where the run can be
+saved and continued, rather than wherever the signal lands (possibly half-way through updating
+W1)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGINT first; SIGHUP (the terminal closed) where the platform has it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + (
+    (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+)
 
 
 class StopRequests:
-    """While active, SIGINT and SIGTERM set `requested` instead of raising; the trainer stops at
-    the next step boundary, saves a checkpoint and raises KeyboardInterrupt itself. A second
-    signal raises at once, for a step that never ends.
+    """While active, SIGINT, SIGTERM and SIGHUP set `requested` instead of raising; the trainer
+    stops at the next step boundary, saves a checkpoint and raises KeyboardInterrupt itself. A
+    second signal raises at once, for a step that never ends.
 
     Only in the main thread (the only one signals reach), and never for a signal ignored on
     purpose (sweep workers leave Ctrl-C to the sweep that started them).
@@ -26,7 +30,7 @@ class StopRequests:
 
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():
-            for number in SIGNALS:
+            for number in STOP_SIGNALS:
                 previous = signal.getsignal(number)
                 if previous is not signal.SIG_IGN:
                     self._previous[number] = previous

@@ -294,10 +294,12 @@ def test_keyboard_interrupt_exits_130_with_a_message(
     assert_one_line_error(result, EXIT_INTERRUPTED, "interrupted")
 
 
-def test_sigterm_mid_training_saves_everything_and_exits_130(
-    tmp_path: Path, fake_cifar_dir: Path
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_mid_training_saves_everything_and_exits_130(
+    tmp_path: Path, fake_cifar_dir: Path, signal_name: str
 ) -> None:
-    """A real process, a real signal: the run folder keeps its metrics, model and summary."""
+    """A real process, a real signal (SIGHUP: the terminal closed): the run folder keeps its
+    metrics, model, summary and a checkpoint to continue from."""
     import os
     import signal
     import subprocess
@@ -336,7 +338,7 @@ def test_sigterm_mid_training_saves_everything_and_exits_130(
             break
         time.sleep(0.1)
     assert metrics is not None, "training never recorded metrics"
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(getattr(signal, signal_name))
     _out, err = process.communicate(timeout=60)
     assert process.returncode == EXIT_INTERRUPTED, err
     assert "Traceback" not in err and "interrupted" in err
@@ -344,7 +346,7 @@ def test_sigterm_mid_training_saves_everything_and_exits_130(
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted"
     assert summary["steps"] >= 200
-    assert (run_dir / "model.npz").is_file()
+    assert (run_dir / "model.npz").is_file() and (run_dir / "checkpoint.npz").is_file()
     assert run("evaluate", str(run_dir)).exit_code == 0  # the saved model is usable
 
 

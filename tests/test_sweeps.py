@@ -190,14 +190,19 @@ def test_a_failing_and_a_diverging_trial_are_recorded_and_the_sweep_goes_on(
     on_disk = json.loads((sweep_dir / "001-coarse" / "summary.json").read_text())
     assert on_disk["status"] == "failed"
 
-    # Resuming re-runs the failed trial only: finished and diverged ones are final.
-    again = run_trials(sweep_dir, trials, SerialExecutor())
-    assert [r.folder.name for r in again] == [
-        "000-coarse",
-        "001-coarse.2",
-        "002-coarse",
-        "003-coarse",
-    ]
+    # Resuming re-runs the failed trial only: finished and diverged ones are final. It trains
+    # again in its folder, the failed attempt kept inside; a third attempt keeps both, in order.
+    for attempt in (2, 3):
+        again = run_trials(sweep_dir, trials, SerialExecutor())
+        assert [r.folder.name for r in again] == [t.folder for t in trials]
+        assert again[1].status == "failed"
+        kept = sweep_dir / "001-coarse" / "earlier-attempts"
+        assert sorted(p.name for p in kept.iterdir()) == [str(n) for n in range(1, attempt)]
+        assert json.loads((kept / "1" / "summary.json").read_text()) == on_disk
+        assert not (kept / str(attempt - 1) / "earlier-attempts").exists()  # flat, not nested
+    assert sorted(p.name for p in sweep_dir.iterdir()) == sorted(
+        ["sweep.json", *(t.folder for t in trials)]
+    )
 
 
 def test_guarded_turns_any_exception_into_a_one_line_failed_outcome() -> None:
@@ -248,8 +253,10 @@ def test_an_interrupted_sweep_resumes_to_the_same_table_as_an_uninterrupted_one(
     assert (broken / "table.md").read_text() == (straight / "table.md").read_text()
     assert read_csv(broken / "trials.csv") == read_csv(straight / "trials.csv")
     assert (broken / "000-coarse" / "summary.json").stat().st_mtime_ns == finished_first
-    assert (broken / "001-coarse.2" / "summary.json").is_file()  # re-run in a fresh folder
-    assert not (broken / "001-coarse" / "summary.json").exists()  # the partial one is kept
+    # Cut short before any checkpoint: re-run in its folder, the partial attempt kept inside.
+    assert (broken / "001-coarse" / "summary.json").is_file()
+    partial = broken / "001-coarse" / "earlier-attempts" / "1"
+    assert (partial / "metrics.csv").read_text() == "step,epoch\n0,0\n"
     assert [r.trial.stage for r in result.records] == ["coarse"] * 2 + ["fine"] * 2
     assert [r.trial.index for r in result.finals] == [4, 5]
     assert all(r.get("test_accuracy") is not None for r in result.finals)
@@ -497,8 +504,12 @@ def test_dask_executor_without_the_extra_says_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # import now fails
-    with pytest.raises(KnnError, match=r"pip install 'knn-cli\[dask\]'"):
-        list(DaskExecutor("tcp://127.0.0.1:8786").run([1], abs))
+    for use in (
+        DaskExecutor("tcp://127.0.0.1:8786").check,
+        lambda: list(DaskExecutor("tcp://127.0.0.1:8786").run([1], abs)),
+    ):
+        with pytest.raises(KnnError, match=r"pip install -e '\.\[dask\]'"):
+            use()
 
 
 def test_a_sweep_in_which_no_trial_finished_exits_1(tmp_path: Path, fake_cifar_dir: Path) -> None:

@@ -1,7 +1,11 @@
-"""A sweep's figures, drawn from its trials' records and run folders."""
+"""A sweep's figures, drawn from its trials' records and run folders.
+
+matplotlib is imported inside the functions: a sweep command should not pay for it at start-up.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,38 +14,133 @@ from typing import Any
 from knn_cli.errors import RunFolderError
 from knn_cli.runs import read_metrics
 from knn_cli.sweeps.folder import TrialRecord
-from knn_cli.sweeps.plan import GridSpec, bn_label
+from knn_cli.sweeps.plan import GridSpec, LambdaSearchSpec, bn_label
 from knn_cli.sweeps.tables import cell_key, grid_cell
+
+CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
+LOSS_CAP = 1.5 * CHANCE_LOSS  # the grid's shared scale stops here: above it nothing learns
+PANEL_SIZE = (4.0, 2.8)  # inches per init-sensitivity cell
+# Round values to label a log axis with, coarsest first (see lambda_ticks).
+MANTISSAS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), tuple(float(m) for m in range(1, 10)))
 
 
 def lambda_figure(
-    sweep_dir: Path, records: Sequence[TrialRecord], best: TrialRecord | None
+    sweep_dir: Path,
+    spec: LambdaSearchSpec,
+    records: Sequence[TrialRecord],
+    best: TrialRecord | None,
+    finals: Sequence[TrialRecord] = (),
 ) -> Path:
-    """Validation accuracy against lambda on a log axis, coarse and fine trials marked apart."""
-    import matplotlib.pyplot as plt
+    return save_figure(
+        draw_lambda_search(spec, records, best, finals), sweep_dir / "lambda_vs_accuracy.png"
+    )
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for stage, marker in (("coarse", "o"), ("fine", "^")):
+
+def draw_lambda_search(
+    spec: LambdaSearchSpec,
+    records: Sequence[TrialRecord],
+    best: TrialRecord | None,
+    finals: Sequence[TrialRecord] = (),
+) -> Any:
+    """Validation accuracy of the search trials against lambda, coarse and fine marked apart,
+    the chosen lambda, and the final retrains' test accuracy at it: the whole search on one
+    page. The finals' validation accuracy is left out, as it is on a smaller hold-out."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    from knn_cli.plots import DPI, FIGSIZE
+
+    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    lambdas = []
+    for stage, marker, color in (("coarse", "o", "tab:blue"), ("fine", "^", "tab:orange")):
         points = [(r.trial.lambda_, r.score) for r in records if r.trial.stage == stage and r.score]
         if points:
-            ax.scatter(*zip(*points, strict=True), marker=marker, label=stage, alpha=0.8)
+            xs, ys = zip(*points, strict=True)
+            label = f"{stage} search: validation"
+            ax.scatter(xs, ys, marker=marker, color=color, label=label, alpha=0.8)
+            lambdas += xs
     if best is not None and best.score is not None:
+        ax.scatter([best.trial.lambda_], [best.score], s=180, facecolors="none", edgecolors="red")
+        ax.axvline(
+            best.trial.lambda_, color="red", linestyle="--", linewidth=1,
+            label=f"chosen: lambda {best.trial.lambda_:.3g}",
+        )  # fmt: skip
+        lambdas.append(best.trial.lambda_)
+    tested = [
+        (r.trial.lambda_, r.get("test_accuracy"))
+        for r in finals
+        if r.finished and r.get("test_accuracy") is not None
+    ]
+    if tested:
+        xs, ys = zip(*tested, strict=True)
+        seeds = f"{len(tested)} seed{'s' if len(tested) > 1 else ''}"
         ax.scatter(
-            [best.trial.lambda_],
-            [best.score],
-            s=160,
-            facecolors="none",
-            edgecolors="red",
-            label=f"best: {best.trial.lambda_:.3g}",
-        )
+            xs, ys, marker="*", s=200, color="black", zorder=3, gid="final",
+            label=f"final retrain ({seeds}, {_schedule(finals)}): test",
+        )  # fmt: skip
+        lambdas += xs
     ax.set_xscale("log")
-    ax.set_xlabel("lambda")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(f"Lambda search — {sweep_dir.name}", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
+    if lambdas:
+        set_lambda_axis(ax, min(lambdas), max(lambdas))
+    ax.set_xlabel("lambda (L2 penalty)")
+    ax.set_ylabel("accuracy")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_title(_search_title(spec, records), fontsize=11)
     if ax.get_legend_handles_labels()[0]:  # nothing to label when every trial failed
-        ax.legend()
-    return save_figure(fig, sweep_dir / "lambda_vs_accuracy.png")
+        ax.legend(fontsize=9)
+    return fig
+
+
+def _schedule(records: Sequence[TrialRecord]) -> str:
+    from knn_cli.plots import training_settings
+
+    n_s = next((r.get("n_s") for r in records if r.get("n_s")), None)
+    return ", ".join(training_settings(records[0].trial.config, n_s, lambda_=False))
+
+
+def _search_title(spec: LambdaSearchSpec, records: Sequence[TrialRecord]) -> str:
+    from knn_cli.plots import model_settings, training_settings
+
+    config = records[0].trial.config if records else spec.base
+    n_s = next((r.get("n_s") for r in records if r.get("n_s")), None)
+    settings = [*model_settings(config), *training_settings(config, n_s, lambda_=False)]
+    return f"Lambda search: {spec.base['name']}\n{', '.join(settings)}"
+
+
+def set_lambda_axis(ax: Any, low: float, high: float) -> None:
+    """Limits a little past the data, and labels that can be read at any span (see
+    lambda_ticks); minor ticks are never labelled, as their labels are what collide."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    pad = max(0.05 * math.log10(high / low), 0.02)  # decades each side
+    low, high = low / 10**pad, high * 10**pad
+    ax.set_xlim(low, high)
+    ticks = lambda_ticks(low, high)
+    if ticks is not None:
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.grid(alpha=0.3)
+    else:
+        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.1, which="minor")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def lambda_ticks(low: float, high: float) -> list[float] | None:
+    """Where to label a log axis from `low` to `high`: None when whole decades give three labels
+    or more (matplotlib's own 10^k ticks then), else the coarsest round values that do, so a
+    search within one decade can still be read off the axis; in a span too narrow for even
+    those, evenly spaced round values (on so short a log axis, nearly even to the eye)."""
+    from matplotlib.ticker import MaxNLocator
+
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    for mantissas in MANTISSAS:
+        values = [float(f"{m * 10.0**e:.12g}") for e in range(first, last + 1) for m in mantissas]
+        ticks = [value for value in values if low <= value <= high]
+        if len(ticks) >= 3:
+            return None if len(mantissas) == 1 else ticks
+    return [float(t) for t in MaxNLocator(nbins=4).tick_values(low, high) if low <= t <= high]
 
 
 def save_figure(fig: Any, path: Path) -> Path:
@@ -49,7 +148,8 @@ def save_figure(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(partial)
     plt.close(fig)
     os.replace(partial, path)
@@ -57,40 +157,76 @@ def save_figure(fig: Any, path: Path) -> Path:
 
 
 def loss_curves_figure(sweep_dir: Path, spec: GridSpec, records: Sequence[TrialRecord]) -> Path:
-    """One panel per cell (rows: depth and BN; columns: sigma) with the loss curves."""
+    return save_figure(draw_loss_curves(spec, records), sweep_dir / "loss_curves.png")
+
+
+def draw_loss_curves(spec: GridSpec, records: Sequence[TrialRecord]) -> Any:
+    """One panel per cell (rows: depth and BN; columns: sigma) with the loss curves, all on one
+    y scale from 0: a cell that never leaves chance (ln 10) must look flat beside one that
+    learns, not fill its panel with the noise of its fourth decimal."""
     import matplotlib.pyplot as plt
+
+    from knn_cli.plots import DPI, training_settings
 
     by_cell = {cell_key(r.trial): r for r in records}
     rows = [(k, bn) for k in spec.depths for bn in spec.batch_norms]
+    width, height = PANEL_SIZE
     fig, axes = plt.subplots(
-        len(rows),
-        len(spec.sigmas),
-        figsize=(3.6 * len(spec.sigmas), 2.8 * len(rows)),
-        dpi=100,
-        squeeze=False,
-    )
+        len(rows), len(spec.sigmas),
+        figsize=(max(width * len(spec.sigmas), 8.0), height * len(rows) + 1.2),
+        dpi=DPI, squeeze=False, sharex=True, sharey=True, layout="constrained",
+    )  # fmt: skip
+    metrics = {key: _metrics(record) for key, record in by_cell.items()}
+    finite = [m["loss"] for ms in metrics.values() for m in ms if math.isfinite(m["loss"])]
+    top = min(max(finite, default=CHANCE_LOSS), LOSS_CAP)
     for (depth, batch_norm), row_axes in zip(rows, axes, strict=True):
         for sigma, ax in zip(spec.sigmas, row_axes, strict=True):
-            record = by_cell.get((depth, batch_norm, float(sigma)))
-            _loss_panel(ax, record)
+            key = (depth, batch_norm, float(sigma))
+            _loss_panel(ax, metrics.get(key, []))
             ax.set_title(
-                f"k={depth}, {bn_label(batch_norm)}, sigma={sigma:g}: {grid_cell(record) or '-'}",
-                fontsize=8,
+                f"k={depth}, {bn_label(batch_norm)}, sigma={sigma:g}: {_outcome(by_cell.get(key))}",
+                fontsize=9,
             )
-    return save_figure(fig, sweep_dir / "loss_curves.png")
+    axes[0][0].set_ylim(0.0, 1.05 * top)
+    for ax in axes.flat:
+        ax.label_outer()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes.flat:
+        if len(ax.get_legend_handles_labels()[0]) > len(handles):
+            handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), fontsize=9)
+    config = records[0].trial.config if records else spec.base
+    n_s = next((r.get("n_s") for r in records if r.get("n_s")), None)
+    cut = f"; loss above {LOSS_CAP:.2f} is cut off" if max(finite, default=0) > LOSS_CAP else ""
+    fig.suptitle(
+        "Init sensitivity: loss from a normal(0, sigma) init, one y scale for all cells"
+        f"{cut}\n{', '.join(training_settings(config, n_s))}, seed {spec.seed}",
+        fontsize=11,
+    )
+    return fig
 
 
-def _loss_panel(ax: Any, record: TrialRecord | None) -> None:
+def _outcome(record: TrialRecord | None) -> str:
+    if record is None or record.status == "pending":
+        return "not run"
+    return f"test acc {grid_cell(record) or '-'}" if record.finished else record.status
+
+
+def _metrics(record: TrialRecord) -> list[dict[str, Any]]:
+    if record.folder is None:
+        return []
+    try:
+        return read_metrics(record.folder)
+    except RunFolderError:
+        return []
+
+
+def _loss_panel(ax: Any, metrics: Sequence[dict[str, Any]]) -> None:
     from knn_cli.plots import draw_curves
 
-    metrics = []
-    if record is not None and record.folder is not None:
-        try:
-            metrics = read_metrics(record.folder)
-        except RunFolderError:
-            metrics = []
     if not metrics:
         ax.text(0.5, 0.5, "no metrics", ha="center", va="center", transform=ax.transAxes)
         return
-    draw_curves(ax, metrics, "loss")
-    ax.legend(fontsize=7)
+    draw_curves(ax, metrics, "loss", legend=False)
+    ax.axhline(CHANCE_LOSS, color="gray", linestyle=":", linewidth=1, label="chance (ln 10)")

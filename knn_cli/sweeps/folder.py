@@ -1,7 +1,11 @@
 """The sweep folder: `sweep.json` (what was asked for, and every trial planned so far) and one
-subfolder per attempt of a trial, each an ordinary `knn train` run folder. A trial cut short or
-failed is re-run in a fresh subfolder (`003-coarse.2`), so no run folder is ever overwritten; a
-trial's record is its done attempt if it has one."""
+subfolder per trial, each an ordinary `knn train` run folder.
+
+A trial cut short after a checkpoint continues from it in its folder, to the numbers it would
+have reached uninterrupted. A trial that failed, or stopped before its first checkpoint, trains
+again in its folder, its earlier attempt moved inside (`003-coarse/earlier-attempts/1/`): no run
+folder is overwritten, and the sweep folder holds one folder per trial. (Sweeps made by earlier
+versions re-ran trials in `003-coarse.2`; those are still read.)"""
 
 from __future__ import annotations
 
@@ -12,11 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from knn_cli.errors import RunFolderError
-from knn_cli.runs import SUMMARY_FILE, atomic_write_json, new_run_dir, read_summary
+from knn_cli.runs import (
+    CHECKPOINT_FILE,
+    SUMMARY_FILE,
+    atomic_write_json,
+    new_run_dir,
+    read_summary,
+)
 from knn_cli.sweeps.plan import (
     CONFIG_SWEEP,
     INIT_SENSITIVITY,
     LAMBDA_SEARCH,
+    NEW,
+    RESUME,
+    RETRIED,
     ConfigSweepSpec,
     GridSpec,
     LambdaSearchSpec,
@@ -173,11 +186,39 @@ def trial_record(sweep_dir: Path, trial: Trial) -> TrialRecord:
     return TrialRecord(trial, None)
 
 
-def next_attempt(sweep_dir: Path, trial: Trial) -> Path:
-    """The folder the trial's next attempt will train in (made by the worker, see run_trial)."""
-    attempts = len(attempt_dirs(sweep_dir, trial))
-    name = trial.folder if attempts == 0 else f"{trial.folder}.{attempts + 1}"
-    return sweep_dir / name
+EARLIER_ATTEMPTS = "earlier-attempts"
+
+
+def next_attempt(sweep_dir: Path, trial: Trial) -> tuple[Path, str]:
+    """Where and how the trial's next attempt trains: (folder, NEW | RESUME | RETRIED).
+
+    Called in the sweep's process, which holds the sweep folder's lock, before any worker
+    starts on the trial."""
+    attempts = attempt_dirs(sweep_dir, trial)
+    if not attempts:
+        return sweep_dir / trial.folder, NEW
+    latest = attempts[-1]
+    if (latest / CHECKPOINT_FILE).is_file() and summary_or_empty(latest).get("status") in (
+        None,
+        "interrupted",
+    ):
+        return latest, RESUME
+    retire(latest)
+    return latest, RETRIED
+
+
+def retire(run_dir: Path) -> None:
+    """Move the attempt in `run_dir` to `run_dir/earlier-attempts/N`, leaving `run_dir` holding
+    only its earlier attempts, in order, for the next attempt to train in."""
+    aside = run_dir.with_name(f".{run_dir.name}.retiring")
+    run_dir.rename(aside)
+    earlier = run_dir / EARLIER_ATTEMPTS
+    earlier.mkdir(parents=True)
+    if (aside / EARLIER_ATTEMPTS).is_dir():
+        for older in (aside / EARLIER_ATTEMPTS).iterdir():
+            older.rename(earlier / older.name)
+        (aside / EARLIER_ATTEMPTS).rmdir()
+    aside.rename(earlier / str(len(list(earlier.iterdir())) + 1))
 
 
 def write_failure(run_dir: Path, trial: Trial, error: str) -> None:

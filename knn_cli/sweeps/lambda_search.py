@@ -101,7 +101,7 @@ def run_lambda_search(
     best = ranked[0] if ranked else None
     finals = run_stage(_final_plan(spec, sweep_dir, best, next_index)) if spec.final else []
     write_lambda_tables(sweep_dir, [*records, *finals])
-    lambda_figure(sweep_dir, records, best)
+    lambda_figure(sweep_dir, spec, records, best, finals)
     return LambdaSearchResult(records, best, finals, fine)
 
 
@@ -130,6 +130,7 @@ def _final_plan(
         seed=spec.seed,
         cycles=spec.final_cycles,
         validation_size=spec.final_validation_size,
+        n_s=spec.final_n_s,
     )
 
 

@@ -53,6 +53,13 @@ class TrialJob:
     # on a second thread) and stops between two steps on Ctrl-C; workers leave Ctrl-C to the
     # sweep, and share the cores.
     in_process: bool = False
+    # How the folder is found: NEW (absent: the worker makes it), RESUME (an interrupted attempt
+    # with a checkpoint, continued in place) or RETRIED (made by the sweep, holding only the
+    # earlier attempts it replaces).
+    start: str = "new"
+
+
+NEW, RESUME, RETRIED = "new", "resume", "retried"
 
 
 def trial_config(base: Mapping[str, Any], name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,15 +108,17 @@ def final_trials(
     seed: int,
     cycles: int,
     validation_size: int,
+    n_s: int | None = None,
 ) -> list[Trial]:
     """The chosen lambda retrained for longer, once per index (so once per seed), then tested.
 
     The retrain holds out only `validation_size` images, as the course protocol trains its final
     model on all the training data but 1,000: lambda is chosen by then, so the rest of the
     validation set is worth more as training data. The schedule is the base config's own n_s
-    (a factor of epochs unless the config fixes it), not the search's.
+    (a factor of epochs unless the config fixes it), not the search's; `n_s` shortens it for a
+    quick try.
     """
-    n_s = base["training"]["n_s"]
+    n_s = n_s or base["training"]["n_s"]
     extra = {"data.validation_size": validation_size}
     options = {"seed": seed, "cycles": cycles, "n_s": n_s, "evaluate_test": True, "extra": extra}
     return [_lambda_trial(base, "final", index, lambda_, **options) for index in indices]
@@ -203,6 +212,7 @@ class LambdaSearchSpec:
     final_cycles: int = 3
     final_seeds: int = 3
     final_validation_size: int = 1000
+    final_n_s: int | None = None  # None: the base config's (sweeps planned without it: the same)
     seed: int = 0
     source: str | None = None  # an earlier sweep whose trials --fine refines
 

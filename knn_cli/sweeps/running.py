@@ -22,16 +22,17 @@ from knn_cli.sweeps.folder import (
     trial_record,
     write_failure,
 )
-from knn_cli.sweeps.plan import Trial, TrialJob
+from knn_cli.sweeps.plan import NEW, RESUME, Trial, TrialJob
 
 
 def run_trial(job: TrialJob) -> dict[str, Any]:
     """Train one trial into its folder (the function every executor runs, on any worker).
 
-    The folder is made here, when the trial starts, so that a sweep stopped early leaves no
-    empty folders for the trials it never reached."""
+    A new trial's folder is made here, when the trial starts, so that a sweep stopped early
+    leaves no empty folders for the trials it never reached."""
     config = config_from_dict(job.trial.config)
-    Path(job.run_dir).mkdir()  # never share a folder with another attempt, e.g. a stale task
+    if job.start == NEW:
+        Path(job.run_dir).mkdir()  # never share a folder with another attempt, e.g. a stale task
     return train_run(
         config,
         Path(job.run_dir),
@@ -39,6 +40,7 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
         evaluate_test=job.trial.evaluate_test,
         background_evaluation=job.in_process,
         stop_between_steps=job.in_process,
+        resume=job.start == RESUME,
     )
 
 
@@ -87,9 +89,10 @@ def run_trials(
     todo = [t for t in trials if records[t.folder].status not in DONE_STATUSES]
     if todo:
         prepare_data(todo, progress=progress)
-    jobs = [
-        TrialJob(t, str(next_attempt(sweep_dir, t)), in_process=executor.in_process) for t in todo
-    ]
+    jobs = []
+    for trial in todo:
+        run_dir, start = next_attempt(sweep_dir, trial)
+        jobs.append(TrialJob(trial, str(run_dir), executor.in_process, start))
     stage = ",".join(dict.fromkeys(t.stage for t in trials))
     with tqdm(total=len(jobs), desc=stage, unit="trial", disable=not progress) as bar:
         try:

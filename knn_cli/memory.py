@@ -1,0 +1,123 @@
+"""How much memory a run will need, estimated from its config before anything is allocated.
+
+A config such as `model.hidden=[2000000000]` would otherwise end in a MemoryError traceback
+half-way through building the network (or in the OOM killer, later). The estimate counts what
+grows with the config -- parameters with their gradients and update-rule state, the activations
+of a training step on each lane, an evaluation block -- plus the data (memory-mapped, but every
+page is read, so it counts) and the interpreter with its libraries. README's Performance section
+compares it with measured peaks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from knn_cli.config import RunConfig
+from knn_cli.errors import ConfigError
+
+CIFAR_IMAGES = 60_000  # 50,000 training (validation included) and 10,000 test
+CIFAR_FEATURES = 3072
+DATA_ITEMSIZE = 4  # the cache holds float32 whatever the run's dtype
+BASELINE_BYTES = 120 * 2**20  # Python, NumPy, matplotlib and the BLAS, before any array
+EVALUATION_ROWS = 10_000  # the largest block evaluation and prediction work on
+LANES = 2  # training steps computed side by side, each with its own workspace
+# Per hidden unit and example: the affine output, the normalized and the activated values, their
+# gradients, and the BN/ReLU/dropout masks a backward pass keeps.
+BUFFERS_PER_UNIT = 8
+# Per parameter: its value, one gradient per lane, the copy written to a checkpoint.
+COPIES_PER_PARAMETER = 2 + LANES
+RULE_STATE_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes by what they hold; `total` is what is compared with the memory available."""
+
+    parameters: int
+    activations: int
+    data: int
+    baseline: int
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.activations + self.data + self.baseline
+
+    def to_dict(self) -> dict[str, float]:
+        """In MB, as `summary.json` keeps it beside the measured peak."""
+        parts = {key: value / 2**20 for key, value in asdict(self).items()}
+        return {
+            key: round(value, 1) for key, value in {**parts, "total": self.total / 2**20}.items()
+        }
+
+
+def estimate_memory(
+    config: RunConfig, *, images: int = CIFAR_IMAGES, features: int = CIFAR_FEATURES
+) -> MemoryEstimate:
+    """The run's memory need, from its config and the data's size (CIFAR-10's by default)."""
+    itemsize = 8 if config.training.dtype == "float64" else 4
+    widths = (features, *config.model.hidden, 10)
+    weights = sum(d_in * d_out for d_in, d_out in itertools.pairwise(widths))
+    per_unit = 4 if config.model.batch_norm else 1  # bias; or bias, gamma, beta and a mean
+    parameter_count = weights + per_unit * sum(widths[1:])
+    copies = COPIES_PER_PARAMETER + RULE_STATE_SLOTS.get(config.training.optimizer, 2)
+    hidden_units = sum(widths[1:])
+    batch = config.training.batch_size
+    step = batch * (BUFFERS_PER_UNIT * hidden_units + 2 * features)  # the input, gathered
+    evaluation = EVALUATION_ROWS * (2 * max(widths[1:]) + features)
+    return MemoryEstimate(
+        parameters=parameter_count * copies * itemsize,
+        activations=(LANES * step + evaluation) * itemsize,
+        data=images * features * DATA_ITEMSIZE,
+        baseline=BASELINE_BYTES,
+    )
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still take: the machine's available memory, or the container's
+    limit less its use where that is lower; None where neither can be read."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(used))
+    except (OSError, ValueError):
+        pass
+    if not found and hasattr(os, "sysconf"):
+        with contextlib.suppress(ValueError, OSError):
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return min(found) if found else None
+
+
+def human(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(size) < 1024 or unit == "PB":
+            return f"{size:.0f} {unit}" if unit in ("B", "KB") else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_memory(
+    config: RunConfig, *, images: int = CIFAR_IMAGES, features: int = CIFAR_FEATURES
+) -> MemoryEstimate:
+    """The estimate, or a one-line ConfigError when it cannot fit in the memory available."""
+    estimate = estimate_memory(config, images=images, features=features)
+    available = available_memory()
+    if available is not None and estimate.total > available:
+        raise ConfigError(
+            f"{config.name} needs about {human(estimate.total)} of memory (parameters "
+            f"{human(estimate.parameters)}, activations {human(estimate.activations)}, data "
+            f"{human(estimate.data)}); {human(available)} is available: make model.hidden or "
+            "training.batch_size smaller"
+        )
+    return estimate

@@ -1,0 +1,85 @@
+"""The memory estimate: what it counts, and that an impossible size is one line, not a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import knn_cli.memory as memory
+from knn_cli.cli import cli
+from knn_cli.config import config_from_dict
+from knn_cli.errors import ConfigError
+from knn_cli.memory import check_memory, estimate_memory
+
+
+def config(**settings: object):  # type: ignore[no-untyped-def]
+    return config_from_dict({"name": "m"}, [f"{key}={value}" for key, value in settings.items()])
+
+
+def test_the_parameters_counted_are_the_networks() -> None:
+    estimate = estimate_memory(config(**{"model.hidden": "[50, 50]"}))
+    # W: 3072x50, 50x50, 50x10; per unit (BN): bias, gamma, beta and a moving mean.
+    count = 3072 * 50 + 50 * 50 + 50 * 10 + 4 * (50 + 50 + 10)
+    copies = memory.COPIES_PER_PARAMETER + memory.RULE_STATE_SLOTS["sgd"]
+    assert estimate.parameters == count * copies * 4
+    assert estimate.data == 60_000 * 3072 * 4
+    assert estimate_memory(config(**{"model.hidden": "[50, 50]"}), images=10).data == 10 * 3072 * 4
+
+
+def test_the_estimate_grows_with_what_the_config_adds() -> None:
+    base = estimate_memory(config())
+    assert estimate_memory(config(**{"training.optimizer": "adam"})).parameters > base.parameters
+    wide = estimate_memory(config(**{"model.hidden": "[1024, 512]"}))
+    assert wide.parameters > 10 * base.parameters and wide.activations > base.activations
+    assert estimate_memory(config(**{"training.batch_size": 1000})).activations > base.activations
+    doubled = estimate_memory(config(**{"training.dtype": "float64"}))
+    assert doubled.parameters == 2 * base.parameters and doubled.data == base.data
+
+
+def test_a_config_that_cannot_fit_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "available_memory", lambda: 500 * 2**20)
+    with pytest.raises(ConfigError) as error:
+        check_memory(config())
+    assert "needs about" in str(error.value) and "500.0 MB is available" in str(error.value)
+    assert "\n" not in str(error.value)
+    monkeypatch.setattr(memory, "available_memory", lambda: None)  # unknown: no refusal
+    assert check_memory(config()).total > 0
+
+
+def test_knn_train_refuses_an_impossible_size_before_making_a_run_folder(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(
+        cli,
+        ["train", "configs/3layer_bn.yaml", "--set", "model.hidden=[2000000000]",
+         "--set", f"data.dir={fake_cifar_dir}", "--runs-dir", str(runs)],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert result.output.startswith("error: 3layer_bn needs about ")
+    assert "TB of memory" in result.output and len(result.output.splitlines()) == 1
+    assert not runs.exists()
+
+
+def test_the_summary_keeps_the_estimate_beside_the_measured_peak(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(
+        cli,
+        ["train", "configs/3layer_bn.yaml", "--set", "training.n_s=5", "--set", "training.cycles=1",
+         "--set", "data.validation_size=30", "--set", f"data.dir={fake_cifar_dir}",
+         "--runs-dir", str(runs)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (run_dir,) = runs.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    estimate = summary["memory_estimate_mb"]
+    assert estimate["data"] == round(180 * 3072 * 4 / 2**20, 1)  # the fake data's 150 + 30
+    assert estimate["total"] == pytest.approx(
+        estimate["parameters"] + estimate["activations"] + estimate["data"] + estimate["baseline"],
+        abs=0.2,
+    )

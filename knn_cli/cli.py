@@ -15,7 +15,9 @@ from typing import Any, NoReturn
 import click
 
 from knn_cli import __version__
+from knn_cli.cli_browse import compare, list_runs
 from knn_cli.cli_options import parse_list, progress_wanted, runs_dir_option, set_option
+from knn_cli.cli_study import report, study
 from knn_cli.cli_sweeps import init_sensitivity, lambda_search, sweep
 from knn_cli.errors import KnnError, RunFailed
 from knn_cli.interrupts import STOP_SIGNALS
@@ -200,8 +202,14 @@ def gradcheck(
     runs_dir: Path,
 ) -> None:
     """Compare analytic and centred-difference gradients (float64) for every parameter."""
-    from knn_cli.experiment import default_hidden, gradcheck_problem, gradient_check
-    from knn_cli.reports import gradcheck_table, write_gradcheck
+    from knn_cli.experiment import (
+        default_hidden,
+        gradcheck_failures,
+        gradcheck_problem,
+        gradient_checks,
+        write_gradcheck_run,
+    )
+    from knn_cli.reports import gradcheck_table
     from knn_cli.runs import new_run_dir
 
     if hidden is None:
@@ -214,43 +222,31 @@ def gradcheck(
     X, y, source = gradcheck_problem(dims, batch, seed, data_dir)
     run_dir = new_run_dir(runs_dir, f"gradcheck-k{layers}")  # an unwritable folder fails now
     click.echo(f"k={layers}, hidden {list(widths)}, {batch} samples x {dims} features of {source}")
-    positions = ["before_relu", "after_relu"] if bn_position == "both" else [bn_position]
-    variants = [(False, None)] if batch_norm is not True else []
-    variants += [(True, position) for position in positions] if batch_norm is not False else []
-    results, textbook = {}, {}
-    for bn, position in variants:
-        check = gradient_check(X, y, widths, bn, position, lambda_, h, tolerance, seed)
+
+    def show(check: Any) -> None:
         click.echo(
             f"{check.label}: nearest ReLU kink {check.margin:.1e} away; textbook layers: "
             f"worst relative error {check.textbook_worst:.1e} "
             f"({'pass' if check.textbook_passed else 'FAIL'})"
         )
-        results[check.label], textbook[check.label] = check.engine, check.textbook_passed
-    click.echo(gradcheck_table(results))
-    write_gradcheck(
-        run_dir,
-        results,
-        {
-            "layers": layers,
-            "hidden": list(widths),
-            "bn_position": bn_position,
-            "dims": dims,
-            "batch": batch,
-            "lambda": lambda_,
-            "h": h,
-            "tolerance": tolerance,
-            "seed": seed,
-            "data": source,
-            "textbook_passed": textbook,
-        },
+
+    checks = gradient_checks(
+        X,
+        y,
+        widths,
+        batch_norm=batch_norm,
+        bn_position=bn_position,
+        lambda_=lambda_,
+        h=h,
+        tolerance=tolerance,
+        seed=seed,
+        on_check=show,
     )
-    failed = [
-        f"{variant} {row.name}"
-        for variant, rows in results.items()
-        for row in rows
-        if not row.passed
-    ]
-    failed += [f"{variant} (textbook layers)" for variant, ok in textbook.items() if not ok]
+    click.echo(gradcheck_table({check.label: check.engine for check in checks}))
+    settings = {"layers": layers, "hidden": list(widths), "bn_position": bn_position}
+    settings.update(dims=dims, batch=batch, h=h, tolerance=tolerance, seed=seed, data=source)
+    write_gradcheck_run(run_dir, checks, {**settings, "lambda": lambda_})
+    failed = gradcheck_failures(checks)
     click.echo(f"table written to {run_dir}")
     if failed:
         raise RunFailed(f"gradient check failed for: {', '.join(failed)}")
@@ -291,3 +287,7 @@ def main(argv: list[str] | None = None) -> None:
 cli.add_command(lambda_search)
 cli.add_command(init_sensitivity)
 cli.add_command(sweep)
+cli.add_command(study)
+cli.add_command(report)
+cli.add_command(list_runs)
+cli.add_command(compare)

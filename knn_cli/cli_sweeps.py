@@ -27,7 +27,7 @@ DEFAULT_SEARCH_CONFIG = Path("configs/3layer_bn.yaml")
 EXECUTOR_OPTIONS = ("workers", "scheduler", "resume", "runs_dir")
 
 
-_executor_options = with_options(
+executor_options = with_options(
     click.option(
         "--workers",
         type=click.IntRange(min=1),
@@ -74,7 +74,7 @@ def _resume_spec(resume: Path, kind: str) -> Any:
     return spec
 
 
-def _executor(workers: int | None, scheduler: str | None) -> Any:
+def executor_for(workers: int | None, scheduler: str | None) -> Any:
     from knn_cli.executors import make_executor
 
     if workers is not None and scheduler:
@@ -157,7 +157,7 @@ def _search_base(config_path: Path | None, overrides: Sequence[str]) -> dict[str
     help="Steps per half cycle of the final retrain, to shorten it for a quick try [the config's].",
 )
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Sweep seed [0].")
-@_executor_options
+@executor_options
 @runs_dir_option
 def lambda_search(
     config_path: Path | None,
@@ -185,7 +185,7 @@ def lambda_search(
     from knn_cli.sweeps.tables import lambda_table
 
     ctx = click.get_current_context()
-    executor = _executor(workers, scheduler)
+    executor = executor_for(workers, scheduler)
     if resume is not None:
         _reject_plan_options_with_resume(ctx)
         spec, sweep_dir = _resume_spec(resume, LAMBDA_SEARCH), resume
@@ -323,7 +323,7 @@ def _echo_finals(records: Sequence[Any]) -> None:
 )
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Sweep seed [0].")
 @set_option
-@_executor_options
+@executor_options
 @runs_dir_option
 def init_sensitivity(
     depths: str | None,
@@ -343,7 +343,7 @@ def init_sensitivity(
     from knn_cli.sweeps import INIT_SENSITIVITY, GridSpec, run_init_sensitivity, start_sweep
 
     ctx = click.get_current_context()
-    executor = _executor(workers, scheduler)
+    executor = executor_for(workers, scheduler)
     if resume is not None:
         _reject_plan_options_with_resume(ctx)
         spec, sweep_dir = _resume_spec(resume, INIT_SENSITIVITY), resume
@@ -378,7 +378,7 @@ def init_sensitivity(
 
 @click.command("sweep")
 @click.argument("plan", type=click.Path(dir_okay=False, path_type=Path), required=False)
-@_executor_options
+@executor_options
 @runs_dir_option
 def sweep(
     plan: Path | None,
@@ -395,7 +395,7 @@ def sweep(
     from knn_cli.sweeps import CONFIG_SWEEP, run_config_sweep, start_sweep
     from knn_cli.sweeps.config_runs import read_plan
 
-    executor = _executor(workers, scheduler)
+    executor = executor_for(workers, scheduler)
     if resume is not None:
         if plan is not None:
             raise click.UsageError("--resume takes the plan from the sweep folder; drop PLAN")

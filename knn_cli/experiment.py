@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from knn_cli.network import Network
 from knn_cli.optim import UpdateRule, make_update_rule
 from knn_cli.plots import plot_run
 from knn_cli.progress import TrainingBar
+from knn_cli.reports import write_gradcheck
 from knn_cli.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -397,6 +398,49 @@ def gradient_check(
     worst = max((row.max_rel_error for row in textbook if row.judged_by == "relative"), default=0)
     return GradientCheck(
         label, margin, checked["engine"], worst, all(row.passed for row in textbook)
+    )
+
+
+def gradient_checks(
+    X: np.ndarray,
+    y: np.ndarray,
+    hidden: Sequence[int],
+    *,
+    batch_norm: bool | None,
+    bn_position: str,
+    lambda_: float,
+    h: float,
+    tolerance: float,
+    seed: int,
+    on_check: Callable[[GradientCheck], None] | None = None,
+) -> list[GradientCheck]:
+    """The checks `knn gradcheck` runs for one depth: without BN and/or with it, before or after
+    the ReLU or both (`bn_position="both"`); `batch_norm=None` checks with and without."""
+    positions = ["before_relu", "after_relu"] if bn_position == "both" else [bn_position]
+    variants: list[tuple[bool, str | None]] = [(False, None)] if batch_norm is not True else []
+    variants += [(True, position) for position in positions] if batch_norm is not False else []
+    checks = []
+    for bn, position in variants:
+        check = gradient_check(X, y, hidden, bn, position, lambda_, h, tolerance, seed)
+        if on_check is not None:
+            on_check(check)
+        checks.append(check)
+    return checks
+
+
+def gradcheck_failures(checks: Sequence[GradientCheck]) -> list[str]:
+    """What failed, as `variant parameter` (or `variant (textbook layers)`); empty if all passed."""
+    failed = [f"{c.label} {row.name}" for c in checks for row in c.engine if not row.passed]
+    return failed + [f"{c.label} (textbook layers)" for c in checks if not c.textbook_passed]
+
+
+def write_gradcheck_run(
+    run_dir: Path, checks: Sequence[GradientCheck], settings: Mapping[str, Any]
+) -> None:
+    write_gradcheck(
+        run_dir,
+        {check.label: check.engine for check in checks},
+        {**settings, "textbook_passed": {c.label: c.textbook_passed for c in checks}},
     )
 
 

@@ -87,10 +87,17 @@ _SPECS: dict[str, type] = {
 Spec = LambdaSearchSpec | GridSpec | ConfigSweepSpec
 
 
-def start_sweep(runs_dir: str | Path, kind: str, spec: Spec, name: str | None = None) -> Path:
+def start_sweep(
+    runs_dir: str | Path, kind: str, spec: Spec, name: str | None = None, *, exact: bool = False
+) -> Path:
     """A new sweep folder (named `name`, else by its kind) with its plan written (atomically)
-    before any trial starts."""
-    sweep_dir = new_run_dir(runs_dir, name or kind)
+    before any trial starts. `exact` makes `runs_dir/name` itself, without a time stamp (a part
+    of a study)."""
+    if exact:
+        sweep_dir = Path(runs_dir) / (name or kind)
+        sweep_dir.mkdir(parents=True)
+    else:
+        sweep_dir = new_run_dir(runs_dir, name or kind)
     doc = {"kind": kind, "version": SWEEP_FORMAT_VERSION, "spec": asdict(spec), "trials": []}
     atomic_write_json(sweep_dir / SWEEP_FILE, doc)
     return sweep_dir

@@ -1,0 +1,87 @@
+"""`knn runs` and `knn compare`: look at what earlier commands left, without training anything.
+
+The reading is in `listing` and `compare`; here only the arguments and where output goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from knn_cli.cli_options import default_runs_dir
+from knn_cli.errors import KnnError
+
+
+@click.command("runs")
+@click.argument("folder", metavar="[DIR]", required=False, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON, for scripts.")
+def list_runs(folder: Path | None, as_json: bool) -> None:
+    """List the runs, sweeps and studies under DIR, newest first.
+
+    DIR defaults to $KNN_RUNS_DIR, else runs. A sweep or study is one line; give its folder as
+    DIR to list its trials or parts. Accuracies are the final model's (for a sweep: its best
+    trial's validation accuracy and the final retrain's test accuracy); a sweep's wall time is
+    the sum of its trials', which with several workers is more than the time it took.
+    """
+    from knn_cli.listing import list_rows, rows_json, rows_table
+
+    if folder is None:
+        folder = Path(default_runs_dir())
+        if not folder.is_dir():
+            raise KnnError(f"no folder {folder} here; give a DIR, or set $KNN_RUNS_DIR")
+    rows, others = list_rows(folder)
+    if as_json:
+        click.echo(rows_json(rows))
+        return
+    if rows:
+        click.echo(rows_table(rows), nl=False)
+    else:
+        click.echo(f"no runs, sweeps or studies under {folder}")
+    if others:
+        click.echo(f"({others} other folder{'s' * (others > 1)} there not made by knn)")
+
+
+@click.command("compare")
+@click.argument(
+    "folders", metavar="RUN_OR_SWEEP...", nargs=-1, required=True, type=click.Path(path_type=Path)
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the figure here (.png, .pdf or .svg) and the table beside it (.md).  "
+    "[default: compare.png and compare.md in a new folder RUNS_DIR/<stamp>_compare]",
+)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_runs_dir,
+    show_default="$KNN_RUNS_DIR, else runs",
+    help="Parent of the new folder the figure and table go to, without --out.",
+)
+def compare(folders: Sequence[Path], out: Path | None, runs_dir: Path) -> None:
+    """Overlay the cost, loss and accuracy curves of runs in one figure, and print a table of
+    the settings they differ in, their accuracies and wall times.
+
+    A sweep folder stands for all its trials.
+    """
+    from knn_cli.compare import read_compared, write_comparison
+    from knn_cli.runs import new_run_dir
+
+    if out is not None:
+        _check_figure_format(out)
+    runs = read_compared(folders)  # bad input fails here, before any folder is made
+    figure = out if out is not None else new_run_dir(runs_dir, "compare") / "compare.png"
+    table, markdown = write_comparison(runs, figure)
+    click.echo(table, nl=False)
+    click.echo(f"written: {figure}, {markdown}")
+
+
+def _check_figure_format(path: Path) -> None:
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        raise KnnError(f"--out {path}: name a figure file, ending in .png, .pdf or .svg")

@@ -1,0 +1,112 @@
+"""`knn report` (and, beside it, `knn study`): the study as one folder and one document."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from knn_cli.cli_options import progress_wanted, runs_dir_option, set_option
+from knn_cli.cli_sweeps import executor_for, executor_options
+from knn_cli.errors import RunFailed
+
+
+@click.command("report")
+@click.argument("study_dir", type=click.Path(path_type=Path))
+def report(study_dir: Path) -> None:
+    """Write STUDY_DIR/report.md and a self-contained report.html: each part of the study with
+    its figures and tables, every number beside the published one.
+
+    Works on a study still running or stopped half-way: the parts not run are marked so.
+    """
+    from knn_cli.study.report import write_report
+
+    for path in write_report(study_dir):
+        click.echo(str(path))
+
+
+@click.command("study")
+@set_option
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Seeds of each config and of the final retrains [3; 2 with --quick].",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Study seed [0].")
+@click.option(
+    "--quick",
+    is_flag=True,
+    default=False,
+    help="The same study at a small size (short schedules, few trials): a first look in about "
+    "a minute; its numbers are not the study's.",
+)
+@executor_options
+@runs_dir_option
+def study(
+    overrides: tuple[str, ...],
+    seeds: int | None,
+    seed: int | None,
+    quick: bool,
+    workers: int | None,
+    scheduler: str | None,
+    resume: Path | None,
+    runs_dir: Path,
+) -> None:
+    """The whole study: gradient check, the four configs, the lambda search, the init grid;
+    then report.md and report.html beside the published numbers."""
+    from knn_cli.locks import folder_lock
+    from knn_cli.study.contents import read_study_file
+    from knn_cli.study.report import write_report
+    from knn_cli.study.runner import (
+        StudySettings,
+        estimate_seconds,
+        format_minutes,
+        plan_study,
+        run_study,
+        start_study,
+        study_data,
+        study_settings,
+    )
+
+    executor = executor_for(workers, scheduler)
+    if resume is not None:
+        given = [name for name, value in (("--set", overrides), ("--seeds", seeds),
+                 ("--seed", seed), ("--quick", quick)) if value]  # fmt: skip
+        if given:
+            raise click.UsageError(
+                f"--resume takes the settings from the study folder; drop {', '.join(given)}"
+            )
+        settings = study_settings(read_study_file(resume))
+    else:
+        settings = StudySettings(
+            quick=quick,
+            seeds=seeds or (2 if quick else 3),
+            seed=seed or 0,
+            overrides=tuple(overrides),
+        )
+    images, features, data = study_data(settings)  # the data first: a missing one fails here
+    parts = plan_study(settings, images)
+    estimates = estimate_seconds(parts, max(1, executor.workers or 1), images, features)
+    study_dir = resume or start_study(runs_dir, settings, data)
+    with folder_lock(study_dir):
+        quick_kind = "quick study (small sizes: its numbers are not the study's)"
+        kind = quick_kind if settings.quick else "study"
+        click.echo(f"{kind}: {study_dir}")
+        for number, part in enumerate(parts, start=1):
+            click.echo(
+                f"  {number}. {part.name}: {part.description} "
+                f"(about {format_minutes(estimates[part.name])})"
+            )
+        click.echo(
+            f"  about {format_minutes(sum(estimates.values()))} in all on this machine "
+            f"({executor.workers or 'Dask'} workers)"
+        )
+        doc = run_study(study_dir, executor, progress=progress_wanted(), say=click.echo)
+        markdown, html = write_report(study_dir)  # an interrupted study reports when resumed
+        click.echo(f"report: {markdown}, {html}")
+    failed = [name for name, part in doc["parts"].items() if part["status"] != "finished"]
+    seconds = sum(part["seconds"] or 0 for part in doc["parts"].values())
+    click.echo(f"study took {format_minutes(seconds)}")
+    if failed:
+        raise RunFailed(f"parts that did not finish: {', '.join(failed)} (see {study_dir})")

@@ -1,0 +1,335 @@
+"""`knn compare`: runs side by side -- the settings they differ in, what they reached, and their
+cost, loss and accuracy curves in one figure.
+
+Runs are told apart by their differences only: with twenty settings each, a table of all of them
+hides the one that matters. The configs are compared with every default filled in, so a run
+whose config file left a setting out compares equal to one that spelled the default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from knn_cli.errors import KnnError, RunFolderError
+from knn_cli.listing import (
+    GRADCHECK,
+    RUN,
+    STUDY,
+    duration,
+    folder_kind,
+    run_config,
+    run_status,
+    sweep_records,
+)
+from knn_cli.runs import METRICS_FILE, atomic_write_text, read_metrics
+from knn_cli.sweeps.folder import summary_or_empty
+
+SPLIT_STYLES = (("train", "training", "--"), ("val", "validation", "-"))
+# Cost and loss above this many times the largest starting value are cut off: a run that
+# diverged, or spiked to 1e5 on its way, must not flatten the others into a line.
+SPIKE_FACTOR = 3.0
+LONGEST_LABEL = 60  # characters of differences a legend entry may take; else runs go by folder
+LEGEND_CHARACTERS = 180  # fit on one legend line of the figure's width at fontsize 9
+MISSING = object()  # a setting a run's config does not have (made by another version of knn)
+
+
+@dataclass(frozen=True)
+class Compared:
+    """One run as compared: `shown` is its folder relative to the runs' common parent."""
+
+    folder: Path
+    shown: str
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]]
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def run_folders(path: Path) -> list[Path]:
+    """The run folders `path` stands for: itself, or a sweep's trials that have started."""
+    if not path.exists():
+        raise RunFolderError(f"{path} does not exist")
+    kind = folder_kind(path) if path.is_dir() else None
+    if kind == RUN:
+        return [path]
+    if kind == GRADCHECK:
+        raise RunFolderError(f"{path} is a gradient check: it has no training curves to compare")
+    if kind == STUDY:
+        raise RunFolderError(
+            f"{path} is a study; compare the runs or sweeps in it (`knn runs {path}` lists them)"
+        )
+    if kind is None:
+        raise RunFolderError(f"{path} is not a run, sweep or study folder")
+    _, _, records = sweep_records(path)
+    folders = [r.folder for r in records if r.folder and (r.folder / METRICS_FILE).is_file()]
+    if not folders:
+        raise RunFolderError(f"{path}: no trial of this sweep has curves yet")
+    return folders
+
+
+def read_compared(paths: Sequence[Path]) -> list[Compared]:
+    """Every run the paths stand for, each once, in the order given."""
+    folders: dict[Path, Path] = {}
+    for path in paths:
+        for folder in run_folders(path):
+            folders.setdefault(folder.resolve(), folder)
+    parent = common_parent(folders)
+    compared = []
+    for resolved, folder in folders.items():
+        try:
+            config = run_config(folder)
+        except KnnError as error:
+            raise RunFolderError(f"{folder}: {error}") from None
+        compared.append(
+            Compared(
+                folder=folder,
+                shown=str(resolved.relative_to(parent)),
+                config=config,
+                summary=summary_or_empty(folder),
+                metrics=read_metrics(folder),
+            )
+        )
+    return compared
+
+
+def common_parent(folders: Iterable[Path]) -> Path:
+    return Path(os.path.commonpath([folder.parent for folder in folders]))
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+def flat_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`section.key` -> value; the name is left out, as it labels a run rather than shapes it."""
+    return {
+        f"{section}.{key}": value
+        for section, values in config.items()
+        if isinstance(values, Mapping)
+        for key, value in values.items()
+    }
+
+
+def differing_settings(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The `section.key` settings whose value is not the same in every config, in config order."""
+    flat = [flat_settings(config) for config in configs]
+    keys = list(dict.fromkeys(key for settings in flat for key in settings))
+    return [key for key in keys if len({_hashable(s.get(key, MISSING)) for s in flat}) > 1]
+
+
+def _hashable(value: Any) -> Any:
+    # Settings may be lists (hidden widths, dropout rates); JSON text compares them by value.
+    return value if value is MISSING else json.dumps(value, sort_keys=True, default=str)
+
+
+def short_names(keys: Sequence[str]) -> dict[str, str]:
+    """`training.lambda` -> `lambda`, unless two sections share the key's name."""
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return {
+        key: name if last.count(name) == 1 else key for key, name in zip(keys, last, strict=True)
+    }
+
+
+def value_text(value: Any) -> str:
+    if value is MISSING:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(value_text(v) for v in value) + "]"
+    return "null" if value is None else str(value)
+
+
+def difference_labels(runs: Sequence[Compared], keys: Sequence[str]) -> list[str]:
+    """Each run named by its values of the differing settings; every run by its folder instead
+    when some of those are too long to read in a legend or do not tell two runs apart (one
+    naming scheme per figure: a mix of the two reads as two kinds of run)."""
+    names = short_names(keys)
+    texts = [
+        ", ".join(f"{names[k]}={value_text(flat_settings(r.config).get(k, MISSING))}" for k in keys)
+        for r in runs
+    ]
+    readable = all(texts) and max(map(len, texts)) <= LONGEST_LABEL
+    return texts if readable and len(set(texts)) == len(texts) else [r.shown for r in runs]
+
+
+def shared_text(runs: Sequence[Compared], differing: Sequence[str]) -> str:
+    """The key settings all the runs have in common, in the words of the run plots' titles."""
+    from knn_cli.plots import settings_text
+
+    common = {
+        section: {k: v for k, v in values.items() if f"{section}.{k}" not in differing}
+        for section, values in runs[0].config.items()
+        if isinstance(values, Mapping)
+    }
+    if "model.sigma" in differing:  # the words for a normal init name its sigma
+        common.get("model", {}).pop("init", None)
+    return settings_text(common)
+
+
+# -- the table ------------------------------------------------------------------------------------
+
+
+def comparison_table(runs: Sequence[Compared]) -> str:
+    """One row per run: its values of the differing settings, status, accuracies, wall time."""
+    from knn_cli.reports import markdown_table
+    from knn_cli.sweeps.tables import percent
+
+    keys = differing_settings([r.config for r in runs])
+    names = short_names(keys)
+    headers = ["run", *(names[k] for k in keys), "status", "test", "val", "best val", "wall time"]
+    rows = [
+        [
+            run.shown,
+            *(value_text(flat_settings(run.config).get(k, MISSING)) for k in keys),
+            run_status(run.summary),
+            percent(run.summary.get("test_accuracy")),
+            percent(run.summary.get("final_val_accuracy")),
+            percent(run.summary.get("best_val_accuracy")),
+            duration(run.summary.get("wall_seconds")),
+        ]
+        for run in runs
+    ]
+    return markdown_table(headers, rows)
+
+
+def comparison_text(runs: Sequence[Compared], figure_name: str) -> str:
+    """compare.md: what was compared, what the runs share, the table and the figure."""
+    keys = differing_settings([r.config for r in runs])
+    parent = common_parent([run.folder.resolve() for run in runs])
+    shared = shared_text(runs, keys)
+    notes = [f"Runs under {parent}."]
+    if shared:
+        notes.append(f"The same in all: {shared}.")
+    if not keys:
+        notes.append("Their configs are the same, the seed included.")
+    return (
+        f"# {len(runs)} runs compared\n\n{' '.join(notes)}\n\n{comparison_table(runs)}\n"
+        f"![cost, loss and accuracy of each run]({figure_name})\n"
+    )
+
+
+# -- the figure -----------------------------------------------------------------------------------
+
+
+def draw_comparison(runs: Sequence[Compared]) -> Any:
+    """Cost, loss and accuracy against update step, a colour per run, training dashed and
+    validation solid, the shared settings in the title and the differing ones in the legend."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    from knn_cli.plots import CURVES, DPI, FIGSIZE
+
+    keys = differing_settings([r.config for r in runs])
+    labels = difference_labels(runs, keys)
+    colours = [_colour(index, len(runs)) for index in range(len(runs))]
+    # curves[key][run][split]: (step, value) points
+    curves = {
+        key: [{split: _points(run, split, key) for split, _, _ in SPLIT_STYLES} for run in runs]
+        for key, _ in CURVES
+    }
+    ends = {  # where a curve that ends at inf or nan (a diverged run) was last seen
+        (key, index, split): _last_finite(points)
+        for key, by_run in curves.items()
+        for index, by_split in enumerate(by_run)
+        for split, points in by_split.items()
+        if points and not math.isfinite(points[-1][1])
+    }
+    # The legend: a colour per run, then a line style per split (not on the axes, so that the
+    # axes hold one line per run and split, and nothing else).
+    handles = [Line2D([], [], color=c, label=t) for c, t in zip(colours, labels, strict=True)]
+    handles += [Line2D([], [], color="0.4", linestyle=ls, label=n) for _, n, ls in SPLIT_STYLES]
+    if any(end is not None for end in ends.values()):
+        handles.append(Line2D([], [], color="0.4", marker="x", linestyle="", label="diverged"))
+    longest = max(len(label) for label in labels) + 8  # the line sample and the gap
+    columns = max(1, min(len(handles), 4, LEGEND_CHARACTERS // longest))
+    fig, axes = plt.subplots(
+        1, len(CURVES),
+        figsize=(1.8 * FIGSIZE[0], 0.85 * FIGSIZE[1] + 0.25 * math.ceil(len(handles) / columns)),
+        dpi=DPI, layout="constrained",
+    )  # fmt: skip
+    for ax, (key, title) in zip(axes, CURVES, strict=True):
+        for index, (label, colour) in enumerate(zip(labels, colours, strict=True)):
+            for split, name, style in SPLIT_STYLES:
+                points = curves[key][index][split]
+                if not points:
+                    continue
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, color=colour, linestyle=style, label=f"{label}, {name}")
+                end = ends.get((key, index, split))
+                if end is not None:  # a scatter, not a line: the axes' lines stay the curves
+                    ax.scatter(*end, color=colour, marker="x", s=40, zorder=3)
+        cut = _limit_y(ax, runs, key, cap=key != "accuracy")
+        note = f" (above {cut:.3g} cut off)" if cut is not None else ""
+        ax.set_title(title + note, fontsize=11)
+        ax.set_xlabel("update step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    fig.legend(handles=handles, loc="outside lower center", ncols=columns, fontsize=9)
+    shared = shared_text(runs, keys)
+    fig.suptitle(f"{len(runs)} runs compared" + (f"; all: {shared}" if shared else ""), fontsize=11)
+    return fig
+
+
+def _points(run: Compared, split: str, key: str) -> list[tuple[int, float]]:
+    return [(m["step"], m[key]) for m in run.metrics if m["split"] == split]
+
+
+def _last_finite(points: Sequence[tuple[int, float]]) -> tuple[int, float] | None:
+    finite = [point for point in points if math.isfinite(point[1])]
+    return finite[-1] if finite else None
+
+
+def _colour(index: int, count: int) -> Any:
+    import matplotlib
+
+    if count <= 10:
+        return matplotlib.colormaps["tab10"](index)
+    # tab20 pairs a strong and a light shade of each hue: all strong ones first, then the light.
+    return matplotlib.colormaps["tab20"]((2 * index) % 20 + (index % 20) // 10)
+
+
+def _limit_y(ax: Any, runs: Sequence[Compared], key: str, *, cap: bool) -> float | None:
+    """Cut off values above SPIKE_FACTOR times the largest start (returning where), and widen a
+    flat range to a tenth of its size, as the run plots do: a loss steady at 2.3026 must look
+    flat, not fill the panel."""
+    from knn_cli.plots import MIN_RELATIVE_SPAN
+
+    values = [m[key] for r in runs for m in r.metrics if math.isfinite(m[key])]
+    if not values:
+        return None
+    low, high = min(values), max(values)
+    starts = [r.metrics[0][key] for r in runs if r.metrics and math.isfinite(r.metrics[0][key])]
+    top = SPIKE_FACTOR * max(starts) if cap and starts and max(starts) > 0 else math.inf
+    cut = top if high > top > low else None
+    high = min(high, top)
+    least = MIN_RELATIVE_SPAN * max(abs(low), abs(high))
+    narrow = high - low < least
+    if narrow:
+        low, high = (low + high - least) / 2, (low + high + least) / 2
+    if narrow or cut is not None:
+        margin = 0.05 * (high - low)
+        ax.set_ylim(low - margin, high + margin)
+    return cut
+
+
+def write_comparison(runs: Sequence[Compared], figure: Path) -> tuple[str, Path]:
+    """The figure at `figure` and the table beside it (same name, .md); returns the table."""
+    from knn_cli.sweeps.figures import save_figure
+
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    save_figure(draw_comparison(runs), figure)
+    markdown = figure.with_suffix(".md")
+    atomic_write_text(markdown, comparison_text(runs, figure.name))
+    return comparison_table(runs), markdown

@@ -1,0 +1,19 @@
+"""`knn study`: the whole study in one folder, each part an ordinary run or sweep folder, and
+`knn report`: that folder as one report beside the published numbers.
+
+    <stamp>_study/
+      study.json        the settings, each part's status and wall time, provenance
+      gradcheck/k2 ...  one `knn gradcheck` folder per depth (2, 3, 4 and 9 layers)
+      configs/          a `knn sweep` folder: the four study configs, N seeds each
+      lambda-search/    a `knn lambda-search --coarse --fine --final` folder (3 layers, BN)
+      lambda-9layer/    a `knn sweep` folder: the chosen lambda on the 9-layer BN network
+      init-sensitivity/ a `knn init-sensitivity` folder
+      report.md, report.html, figures/
+
+runner.py      plans and runs the parts, resumably, and estimates their time on this machine
+contents.py    a study folder read into plain data (study.json and each part's records)
+published.py   the published numbers (published.yaml) and how a result compares with them
+figures.py     the report's comparison figures, drawn from the run folders
+render.py      the report as sections, written out as Markdown and self-contained HTML
+report.py      `knn report`: the sections built from a study folder
+"""

@@ -1,0 +1,136 @@
+"""The report's comparison figures, drawn from the study's run folders: BN against no BN on the
+same axes, the lambda search beside the study's own search, and the init-sensitivity grid.
+
+The look follows knn_cli.plots and knn_cli.sweeps.figures (150 dpi, titles that say what the
+figure is), and the lambda and grid figures are theirs, so a part's own figure and the report's
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from knn_cli.errors import RunFolderError
+from knn_cli.plots import DPI, SPLIT_LABELS, training_settings
+from knn_cli.runs import read_metrics
+from knn_cli.study.contents import Grid, LambdaSearch
+from knn_cli.sweeps.figures import (
+    draw_lambda_search,
+    draw_loss_curves,
+    save_figure,
+    set_lambda_axis,
+)
+from knn_cli.sweeps.folder import TrialRecord
+
+BN_FIGSIZE = (12.0, 5.0)  # two panels side by side, each about as wide as a run's own figure
+BN_COLORS = {False: "tab:blue", True: "tab:orange"}
+SPLIT_STYLES = {"train": "--", "val": "-"}
+PANELS = (("loss", "Loss (cross-entropy, no penalty)"), ("accuracy", "Accuracy"))
+
+
+def draw_bn_comparison(depth: int, runs: Mapping[bool, TrialRecord]) -> Any:
+    """Loss and accuracy of the run without BN and the run with it (keyed by batch_norm),
+    training dashed, validation solid, on shared axes: the study's figures 1-12 on one page."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    fig, axes = plt.subplots(1, 2, figsize=BN_FIGSIZE, dpi=DPI, layout="constrained")
+    for batch_norm, record in sorted(runs.items()):
+        metrics = _metrics(record)
+        for (key, _), ax in zip(PANELS, axes, strict=True):
+            for split, label in SPLIT_LABELS.items():
+                points = [(m["step"], m[key]) for m in metrics if m["split"] == split]
+                if not points:
+                    continue
+                steps, values = zip(*points, strict=True)
+                ax.plot(
+                    steps,
+                    [v if math.isfinite(v) else math.nan for v in values],
+                    color=BN_COLORS[batch_norm],
+                    linestyle=SPLIT_STYLES[split],
+                    label=f"{'BN' if batch_norm else 'no BN'}, {label}",
+                )
+    for (key, title), ax in zip(PANELS, axes, strict=True):
+        ax.set_title(title, fontsize=12)
+        ax.set_xlabel("update step")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        if key == "accuracy":
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=10)
+    first = next(iter(runs.values()))
+    seed = first.trial.config["training"]["seed"]
+    settings = ", ".join(training_settings(first.trial.config, first.get("n_s")))
+    fig.suptitle(
+        f"{depth} layers, with and without batch norm (seed {seed})\n{settings}", fontsize=13
+    )
+    return fig
+
+
+def draw_lambda_comparison(
+    search: LambdaSearch,
+    study_search: Sequence[Sequence[float]],
+    study_finals: Sequence[Sequence[float]] = (),
+) -> Any:
+    """The search's own figure, with the study's search trials (validation) and its final
+    retrains (test) drawn in grey: where our curve of accuracy against lambda lies beside
+    theirs. The study's numbers are in percent, the figure's axis in fractions."""
+    from matplotlib.ticker import LogFormatterSciNotation, LogLocator
+
+    fig = draw_lambda_search(search.spec, search.search, search.best, search.finals)
+    ax = fig.axes[0]
+    lambdas = [r.trial.lambda_ for r in (*search.search, *search.finals) if r.finished]
+    if study_search:
+        xs, ys = zip(*study_search, strict=True)
+        ax.scatter(
+            xs,
+            [y / 100 for y in ys],
+            marker="x",
+            color="dimgray",
+            label="the study's search: validation",
+        )
+        lambdas += xs
+    if study_finals:
+        xs, ys = zip(*study_finals, strict=True)
+        ax.scatter(
+            xs,
+            [y / 100 for y in ys],
+            marker="*",
+            s=160,
+            facecolors="none",
+            edgecolors="dimgray",
+            label="the study's final retrains: test",
+        )
+        lambdas += xs
+    if lambdas:
+        # Back to matplotlib's own ticks first: the search alone may have fixed a few round
+        # values for its narrow span, which the study's wider one would leave in a heap.
+        ax.xaxis.set_major_locator(LogLocator())
+        ax.xaxis.set_major_formatter(LogFormatterSciNotation())
+        ax.xaxis.set_minor_locator(LogLocator(subs="auto"))
+        set_lambda_axis(ax, min(lambdas), max(lambdas))
+    ax.legend(fontsize=9)
+    return fig
+
+
+def draw_grid(grid: Grid) -> Any:
+    return draw_loss_curves(grid.spec, grid.records)
+
+
+def save_png(fig: Any, path: Path) -> bytes:
+    """Write the figure (atomically) and return its bytes, for the HTML to embed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, path).read_bytes()
+
+
+def _metrics(record: TrialRecord) -> list[dict[str, Any]]:
+    if record.folder is None:
+        return []
+    try:
+        return read_metrics(record.folder)
+    except RunFolderError:
+        return []

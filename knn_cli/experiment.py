@@ -177,8 +177,11 @@ def train_run(
 
     outcome = TrainingOutcome("failed", 0)
     minutes = config.training.checkpoint_minutes
-    try:
-        with StopRequests() if stop_between_steps else nullcontext(lambda: False) as stopping:
+    stop_context = StopRequests() if stop_between_steps else nullcontext(lambda: False)
+    # Active until the run is saved: a stop asked for after the last step, or during the final
+    # measurements, waits for the summary instead of cutting it short, and is not lost.
+    with stop_context as stopping:
+        try:
             checkpointing = Checkpointing(
                 save_checkpoint, None if minutes is None else 60.0 * minutes, stopping
             )
@@ -194,45 +197,47 @@ def train_run(
                 checkpointing=checkpointing,
                 background_evaluation=background_evaluation,
             )
-    except KeyboardInterrupt:
-        outcome = TrainingOutcome("interrupted", 0, "interrupted by the user")
-        raise
-    except BaseException as error:
-        outcome = TrainingOutcome("failed", 0, f"{type(error).__name__}: {error}")
-        raise
-    finally:
-        bar.close()
-        log.close()
-        measured: dict[str, float] = {}
-        if outcome.status == "finished":
-            measured = final_measurements(network, dataset, config, evaluate_test)
-        atomic_save_npz(run_dir / MODEL_FILE, saved_state(network, rule))
-        summary = {
-            "name": config.name,
-            "status": outcome.status,
-            "message": outcome.message,
-            "steps": steps_done["n"],
-            "total_steps": schedule.total_steps,
-            "n_s": schedule.n_s,
-            "n_train": len(dataset.X_train),
-            "final_train_accuracy": latest.get("train", {}).get("accuracy"),
-            "final_val_accuracy": latest.get("val", {}).get("accuracy"),
-            "best_val_accuracy": best["val_accuracy"],
-            "best_val_step": best["step"],
-            "test_accuracy": measured.pop("test_accuracy", None),
-            **measured,
-            "wall_seconds": round(earlier_seconds + time.time() - started, 3),
-            "peak_memory_mb": peak_memory_mb(),
-            "memory_estimate_mb": memory.to_dict(),
-            "seed": config.training.seed,
-            "data": dataset.source,
-            "versions": provenance(),
-        }
-        atomic_write_json(run_dir / SUMMARY_FILE, summary)
-        if outcome.status in ("finished", "diverged"):  # nothing left to continue
-            (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
-        if latest:
-            plot_run(run_dir)
+        except KeyboardInterrupt:
+            outcome = TrainingOutcome("interrupted", 0, "interrupted by the user")
+            raise
+        except BaseException as error:
+            outcome = TrainingOutcome("failed", 0, f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            bar.close()
+            log.close()
+            measured: dict[str, float] = {}
+            if outcome.status == "finished":
+                measured = final_measurements(network, dataset, config, evaluate_test)
+            atomic_save_npz(run_dir / MODEL_FILE, saved_state(network, rule))
+            summary = {
+                "name": config.name,
+                "status": outcome.status,
+                "message": outcome.message,
+                "steps": steps_done["n"],
+                "total_steps": schedule.total_steps,
+                "n_s": schedule.n_s,
+                "n_train": len(dataset.X_train),
+                "final_train_accuracy": latest.get("train", {}).get("accuracy"),
+                "final_val_accuracy": latest.get("val", {}).get("accuracy"),
+                "best_val_accuracy": best["val_accuracy"],
+                "best_val_step": best["step"],
+                "test_accuracy": measured.pop("test_accuracy", None),
+                **measured,
+                "wall_seconds": round(earlier_seconds + time.time() - started, 3),
+                "peak_memory_mb": peak_memory_mb(),
+                "memory_estimate_mb": memory.to_dict(),
+                "seed": config.training.seed,
+                "data": dataset.source,
+                "versions": provenance(),
+            }
+            atomic_write_json(run_dir / SUMMARY_FILE, summary)
+            if outcome.status in ("finished", "diverged"):  # nothing left to continue
+                (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+            if latest:
+                plot_run(run_dir)
+        if getattr(stopping, "requested", False):
+            raise KeyboardInterrupt  # the run is saved, finished; the caller still stops
     return summary
 
 

@@ -457,3 +457,29 @@ def test_train_resume_of_a_folder_without_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "run" / "config.yaml").write_text("name: x\n")
     result = run("train", "--resume", str(tmp_path / "run"))
     assert_one_line_error(result, 2, "no checkpoint.npz")
+
+
+def test_a_stop_asked_for_after_the_last_step_waits_for_the_summary_and_is_not_lost(
+    tmp_path: Path, fake_cifar_dir: Path, monkeypatch
+) -> None:
+    """Ctrl-C while the finished run is measured: the run is saved whole, as finished, and the
+    command still stops (a sweep would otherwise go on to its next trial)."""
+    import os
+    import signal
+
+    import knn_cli.experiment as experiment
+
+    real = experiment.final_measurements
+
+    def measured_while_interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "final_measurements", measured_while_interrupted)
+    runs = tmp_path / "runs"
+    result = train_on_fake(tmp_path, fake_cifar_dir, runs)
+    assert result.exit_code == EXIT_INTERRUPTED, result.output
+    (run_dir,) = runs.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["test_accuracy"] is not None
+    assert not (run_dir / "checkpoint.npz").exists() and (run_dir / "accuracy.png").is_file()

@@ -39,6 +39,16 @@ def knn(*args: str) -> subprocess.Popen[str]:
     )
 
 
+def finish(process: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:
+    """The process's output once it ends; if it does not, kill it and fail with what it said."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError(f"{process.args} did not end:\n{out}\n{err}") from None
+
+
 def wait_for(condition: Callable[[], object], what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -92,7 +102,7 @@ def test_workers_end_when_the_sweep_is_killed_hard(tmp_path: Path, fake_cifar_di
     workers = {p for p in children_of(sweep.pid) if "spawn_main" in _cmdline(p)}
     assert len(workers) == 2
     sweep.kill()  # SIGKILL: no handler, no cleanup in the sweep process
-    sweep.communicate(timeout=30)
+    finish(sweep, 30)
     wait_for(lambda: not any(alive(p) for p in workers), "the workers to end", timeout=10)
 
 
@@ -111,7 +121,7 @@ def test_a_sweep_folder_admits_one_process_and_is_taken_over_after_its_death(
     wait_for(lambda: f"process {first.pid} " in lock_holder(folder) + " ", "the first's lock")
 
     second = knn("lambda-search", "--resume", str(folder), "--workers", "1")
-    _out, err = second.communicate(timeout=60)
+    _out, err = finish(second, 60)
     assert second.returncode == 2
     assert err.strip().splitlines() == [
         f"error: {folder} is in use by {lock_holder(folder)}; wait for it to end or stop it first"
@@ -119,11 +129,11 @@ def test_a_sweep_folder_admits_one_process_and_is_taken_over_after_its_death(
     assert f"process {first.pid} on" in err
 
     first.kill()  # its lock dies with it, though the lock file still names it
-    first.communicate(timeout=30)
+    finish(first, 30)
     third = knn("lambda-search", "--resume", str(folder), "--workers", "1")
     wait_for(lambda: f"process {third.pid} " in lock_holder(folder) + " ", "the take-over")
     third.send_signal(signal.SIGTERM)
-    _out, err = third.communicate(timeout=60)
+    _out, err = finish(third, 60)
     assert third.returncode == 130, err
     assert "Traceback" not in err and "leaked" not in err
 
@@ -134,7 +144,7 @@ def test_stopping_a_process_pool_sweep_leaks_nothing(tmp_path: Path, fake_cifar_
     wait_for(lambda: len(list(folder.glob("00?-coarse/config.yaml"))) == 2, "two trials")
     workers = children_of(sweep.pid)
     sweep.send_signal(signal.SIGTERM)
-    _out, err = sweep.communicate(timeout=60)
+    _out, err = finish(sweep, 60)
     assert sweep.returncode == 130
     assert err.strip().splitlines()[-1] == "error: interrupted; what was computed so far is saved"
     assert "leaked semaphore" not in err and "Traceback" not in err
@@ -174,7 +184,7 @@ def test_a_trial_stopped_mid_way_continues_from_its_checkpoint_to_the_same_numbe
     metrics = folder / "001-coarse" / "metrics.csv"
     wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 4, "trial 2")
     stopped.send_signal(signal.SIGTERM)
-    _out, err = stopped.communicate(timeout=60)
+    _out, err = finish(stopped, 60)
     assert stopped.returncode == 130, err
     assert (folder / "001-coarse" / "checkpoint.npz").is_file()
 

@@ -138,7 +138,9 @@ def train_run(
         dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress)
     schedule = resolve_schedule(config, len(dataset.X_train))
     images = len(dataset.X_train) + len(dataset.X_val) + len(dataset.X_test)
-    memory = check_memory(config, images=images, features=dataset.X_train.shape[1])
+    memory = check_memory(
+        config, images=images, features=dataset.X_train.shape[1], train_images=len(dataset.X_train)
+    )
     network = build_network(config, dataset.X_train.shape[1])
     rule = build_update_rule(config)
     splits = Splits(dataset.X_train, dataset.y_train, dataset.X_val, dataset.y_val)

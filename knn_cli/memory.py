@@ -21,6 +21,7 @@ from knn_cli.errors import ConfigError
 
 CIFAR_IMAGES = 60_000  # 50,000 training (validation included) and 10,000 test
 CIFAR_FEATURES = 3072
+CIFAR_TRAIN_IMAGES = 45_000  # the default 5,000 held out
 DATA_ITEMSIZE = 4  # the cache holds float32 whatever the run's dtype
 BASELINE_BYTES = 120 * 2**20  # Python, NumPy, matplotlib and the BLAS, before any array
 EVALUATION_ROWS = 10_000  # the largest block evaluation and prediction work on
@@ -55,7 +56,11 @@ class MemoryEstimate:
 
 
 def estimate_memory(
-    config: RunConfig, *, images: int = CIFAR_IMAGES, features: int = CIFAR_FEATURES
+    config: RunConfig,
+    *,
+    images: int = CIFAR_IMAGES,
+    features: int = CIFAR_FEATURES,
+    train_images: int = CIFAR_TRAIN_IMAGES,
 ) -> MemoryEstimate:
     """The run's memory need, from its config and the data's size (CIFAR-10's by default)."""
     itemsize = 8 if config.training.dtype == "float64" else 4
@@ -68,6 +73,10 @@ def estimate_memory(
     batch = config.training.batch_size
     step = batch * (BUFFERS_PER_UNIT * hidden_units + 2 * features)  # the input, gathered
     evaluation = EVALUATION_ROWS * (2 * max(widths[1:]) + features)
+    if config.evaluation.precise_bn and config.model.batch_norm:
+        # Precise BN passes every training row through one layer at a time: a layer's input
+        # and output for all rows at once.
+        evaluation = max(evaluation, 2 * train_images * max(widths[1:]))
     return MemoryEstimate(
         parameters=parameter_count * copies * itemsize,
         activations=(LANES * step + evaluation) * itemsize,
@@ -108,10 +117,14 @@ def human(size: float) -> str:
 
 
 def check_memory(
-    config: RunConfig, *, images: int = CIFAR_IMAGES, features: int = CIFAR_FEATURES
+    config: RunConfig,
+    *,
+    images: int = CIFAR_IMAGES,
+    features: int = CIFAR_FEATURES,
+    train_images: int = CIFAR_TRAIN_IMAGES,
 ) -> MemoryEstimate:
     """The estimate, or a one-line ConfigError when it cannot fit in the memory available."""
-    estimate = estimate_memory(config, images=images, features=features)
+    estimate = estimate_memory(config, images=images, features=features, train_images=train_images)
     available = available_memory()
     if available is not None and estimate.total > available:
         raise ConfigError(

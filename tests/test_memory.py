@@ -83,3 +83,13 @@ def test_the_summary_keeps_the_estimate_beside_the_measured_peak(
         estimate["parameters"] + estimate["activations"] + estimate["data"] + estimate["baseline"],
         abs=0.2,
     )
+
+
+def test_precise_bn_counts_a_layer_of_every_training_row_in_and_out() -> None:
+    wide = {"model.hidden": "[1024, 512]"}
+    plain = estimate_memory(config(**wide))
+    precise = estimate_memory(config(**wide, **{"evaluation.precise_bn": "true"}))
+    assert precise.activations >= 2 * 45_000 * 1024 * 4 > plain.activations
+    assert precise.parameters == plain.parameters
+    no_bn = {**wide, "model.batch_norm": "false", "evaluation.precise_bn": "true"}
+    assert estimate_memory(config(**no_bn)).activations == plain.activations  # nothing to redo

@@ -384,44 +384,60 @@ def plan_study(settings: StudySettings, n_images: int) -> list[PlannedPart]:
 
 EVALUATIONS_PER_CYCLE = 10  # the configs' default
 START_SECONDS = 1.5  # a run's own start: building the network, opening the cache, plotting
+SPEED_REPEATS = 5
+GRADCHECK_SECONDS = 10.0
+# What the steps and evaluations timed alone leave out (two workers sharing caches and memory,
+# plots, tables): the whole study took 550 s where they predicted 440 s (2-core Xeon,
+# 2026-12-01). Re-measure with `knn study` and compare its plan with study.json's seconds.
+UNMODELLED_OVERHEAD = 1.25  # 4 depths x 3 variants in float64 (9 s measured, 2-core Xeon)
 
 
 def estimate_seconds(
     parts: Sequence[PlannedPart], workers: int, n_images: int, features: int
 ) -> dict[str, float]:
-    """Seconds per part on this machine: each run's steps at a step time measured here (one
-    thread, as a worker trains), plus its evaluations (a forward pass, about a third of a step,
-    over the training and validation images at every evaluation point), shared by the workers.
-    """
-    step_time: dict[tuple[Any, ...], float] = {}
+    """Seconds per part on this machine: each run's steps and its evaluations (a forward pass
+    over the training and validation images at every evaluation point), at speeds measured
+    here on one thread as a worker trains, shared by the workers in rounds (3 runs on 2
+    workers take two runs' time)."""
+    speeds: dict[tuple[Any, ...], tuple[float, float]] = {}
     estimates = {}
     for part in parts:
         total = 0.0
         for config, steps, cycles in part.runs:
             key = (config.model.hidden, config.model.batch_norm)
-            if key not in step_time:
-                step_time[key] = measure_step_seconds(features, *key)
-            points = EVALUATIONS_PER_CYCLE * cycles
-            evaluation = points * n_images / config.training.batch_size * step_time[key] / 3
-            total += steps * step_time[key] + evaluation + START_SECONDS
-        runs = max(1, len(part.runs))
-        estimates[part.name] = total / min(workers, runs) if part.runs else 2.0
+            if key not in speeds:
+                speeds[key] = measure_speed(features, *key)
+            step_seconds, row_seconds = speeds[key]
+            evaluations = EVALUATIONS_PER_CYCLE * cycles + 1
+            total += steps * step_seconds + evaluations * n_images * row_seconds + START_SECONDS
+        runs = len(part.runs)
+        rounds = math.ceil(runs / max(1, workers))
+        estimated = total / runs * rounds * UNMODELLED_OVERHEAD if runs else GRADCHECK_SECONDS
+        estimates[part.name] = estimated
     return estimates
 
 
-def measure_step_seconds(features: int, hidden: tuple[int, ...], batch_norm: bool) -> float:
+def measure_speed(features: int, hidden: tuple[int, ...], batch_norm: bool) -> tuple[float, float]:
+    """(seconds a training step of 100 rows takes, seconds per row of an evaluation), on one
+    thread."""
     network = Network(features, hidden, 10, batch_norm=batch_norm, seed=0)
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((100, features)).astype(np.float32)
-    y = rng.integers(0, 10, 100)
+    X = rng.standard_normal((1000, features)).astype(np.float32)
+    y = rng.integers(0, 10, 1000)
     limit = one_thread_limit()
+    steps, evaluations = [], []
     with limit if limit is not None else nullcontext():
-        for _ in range(3):
-            network.train_step(X, y, lambda_=0.005, eta=0.01)
-        started = time.perf_counter()
-        for _ in range(20):
-            network.train_step(X, y, lambda_=0.005, eta=0.01)
-    return (time.perf_counter() - started) / 20
+        network.train_step(X[:100], y[:100], lambda_=0.005, eta=0.01)
+        for _ in range(SPEED_REPEATS):  # the median: the machine's speed jumps second to second
+            started = time.perf_counter()
+            for _ in range(20):
+                network.train_step(X[:100], y[:100], lambda_=0.005, eta=0.01)
+            steps.append((time.perf_counter() - started) / 20)
+            started = time.perf_counter()
+            network.cost(X, y, lambda_=0.005)
+            evaluations.append((time.perf_counter() - started) / len(X))
+    step, row = float(np.median(steps)), float(np.median(evaluations))
+    return step, row
 
 
 # --- running it ----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ def test_quick_start_has_exactly_two_command_lines_and_ci_runs_the_test_line() -
     commands = re.findall(r"```bash\n(.*?)```", quick_start, re.S)
     lines = [line for block in commands for line in block.strip().splitlines()]
     assert len(lines) == 2
-    assert "knn train" in lines[0] and "pytest" in lines[1]
+    assert "knn study" in lines[0] and "pytest" in lines[1]
     ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
     assert lines[1].strip() in ci
     shlex.split(lines[0])  # well-formed shell words

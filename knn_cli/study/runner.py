@@ -32,6 +32,7 @@ from knn_cli.experiment import (
     gradient_checks,
     write_gradcheck_run,
 )
+from knn_cli.locks import folder_lock
 from knn_cli.network import Network
 from knn_cli.runs import SUMMARY_FILE, atomic_write_json, new_run_dir, provenance, read_summary
 from knn_cli.study.contents import PARTS, STUDY_FILE, STUDY_KIND, STUDY_VERSION, read_study_file
@@ -255,7 +256,8 @@ def run_configs_part(
         for name in CONFIG_NAMES
     )
     sweep_dir, spec = _sweep_folder(folder, CONFIG_SWEEP, ConfigSweepSpec(name=CONFIGS, runs=runs))
-    return _sweep_status(run_config_sweep(spec, sweep_dir, executor, progress=progress))
+    with folder_lock(sweep_dir):  # a `--resume` of the part's own sweep must wait for the study
+        return _sweep_status(run_config_sweep(spec, sweep_dir, executor, progress=progress))
 
 
 def search_spec(settings: StudySettings) -> LambdaSearchSpec:
@@ -282,7 +284,8 @@ def run_search_part(
     folder: Path, settings: StudySettings, executor: Executor, progress: bool
 ) -> PartRun:
     sweep_dir, spec = _sweep_folder(folder, LAMBDA_SEARCH, search_spec(settings))
-    result = run_lambda_search(spec, sweep_dir, executor, progress=progress)
+    with folder_lock(sweep_dir):
+        result = run_lambda_search(spec, sweep_dir, executor, progress=progress)
     run = _sweep_status([*result.records, *result.finals])
     if result.best is not None and result.finals:
         seeds = [r.trial.config["training"]["seed"] for r in result.finals]
@@ -319,7 +322,8 @@ def run_search_9layer_part(
     entry["training"]["seed"] = search["final_seeds"][0]
     runs = ({"config": entry, "seeds": len(search["final_seeds"])},)
     sweep_dir, spec = _sweep_folder(folder, CONFIG_SWEEP, ConfigSweepSpec(name=SEARCH_9, runs=runs))
-    return _sweep_status(run_config_sweep(spec, sweep_dir, executor, progress=progress))
+    with folder_lock(sweep_dir):  # a `--resume` of the part's own sweep must wait for the study
+        return _sweep_status(run_config_sweep(spec, sweep_dir, executor, progress=progress))
 
 
 def run_grid_part(
@@ -329,7 +333,8 @@ def run_grid_part(
     sizes = settings.sizes
     spec = GridSpec(base=base, cycles=sizes.grid_cycles, n_s=sizes.grid_n_s, seed=settings.seed)
     sweep_dir, spec = _sweep_folder(folder, INIT_SENSITIVITY, spec)
-    return _sweep_status(run_init_sensitivity(spec, sweep_dir, executor, progress=progress))
+    with folder_lock(sweep_dir):
+        return _sweep_status(run_init_sensitivity(spec, sweep_dir, executor, progress=progress))
 
 
 # --- the plan and its estimate -------------------------------------------------------------------

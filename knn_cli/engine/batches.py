@@ -6,7 +6,7 @@ core that uses it).
 pass: a shift of an image is a change of where its rows of pixels are read from, so a strided
 view of the data set (`np.lib.stride_tricks.as_strided`) starting at the shifted pixel gives
 every image's shifted rows in one gather; the pixels it reads from beyond the image's edge are
-then zeroed by a mask, and mirrored images reversed. It computes exactly what `augment` does
+then zeroed (the border only), and mirrored images reversed. It computes exactly what `augment` does
 (tests/test_augment.py), in a fraction of its time (benchmarks/bench_augment.py).
 """
 
@@ -89,7 +89,7 @@ class AugmentedBatch(Batch):
         part = pixels[starts]  # (n, count, 32): each image's rows, shifted
         draws, p = self.draws, self.augmentation.translate
         if p:
-            part *= _edge_masks(p, part.dtype)[draws.top, draws.left, first // ROW : stop // ROW]
+            _zero_beyond_edges(part, draws, p, first // ROW, stop // ROW)
         mirrored = draws.mirrored
         if mirrored.any():
             part[mirrored] = part[mirrored][..., ::-1]
@@ -107,20 +107,30 @@ class AugmentedBatch(Batch):
         return self._whole
 
 
-_MASKS: dict[tuple[int, np.dtype], np.ndarray] = {}
+def _zero_beyond_edges(part: np.ndarray, draws: Draws, p: int, first: int, stop: int) -> None:
+    """Zero, in place, the pixels each shifted image read from beyond its own edge: its rows
+    `first` to `stop` (of 96, the channels' rows one after another) as gathered in `part`.
+
+    Only the border is written -- at most 3p rows and p columns an image -- found with one
+    `nonzero` each, where multiplying by a mask would make two passes over the whole batch.
+    """
+    rows_out, columns_out = _outside(p)
+    image, row = np.nonzero(rows_out[draws.top, first:stop])
+    part[image, row] = 0
+    image, column = np.nonzero(columns_out[draws.left])
+    part[image, :, column] = 0
 
 
-def _edge_masks(p: int, dtype: np.dtype) -> np.ndarray:
-    """1 where a shifted image shows its own pixels, 0 where it shows what lies beyond its
-    edge, by window position (top, left): shape (2p + 1, 2p + 1, 96, 32), the 32 rows of each
-    channel one after another."""
-    key = (p, np.dtype(dtype))
-    if key not in _MASKS:
-        span = 2 * p + 1
-        masks = np.zeros((span, span, IMAGE_SHAPE[1], ROW), dtype=dtype)
-        for top in range(span):
-            for left in range(span):
-                dy, dx = top - p, left - p
-                masks[top, left, max(0, -dy) : ROW - max(0, dy), max(0, -dx) : ROW - max(0, dx)] = 1
-        _MASKS[key] = np.tile(masks, (1, 1, IMAGE_SHAPE[0], 1))
-    return _MASKS[key]
+_OUTSIDE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _outside(p: int) -> tuple[np.ndarray, np.ndarray]:
+    """By window position (top, or left; p is no shift): which of the 96 rows, and which of the
+    32 columns, a window shows from beyond the image's edge."""
+    if p not in _OUTSIDE:
+        inside = np.zeros((2 * p + 1, ROW), dtype=bool)
+        for window in range(2 * p + 1):
+            shift = window - p
+            inside[window, max(0, -shift) : ROW - max(0, shift)] = True
+        _OUTSIDE[p] = (np.tile(~inside, (1, IMAGE_SHAPE[0])), ~inside)
+    return _OUTSIDE[p]

@@ -52,6 +52,12 @@ class KnnGroup(click.Group):
             raise UserFacingError(
                 "interrupted; what was computed so far is saved", EXIT_INTERRUPTED
             ) from None
+        except MemoryError as error:  # a size no estimate caught (train and sweeps check first)
+            raise UserFacingError(
+                f"not enough memory: {str(error) or 'an allocation failed'}; make the network "
+                "or the batch smaller",
+                2,
+            ) from None
         except OSError as error:
             if error.errno not in DISK_ERRORS:
                 raise
@@ -209,6 +215,7 @@ def gradcheck(
         gradient_checks,
         write_gradcheck_run,
     )
+    from knn_cli.memory import check_gradcheck_size
     from knn_cli.reports import gradcheck_table
     from knn_cli.runs import new_run_dir
 
@@ -219,6 +226,7 @@ def gradcheck(
         widths = parse_list(
             hidden, int, "--hidden", valid=lambda w: w >= 1, example=example, count=layers - 1
         )
+    check_gradcheck_size((dims, *widths, 10))
     X, y, source = gradcheck_problem(dims, batch, seed, data_dir)
     run_dir = new_run_dir(runs_dir, f"gradcheck-k{layers}")  # an unwritable folder fails now
     click.echo(f"k={layers}, hidden {list(widths)}, {batch} samples x {dims} features of {source}")

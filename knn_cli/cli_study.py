@@ -107,6 +107,6 @@ def study(
         click.echo(f"report: {markdown}, {html}")
     failed = [name for name, part in doc["parts"].items() if part["status"] != "finished"]
     seconds = sum(part["seconds"] or 0 for part in doc["parts"].values())
-    click.echo(f"study took {format_minutes(seconds)}")
+    click.echo(f"the parts took {format_minutes(seconds)} in all (with any earlier session's)")
     if failed:
         raise RunFailed(f"parts that did not finish: {', '.join(failed)} (see {study_dir})")

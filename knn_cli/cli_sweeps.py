@@ -45,7 +45,7 @@ executor_options = with_options(
         "--resume",
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
-        help="Continue an interrupted sweep folder, skipping its finished trials.",
+        help="Continue an interrupted folder this command made, skipping what finished.",
     ),
 )
 
@@ -67,10 +67,11 @@ def _reject_plan_options_with_resume(ctx: click.Context) -> None:
 
 def _resume_spec(resume: Path, kind: str) -> Any:
     from knn_cli.sweeps import load_sweep
+    from knn_cli.sweeps.folder import kind_mismatch
 
     found, spec = load_sweep(resume)
     if found != kind:
-        raise RunFolderError(f"{resume} is a {found} sweep, not a {kind}")
+        raise RunFolderError(kind_mismatch(resume, found, kind))
     return spec
 
 
@@ -88,12 +89,16 @@ def _search_base(config_path: Path | None, overrides: Sequence[str]) -> dict[str
     """The base config: the given file, else the study's 3-layer BN config (its built-in defaults
     when run outside the repository)."""
     from knn_cli.config import config_from_dict, config_to_dict, load_config
+    from knn_cli.memory import check_memory
 
     if config_path is None and DEFAULT_SEARCH_CONFIG.is_file():
         config_path = DEFAULT_SEARCH_CONFIG
     if config_path is None:
-        return config_to_dict(config_from_dict({"name": "3layer_bn"}, overrides))
-    return config_to_dict(load_config(config_path, overrides))
+        config = config_from_dict({"name": "3layer_bn"}, overrides)
+    else:
+        config = load_config(config_path, overrides)
+    check_memory(config)  # before a sweep folder is made, not in every trial
+    return config_to_dict(config)
 
 
 @click.command("lambda-search")
@@ -112,7 +117,8 @@ def _search_base(config_path: Path | None, overrides: Sequence[str]) -> dict[str
     "source",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="With --fine alone: refine this earlier coarse sweep.",
+    help="With --fine alone: refine this earlier coarse sweep (with its --cycles and --n-s "
+    "unless given).",
 )
 @click.option(
     "--range",
@@ -205,6 +211,9 @@ def lambda_search(
         if given and not final:
             raise click.UsageError(f"{', '.join(given)} set(s) the final retrain; add --final")
         defaults = LambdaSearchSpec(base={})
+        if source is not None:  # refining it: search as it searched, so trials rank alike
+            refined = _resume_spec(source, LAMBDA_SEARCH)
+            cycles, n_s = cycles or refined.cycles, n_s or refined.n_s
         base = _search_base(config_path, overrides)
         spec = LambdaSearchSpec(
             base=base,
@@ -223,8 +232,6 @@ def lambda_search(
             seed=seed if seed is not None else defaults.seed,
             source=str(source.resolve()) if source is not None else None,
         )
-        if source is not None:
-            _resume_spec(source, LAMBDA_SEARCH)  # fail now, not after setting up
         if spec.final:
             _check_final_settings(spec)
         sweep_dir = start_sweep(runs_dir, LAMBDA_SEARCH, spec)
@@ -348,6 +355,11 @@ def init_sensitivity(
         _reject_plan_options_with_resume(ctx)
         spec, sweep_dir = _resume_spec(resume, INIT_SENSITIVITY), resume
     else:
+        if any(o.split("=", 1)[0].strip() == "model.hidden" for o in overrides):
+            raise click.UsageError(
+                "the grid's widths come from --depths (the study's networks); drop "
+                "--set model.hidden"
+            )
         defaults = GridSpec(base={})
         choices = {"both": (False, True), "on": (True,), "off": (False,)}
         spec = GridSpec(
@@ -392,6 +404,8 @@ def sweep(
     PLAN lists configs (paths relative to it) and how many seeds each; see
     configs/ablation.yaml. Use --workers 1 for wall times that compare with `knn train`.
     """
+    from knn_cli.config import config_from_dict
+    from knn_cli.memory import check_memory
     from knn_cli.sweeps import CONFIG_SWEEP, run_config_sweep, start_sweep
     from knn_cli.sweeps.config_runs import read_plan
 
@@ -404,6 +418,8 @@ def sweep(
         if plan is None:
             raise click.UsageError("give a PLAN file, or --resume SWEEP_DIR")
         spec = read_plan(plan)
+        for entry in spec.runs:  # before a sweep folder is made, not in every trial
+            check_memory(config_from_dict(entry["config"]))
         sweep_dir = start_sweep(runs_dir, CONFIG_SWEEP, spec, name=spec.name)
     with folder_lock(sweep_dir):
         click.echo(f"sweep folder: {sweep_dir}")

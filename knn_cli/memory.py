@@ -134,3 +134,18 @@ def check_memory(
             "training.batch_size smaller"
         )
     return estimate
+
+
+GRADCHECK_COPIES = 8  # parameters, the engine's and the textbook's gradients, numerical ones
+
+
+def check_gradcheck_size(widths: tuple[int, ...]) -> None:
+    """A one-line ConfigError for a gradient check whose float64 parameters cannot fit."""
+    weights = sum(d_in * d_out for d_in, d_out in itertools.pairwise(widths))
+    need = weights * 8 * GRADCHECK_COPIES
+    available = available_memory()
+    if available is not None and need > available:
+        raise ConfigError(
+            f"a gradient check of widths {list(widths)} needs about {human(need)} of memory; "
+            f"{human(available)} is available: use narrower --hidden layers"
+        )

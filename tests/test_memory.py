@@ -93,3 +93,38 @@ def test_precise_bn_counts_a_layer_of_every_training_row_in_and_out() -> None:
     assert precise.parameters == plain.parameters
     no_bn = {**wide, "model.batch_norm": "false", "evaluation.precise_bn": "true"}
     assert estimate_memory(config(**no_bn)).activations == plain.activations  # nothing to redo
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["gradcheck", "--layers", "2", "--hidden", "2000000000"],
+        ["study", "--quick", "--workers", "1", "--set", "model.hidden=[2000000000]"],
+    ],
+)
+def test_other_commands_refuse_an_impossible_size_in_one_line(
+    args: list[str], tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    runs = tmp_path / "runs"
+    data = ["--set", f"data.dir={fake_cifar_dir}", "--set", "data.validation_size=30"]
+    data = data if args[0] == "study" else []
+    result = CliRunner().invoke(cli, [*args, *data, "--runs-dir", str(runs)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and "of memory" in result.output
+    assert len(result.output.splitlines()) == 1
+    assert not runs.exists()
+
+
+def test_a_memory_error_nothing_foresaw_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import knn_cli.experiment as experiment
+
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise MemoryError("Unable to allocate 3.5 TiB")
+
+    monkeypatch.setattr(experiment, "gradient_checks", exhausted)
+    result = CliRunner().invoke(cli, ["gradcheck", "--layers", "2", "--runs-dir", "/tmp/knn-x"])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        "error: not enough memory: Unable to allocate 3.5 TiB; make the network or the batch "
+        "smaller"
+    )

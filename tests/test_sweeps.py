@@ -593,3 +593,58 @@ def test_a_bad_sweep_plan_is_one_line(tmp_path: Path, text: str, fragment: str) 
     assert result.exit_code == 2, result.output
     assert fragment in result.output and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_fine_from_the_cli_searches_with_the_coarse_sweeps_schedule(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    """Trials of two schedules cannot be ranked together: --from takes the refined sweep's
+    --cycles and --n-s unless they are given."""
+    data = ["--set", f"data.dir={fake_cifar_dir}", "--set", "data.validation_size=30"]
+    coarse = CliRunner().invoke(
+        cli,
+        ["lambda-search", "--coarse", "--trials", "2", "--cycles", "1", "--n-s", "7",
+         "--workers", "1", "--runs-dir", str(tmp_path / "coarse"), *data],
+    )  # fmt: skip
+    assert coarse.exit_code == 0, coarse.output
+    (coarse_dir,) = (tmp_path / "coarse").iterdir()
+    fine = CliRunner().invoke(
+        cli,
+        ["lambda-search", "--fine", "--from", str(coarse_dir), "--trials", "2", "--workers", "1",
+         "--runs-dir", str(tmp_path / "fine"), *data],
+    )  # fmt: skip
+    assert fine.exit_code == 0, fine.output
+    (fine_dir,) = (tmp_path / "fine").iterdir()
+    for trial in json.loads((fine_dir / "sweep.json").read_text())["trials"]:
+        assert trial["config"]["training"]["cycles"] == 1
+        assert trial["config"]["training"]["n_s"] == 7
+
+
+def test_a_sweep_folder_given_to_the_wrong_command_says_which_one_made_it(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    sweep_dir = start_sweep(tmp_path, LAMBDA_SEARCH, tiny_search(fake_cifar_dir, trials=1))
+    result = CliRunner().invoke(cli, ["sweep", "--resume", str(sweep_dir), "--workers", "1"])
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: {sweep_dir} was made by knn lambda-search, not knn sweep: "
+        "use knn lambda-search --resume\n"
+    )
+
+
+def test_a_sweep_of_a_config_that_cannot_fit_is_refused_before_its_folder(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("name: huge\nmodel: {hidden: [2000000000]}\n")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("runs: [huge.yaml]\n")
+    runs = tmp_path / "runs"
+    for args in (
+        ["sweep", str(plan)],
+        ["lambda-search", "--coarse", "--config", str(huge)],
+    ):
+        result = CliRunner().invoke(cli, [*args, "--workers", "1", "--runs-dir", str(runs)])
+        assert result.exit_code == 2, result.output
+        assert "needs about" in result.output and len(result.output.splitlines()) == 1
+    assert not runs.exists()

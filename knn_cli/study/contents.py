@@ -31,7 +31,7 @@ from knn_cli.sweeps import (
     trial_record,
 )
 from knn_cli.sweeps.config_runs import config_trials
-from knn_cli.sweeps.folder import read_sweep_file, summary_or_empty
+from knn_cli.sweeps.folder import kind_mismatch, read_sweep_file, summary_or_empty
 
 STUDY_FILE = "study.json"
 STUDY_KIND = "study"
@@ -188,7 +188,7 @@ def _csv_rows(path: Path) -> tuple[dict[str, str], ...]:
 def _load(folder: Path, kind: str) -> Any:
     found, spec = load_sweep(folder)
     if found != kind:
-        raise RunFolderError(f"{folder} is a {found} sweep, not a {kind}")
+        raise RunFolderError(kind_mismatch(folder, found, kind))
     return spec
 
 

@@ -246,13 +246,15 @@ def not_run(study: Study, name: str) -> Text:
     if part.error:
         return Text(f"{NOT_RUN}: its folder cannot be read ({part.error})", "warning")
     why = f"; {part.message}" if part.message else ""
-    return Text(f"{PART_TITLES[name]}: {NOT_RUN} (status: {status_word(part.status)}{why}).")
+    if part.status == "pending" and not why:
+        return Text(f"{PART_TITLES[name]}: {NOT_RUN} yet.")
+    return Text(f"{PART_TITLES[name]}: {NOT_RUN} (the part is {part.status}{why}).")
 
 
 def unfinished(study: Study, name: str) -> list[Block]:
     """Said under what a part has shown when it has not finished: it may still change."""
     part = study.parts[name]
-    if part.status == "finished":
+    if part.status in ("finished", "pending"):  # pending: nothing shown to qualify
         return []
     why = f": {part.message}" if part.message else ""
     return [

@@ -33,6 +33,7 @@ from knn_cli.experiment import (
     write_gradcheck_run,
 )
 from knn_cli.locks import folder_lock
+from knn_cli.memory import check_memory
 from knn_cli.network import Network
 from knn_cli.runs import SUMMARY_FILE, atomic_write_json, new_run_dir, provenance, read_summary
 from knn_cli.study.contents import PARTS, STUDY_FILE, STUDY_KIND, STUDY_VERSION, read_study_file
@@ -50,6 +51,7 @@ from knn_cli.sweeps import (
     run_lambda_search,
     start_sweep,
 )
+from knn_cli.sweeps.folder import kind_mismatch
 from knn_cli.sweeps.plan import ConfigSweepSpec
 
 CONFIG_NAMES = ("3layer", "3layer_bn", "9layer", "9layer_bn")
@@ -58,6 +60,7 @@ GRADCHECK_DEPTHS = (2, 3, 4, 9)
 # The study drew lambda = 10^U with U uniform in [-4, -1] (its section 4).
 STUDY_LOG_RANGE = (-4.0, -1.0)
 QUICK_N_S = 100  # steps per half cycle of every run of a quick study
+TEST_IMAGES = 10_000  # CIFAR-10's test split, beside the training and validation images
 
 GRADCHECK, CONFIGS, SEARCH, SEARCH_9, GRID = (
     "gradcheck",
@@ -235,7 +238,7 @@ def _sweep_folder(folder: Path, kind: str, spec: Any) -> tuple[Path, Any]:
     if folder.exists():
         found, recorded = load_sweep(folder)
         if found != kind:
-            raise RunFolderError(f"{folder} is a {found} sweep, not a {kind}")
+            raise RunFolderError(kind_mismatch(folder, found, kind))
         return folder, recorded
     return start_sweep(folder.parent, kind, spec, folder.name, exact=True), spec
 
@@ -360,6 +363,8 @@ def plan_study(settings: StudySettings, n_images: int) -> list[PlannedPart]:
     search = study_config(settings, "3layer_bn")
     final = study_config(settings, "3layer_bn", "data.validation_size=1000")
     nine = study_config(settings, "9layer_bn", "data.validation_size=1000")
+    for config in four:  # an impossible size (--set model.hidden=...) stops here, in one line
+        check_memory(config, images=n_images + TEST_IMAGES)
     trials = 2 * sizes.search_trials
     return [
         PlannedPart(GRADCHECK, f"gradient check, {len(GRADCHECK_DEPTHS)} depths x 3 variants", []),

@@ -87,6 +87,19 @@ _SPECS: dict[str, type] = {
 Spec = LambdaSearchSpec | GridSpec | ConfigSweepSpec
 
 
+SWEEP_COMMANDS = {
+    "lambda-search": "knn lambda-search",
+    "init-sensitivity": "knn init-sensitivity",
+    "sweep": "knn sweep",
+}
+
+
+def kind_mismatch(folder: Path, found: str, wanted: str) -> str:
+    """A one-line message for a sweep folder given to the wrong command."""
+    command, asked = SWEEP_COMMANDS.get(found, "knn"), SWEEP_COMMANDS.get(wanted, wanted)
+    return f"{folder} was made by {command}, not {asked}: use {command} --resume"
+
+
 def start_sweep(
     runs_dir: str | Path, kind: str, spec: Spec, name: str | None = None, *, exact: bool = False
 ) -> Path:

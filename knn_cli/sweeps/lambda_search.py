@@ -12,6 +12,7 @@ from knn_cli.errors import KnnError, RunFolderError
 from knn_cli.executors import Executor
 from knn_cli.sweeps.figures import lambda_figure
 from knn_cli.sweeps.folder import (
+    SWEEP_COMMANDS,
     TrialRecord,
     load_sweep,
     read_sweep_file,
@@ -138,7 +139,9 @@ def source_records(source: Path) -> list[TrialRecord]:
     """The search trials of an earlier sweep, for `--fine --from` to refine."""
     kind, _ = load_sweep(source)
     if kind != LAMBDA_SEARCH:
-        raise RunFolderError(f"{source} is a {kind} sweep, not a lambda search")
+        raise RunFolderError(
+            f"{source} was made by {SWEEP_COMMANDS.get(kind, kind)}: --from takes a lambda search"
+        )
     trials = [Trial.from_dict(t) for t in read_sweep_file(source)["trials"]]
     records = [trial_record(source, t) for t in trials if t.stage in SEARCH_STAGES]
     if not any(r.finished for r in records):

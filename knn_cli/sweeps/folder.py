@@ -88,9 +88,9 @@ Spec = LambdaSearchSpec | GridSpec | ConfigSweepSpec
 
 
 SWEEP_COMMANDS = {
-    "lambda-search": "knn lambda-search",
-    "init-sensitivity": "knn init-sensitivity",
-    "sweep": "knn sweep",
+    LAMBDA_SEARCH: "knn lambda-search",
+    INIT_SENSITIVITY: "knn init-sensitivity",
+    CONFIG_SWEEP: "knn sweep",
 }
 
 

@@ -134,3 +134,16 @@ def _one_blas_thread_per_test_process():
 
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_raises_as_in_a_terminal():
+    """Tests send SIGINT to themselves as Ctrl-C would; a shell that starts the suite in the
+    background (nohup, `&`) has it ignored, which the code rightly respects (sweep workers ignore
+    it on purpose). Give the suite a terminal's SIGINT whatever started it."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

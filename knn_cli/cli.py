@@ -224,7 +224,13 @@ def gradcheck(
     else:
         example = ",".join(["50"] * (layers - 1)) or "''"
         widths = parse_list(
-            hidden, int, "--hidden", valid=lambda w: w >= 1, example=example, count=layers - 1
+            hidden,
+            int,
+            "--hidden",
+            valid=lambda w: w >= 1,
+            example=example,
+            count=layers - 1,
+            what="widths >= 1",
         )
     check_gradcheck_size((dims, *widths, 10))
     X, y, source = gradcheck_problem(dims, batch, seed, data_dir)

@@ -50,6 +50,7 @@ def parse_list(
     valid: Callable[[T], bool],
     example: str,
     count: int | None = None,
+    what: str = "values",
 ) -> tuple[T, ...]:
     """A comma-separated list of `kind` values, each `valid`, `count` of them if given; a
     usage error naming the option and an example otherwise."""
@@ -61,7 +62,7 @@ def parse_list(
     if (not values and count != 0) or wrong_count or not all(valid(v) for v in values):
         need = f"{count} " if count is not None else ""
         raise click.BadParameter(
-            f"expected {need}comma-separated values like {example}, got {text!r}",
+            f"expected {need}comma-separated {what} like {example}, got {text!r}",
             param_hint=option,
         )
     return values

@@ -364,11 +364,20 @@ def init_sensitivity(
         choices = {"both": (False, True), "on": (True,), "off": (False,)}
         spec = GridSpec(
             base=config_to_dict(config_from_dict({"name": "init"}, overrides)),
-            depths=parse_list(depths, int, "--depths", valid=lambda k: k >= 1, example="3,9")
+            depths=parse_list(
+                depths, int, "--depths", valid=lambda k: k >= 1, example="3,9", what="depths >= 1"
+            )
             if depths
             else defaults.depths,
             batch_norms=choices[batch_norm or "both"],
-            sigmas=parse_list(sigmas, float, "--sigmas", valid=lambda v: v > 0, example="1e-1,1e-3")
+            sigmas=parse_list(
+                sigmas,
+                float,
+                "--sigmas",
+                valid=lambda v: v > 0,
+                example="1e-1,1e-3",
+                what="positive sigmas",
+            )
             if sigmas
             else defaults.sigmas,
             cycles=cycles or defaults.cycles,

@@ -200,7 +200,7 @@ def train_run(
                 background_evaluation=background_evaluation,
             )
         except KeyboardInterrupt:
-            outcome = TrainingOutcome("interrupted", 0, "interrupted by the user")
+            outcome = TrainingOutcome("interrupted", 0, "interrupted (Ctrl-C or a stop signal)")
             raise
         except BaseException as error:
             outcome = TrainingOutcome("failed", 0, f"{type(error).__name__}: {error}")

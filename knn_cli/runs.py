@@ -138,6 +138,8 @@ class MetricsLog:
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
+    if not Path(run_dir).is_dir():
+        raise RunFolderError(f"run folder {run_dir} does not exist")
     if not path.is_file():
         raise RunFolderError(f"{run_dir} is not a run folder: it has no {METRICS_FILE}")
     rows = []

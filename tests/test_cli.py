@@ -185,7 +185,7 @@ def test_download_with_a_wrong_checksum_unpacks_nothing(tmp_path: Path, monkeypa
 
 @pytest.mark.parametrize("command", ["plot", "evaluate"])
 def test_run_folder_that_does_not_exist(tmp_path: Path, command: str) -> None:
-    assert_one_line_error(run(command, str(tmp_path / "nothing")), 2)
+    assert_one_line_error(run(command, str(tmp_path / "nothing")), 2, "does not exist")
 
 
 @pytest.mark.parametrize("command", ["plot", "evaluate"])

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from knn_cli.runs import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ("3layer", "3layer_bn", "9layer", "9layer_bn")
 
@@ -122,18 +124,6 @@ def git_head(checkout: Path) -> str:
         ["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True
     )
     return result.stdout.strip() or "?"
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def main() -> None:

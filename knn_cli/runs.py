@@ -233,6 +233,23 @@ def require_run_dir(run_dir: str | Path, *files: str) -> Path:
     return run_dir
 
 
+def machine() -> str:
+    """CPU model and the cores this process may use: every figure is named with its machine."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return f"{model}, {cores} cores"
+
+
 def provenance() -> dict[str, Any]:
     """What is needed to reproduce a run beyond its config: versions and the code's commit."""
     from importlib.metadata import PackageNotFoundError, version

@@ -25,13 +25,13 @@ from knn_cli.sweeps import (
     LambdaSearchSpec,
     Trial,
     TrialRecord,
-    grid_trials,
     load_sweep,
     ranked_records,
     trial_record,
 )
 from knn_cli.sweeps.config_runs import config_trials
 from knn_cli.sweeps.folder import kind_mismatch, read_sweep_file, summary_or_empty
+from knn_cli.sweeps.init_grid import grid_plan
 
 STUDY_FILE = "study.json"
 STUDY_KIND = "study"
@@ -215,16 +215,7 @@ def _read_lambda_search(folder: Path) -> LambdaSearch:
 
 def _read_grid(folder: Path) -> Grid:
     spec = _load(folder, INIT_SENSITIVITY)
-    trials = grid_trials(
-        spec.base,
-        spec.depths,
-        spec.batch_norms,
-        spec.sigmas,
-        seed=spec.seed,
-        cycles=spec.cycles,
-        n_s=spec.n_s,
-    )
-    return Grid(spec, tuple(trial_record(folder, trial) for trial in trials))
+    return Grid(spec, tuple(trial_record(folder, trial) for trial in grid_plan(spec)))
 
 
 def first_seed_runs(records: Sequence[TrialRecord]) -> dict[str, TrialRecord]:

@@ -13,15 +13,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from knn_cli.errors import RunFolderError
 from knn_cli.plots import DPI, SPLIT_LABELS, training_settings
-from knn_cli.runs import read_metrics
 from knn_cli.study.contents import Grid, LambdaSearch
 from knn_cli.sweeps.figures import (
     draw_lambda_search,
     draw_loss_curves,
     save_figure,
     set_lambda_axis,
+    trial_metrics,
 )
 from knn_cli.sweeps.folder import TrialRecord
 
@@ -39,7 +38,7 @@ def draw_bn_comparison(depth: int, runs: Mapping[bool, TrialRecord]) -> Any:
 
     fig, axes = plt.subplots(1, 2, figsize=BN_FIGSIZE, dpi=DPI, layout="constrained")
     for batch_norm, record in sorted(runs.items()):
-        metrics = _metrics(record)
+        metrics = trial_metrics(record)
         for (key, _), ax in zip(PANELS, axes, strict=True):
             for split, label in SPLIT_LABELS.items():
                 points = [(m["step"], m[key]) for m in metrics if m["split"] == split]
@@ -125,12 +124,3 @@ def save_png(fig: Any, path: Path) -> bytes:
     """Write the figure (atomically) and return its bytes, for the HTML to embed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, path).read_bytes()
-
-
-def _metrics(record: TrialRecord) -> list[dict[str, Any]]:
-    if record.folder is None:
-        return []
-    try:
-        return read_metrics(record.folder)
-    except RunFolderError:
-        return []

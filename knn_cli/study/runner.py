@@ -35,7 +35,14 @@ from knn_cli.experiment import (
 from knn_cli.locks import folder_lock
 from knn_cli.memory import check_memory
 from knn_cli.network import Network
-from knn_cli.runs import SUMMARY_FILE, atomic_write_json, new_run_dir, provenance, read_summary
+from knn_cli.runs import (
+    SUMMARY_FILE,
+    atomic_write_json,
+    machine,
+    new_run_dir,
+    provenance,
+    read_summary,
+)
 from knn_cli.study.contents import PARTS, STUDY_FILE, STUDY_KIND, STUDY_VERSION, read_study_file
 from knn_cli.sweeps import (
     CONFIG_SWEEP,
@@ -173,26 +180,6 @@ def study_settings(doc: dict[str, Any]) -> StudySettings:
 
 def _now() -> str:
     return dt.datetime.now().isoformat(timespec="seconds")
-
-
-def machine() -> str:
-    """CPU model and the cores this process may use: every figure is named with its machine."""
-    import os
-    import platform
-
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return f"{model}, {cores} cores"
 
 
 # --- the parts -----------------------------------------------------------------------------------

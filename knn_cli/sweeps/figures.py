@@ -176,7 +176,7 @@ def draw_loss_curves(spec: GridSpec, records: Sequence[TrialRecord]) -> Any:
         figsize=(max(width * len(spec.sigmas), 8.0), height * len(rows) + 1.2),
         dpi=DPI, squeeze=False, sharex=True, sharey=True, layout="constrained",
     )  # fmt: skip
-    metrics = {key: _metrics(record) for key, record in by_cell.items()}
+    metrics = {key: trial_metrics(record) for key, record in by_cell.items()}
     finite = [m["loss"] for ms in metrics.values() for m in ms if math.isfinite(m["loss"])]
     top = min(max(finite, default=CHANCE_LOSS), LOSS_CAP)
     for (depth, batch_norm), row_axes in zip(rows, axes, strict=True):
@@ -213,7 +213,8 @@ def _outcome(record: TrialRecord | None) -> str:
     return f"test acc {grid_cell(record) or '-'}" if record.finished else record.status
 
 
-def _metrics(record: TrialRecord) -> list[dict[str, Any]]:
+def trial_metrics(record: TrialRecord) -> list[dict[str, Any]]:
+    """A trial's metrics.csv rows; none for a trial not started or whose file is gone."""
     if record.folder is None:
         return []
     try:

@@ -7,17 +7,16 @@ from pathlib import Path
 from knn_cli.executors import Executor
 from knn_cli.sweeps.figures import loss_curves_figure
 from knn_cli.sweeps.folder import TrialRecord
-from knn_cli.sweeps.plan import GridSpec, grid_trials
+from knn_cli.sweeps.plan import GridSpec, Trial, grid_trials
 from knn_cli.sweeps.running import run_trials
 from knn_cli.sweeps.tables import write_grid_tables
 
 CHANCE_MARGIN = 0.2  # test accuracy above which a 10-class run has clearly learned something
 
 
-def run_init_sensitivity(
-    spec: GridSpec, sweep_dir: Path, executor: Executor, *, progress: bool = False
-) -> list[TrialRecord]:
-    trials = grid_trials(
+def grid_plan(spec: GridSpec) -> list[Trial]:
+    """The grid's trials, one per cell, as the spec asks for them."""
+    return grid_trials(
         spec.base,
         spec.depths,
         spec.batch_norms,
@@ -26,6 +25,12 @@ def run_init_sensitivity(
         cycles=spec.cycles,
         n_s=spec.n_s,
     )
+
+
+def run_init_sensitivity(
+    spec: GridSpec, sweep_dir: Path, executor: Executor, *, progress: bool = False
+) -> list[TrialRecord]:
+    trials = grid_plan(spec)
 
     def note(records: list[TrialRecord]) -> str:
         write_grid_tables(sweep_dir, spec, records)

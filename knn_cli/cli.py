@@ -124,8 +124,8 @@ def train(
     if summary["status"] != "finished":
         raise RunFailed(f"run {summary['status']}: {summary['message']} (see {run_dir})")
     click.echo(
-        f"test accuracy {summary['test_accuracy']:.4f}, final validation accuracy "
-        f"{summary['final_val_accuracy']:.4f} (best {summary['best_val_accuracy']:.4f}) "
+        f"test accuracy {summary['test_accuracy']:.2%}, final validation accuracy "
+        f"{summary['final_val_accuracy']:.2%} (best {summary['best_val_accuracy']:.2%}) "
         f"in {summary['wall_seconds']:.1f} s"
     )
 
@@ -283,7 +283,7 @@ def evaluate(run_dir: Path) -> None:
     """Reload a run's model and print its test accuracy."""
     from knn_cli.experiment import evaluate_run
 
-    click.echo(f"test accuracy {evaluate_run(run_dir, progress=progress_wanted()):.4f}")
+    click.echo(f"test accuracy {evaluate_run(run_dir, progress=progress_wanted()):.2%}")
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> NoReturn:

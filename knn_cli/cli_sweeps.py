@@ -246,7 +246,7 @@ def lambda_search(
     if result.best is not None:
         click.echo(
             f"best lambda {result.best.trial.lambda_:.5g}: validation accuracy "
-            f"{result.best.score:.4f}"
+            f"{result.best.score:.2%}"
         )
     if result.finals:
         _echo_finals(result.finals)
@@ -299,8 +299,8 @@ def _echo_finals(records: Sequence[Any]) -> None:
             click.echo(
                 f"final retrain (seed {training['seed']}, {_cycles(training['cycles'])}, "
                 f"{data['validation_size']} held out): test accuracy "
-                f"{record.get('test_accuracy'):.4f}, validation "
-                f"{record.get('final_val_accuracy'):.4f}"
+                f"{record.get('test_accuracy'):.2%}, validation "
+                f"{record.get('final_val_accuracy'):.2%}"
             )
     summary = final_test_summary(records)
     if summary is not None:

@@ -226,7 +226,7 @@ def draw_comparison(runs: Sequence[Compared]) -> Any:
     validation solid, the shared settings in the title and the differing ones in the legend."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     from knn_cli.plots import CURVES, DPI, FIGSIZE
 
@@ -275,6 +275,8 @@ def draw_comparison(runs: Sequence[Compared]) -> Any:
         ax.set_xlabel("update step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(key)
+        if key == "accuracy":  # as every other figure and table shows it
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.grid(alpha=0.3)
     fig.legend(handles=handles, loc="outside lower center", ncols=columns, fontsize=9)
     shared = shared_text(runs, keys)

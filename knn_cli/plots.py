@@ -122,6 +122,10 @@ def draw_curves(
             ax.set_ylim(middle - least / 2, middle + least / 2)
     ax.set_xlabel("update step")
     ax.set_ylabel(key)
+    if key == "accuracy":  # in percent, as the tables and the terminal give it
+        from matplotlib.ticker import PercentFormatter
+
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(alpha=0.3)
     if legend:
         ax.legend()

@@ -225,14 +225,14 @@ def test_train_plot_evaluate_round_trip(tmp_path: Path, fake_cifar_dir: Path) ->
     assert run_dir.name.endswith("_tiny")
     assert "lambda: 0.01" in (run_dir / "config.yaml").read_text()  # the resolved config
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert f"test accuracy {summary['test_accuracy']:.4f}" in result.output
+    assert f"test accuracy {summary['test_accuracy']:.2%}" in result.output
     for png in ("cost.png", "loss.png", "accuracy.png"):
         (run_dir / png).unlink()
     assert run("plot", str(run_dir)).exit_code == 0
     assert (run_dir / "accuracy.png").is_file()
     evaluated = run("evaluate", str(run_dir))
     assert evaluated.exit_code == 0
-    assert f"test accuracy {summary['test_accuracy']:.4f}" in evaluated.output
+    assert f"test accuracy {summary['test_accuracy']:.2%}" in evaluated.output
 
 
 def test_diverged_run_exits_1(tmp_path: Path, fake_cifar_dir: Path) -> None:

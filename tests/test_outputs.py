@@ -293,3 +293,22 @@ def test_a_sweep_planned_before_final_n_s_existed_retrains_at_the_configs_n_s(
         base, [0], 1e-3, seed=0, cycles=1, validation_size=1000, n_s=resumed.final_n_s
     )
     assert final.config["training"]["n_s"] == 40
+
+
+def test_accuracy_is_plotted_in_percent() -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    from knn_cli.plots import draw_curves
+
+    metrics = [
+        {"step": step, "split": split, "accuracy": value, "loss": 2.0 - value}
+        for step, value in ((0, 0.1), (10, 0.4))
+        for split in ("train", "val")
+    ]
+    fig, (accuracy, loss) = plt.subplots(1, 2)
+    draw_curves(accuracy, metrics, "accuracy")
+    draw_curves(loss, metrics, "loss")
+    assert isinstance(accuracy.yaxis.get_major_formatter(), PercentFormatter)
+    assert not isinstance(loss.yaxis.get_major_formatter(), PercentFormatter)
+    plt.close(fig)

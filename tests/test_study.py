@@ -1,0 +1,82 @@
+"""`knn study`'s runner apart from its report: the time estimate, and that a part's sweep folder
+is the study's while the study runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import knn_cli.study.runner as runner
+from knn_cli.cli import cli
+from knn_cli.executors import Outcome, guarded
+from knn_cli.locks import FolderBusy, folder_lock
+from knn_cli.study.runner import PlannedPart, StudySettings, estimate_seconds, study_config
+
+
+def test_the_estimate_counts_steps_evaluations_and_rounds_of_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runner, "measure_speed", lambda *args: (0.001, 1e-6))
+    config = study_config(StudySettings(), "3layer_bn")
+    one_run = 1000 * 0.001 + (runner.EVALUATIONS_PER_CYCLE * 2 + 1) * 50_000 * 1e-6
+    one_run += runner.START_SECONDS
+    three = PlannedPart("three", "", [(config, 1000, 2)] * 3)
+    estimates = estimate_seconds([three], 2, 50_000, 3072)
+    # Three runs on two workers take two rounds, whatever the overhead factor.
+    assert estimates["three"] == pytest.approx(2 * one_run * runner.UNMODELLED_OVERHEAD)
+    alone = estimate_seconds([three], 1, 50_000, 3072)["three"]
+    assert alone == pytest.approx(3 * one_run * runner.UNMODELLED_OVERHEAD)
+
+
+class TriesTheLock:
+    """Runs jobs in this process, first trying to take the sweep folder's lock as a second
+    `--resume` of the part's sweep would."""
+
+    workers = 1
+    in_process = True
+
+    def __init__(self) -> None:
+        self.refused: list[str] = []
+
+    def check(self) -> None:
+        pass
+
+    def run(self, items: Sequence[Any], fn: Callable[[Any], Any]) -> Iterator[tuple[Any, Outcome]]:
+        for item in items:
+            try:
+                with folder_lock(Path(item.run_dir).parent):
+                    pass
+            except FolderBusy as error:
+                self.refused.append(str(error))
+            yield item, guarded(fn, item)
+
+
+def test_a_part_sweep_is_held_by_the_study_while_it_runs(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    settings = StudySettings(
+        quick=True,
+        seeds=1,
+        overrides=(f"data.dir={fake_cifar_dir}", "data.validation_size=30", "training.n_s=5"),
+    )
+    executor = TriesTheLock()
+    run = runner.run_configs_part(tmp_path / "configs", settings, executor, progress=False)
+    assert run.status == "finished"
+    assert len(executor.refused) == 4 and "is in use by process" in executor.refused[0]
+
+
+def test_the_grid_takes_its_widths_from_its_depths_not_from_set() -> None:
+    result = CliRunner().invoke(cli, ["init-sensitivity", "--set", "model.hidden=[5]"])
+    assert result.exit_code == 2
+    assert "drop --set model.hidden" in result.output
+
+
+def test_list_options_say_what_each_value_must_be() -> None:
+    result = CliRunner().invoke(cli, ["init-sensitivity", "--sigmas=-1"])
+    assert result.exit_code == 2 and "positive sigmas" in result.output
+    result = CliRunner().invoke(cli, ["gradcheck", "--layers", "3", "--hidden", "5"])
+    assert result.exit_code == 2 and "2 comma-separated widths >= 1" in result.output

@@ -15,5 +15,6 @@ contents.py    a study folder read into plain data (study.json and each part's r
 published.py   the published numbers (published.yaml) and how a result compares with them
 figures.py     the report's comparison figures, drawn from the run folders
 render.py      the report as sections, written out as Markdown and self-contained HTML
-report.py      `knn report`: the sections built from a study folder
+sections.py    one section per experiment, each number beside the published one
+report.py      `knn report`: figures drawn, sections assembled, both files written
 """

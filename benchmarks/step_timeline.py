@@ -22,7 +22,9 @@ from collections.abc import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from knn_cli.engine import Engine
 from knn_cli.engine import lanes as lanes_module
+from knn_cli.engine.batches import Batch
 from knn_cli.engine.lanes import Lanes
 from knn_cli.errors import DataError
 from knn_cli.experiment import default_hidden
@@ -85,15 +87,14 @@ def main() -> None:
     for name, hidden in WIDTHS.items():
         network = Network(X.shape[1], hidden, 10, batch_norm=True)
         records = []
-        with threadpool_limits(1, user_api="blas"), Lanes() as lanes:
+        with threadpool_limits(1, user_api="blas"), Engine(network, two_lanes=True) as engine:
             for step in range(STEPS):
                 at = step * BATCH
                 stamps.clear()
                 stamps["start"] = time.perf_counter()
-                network.train_step(
-                    X, y, 0.005, 0.01, lanes,
-                    rows=order[at : at + BATCH], next_rows=order[at + BATCH : at + 2 * BATCH],
-                )  # fmt: skip
+                rows = order[at : at + BATCH]
+                following = Batch(X, order[at + BATCH : at + 2 * BATCH])
+                engine.step(Batch(X, rows), y[rows], 0.005, 0.01, following=following)
                 stamps["end"] = time.perf_counter()
                 if step >= WARM_UP:
                     records.append(dict(stamps))

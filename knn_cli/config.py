@@ -61,19 +61,9 @@ class TrainingConfig:
     label_smoothing: float = 0.0
     checkpoint_minutes: float | None = 5.0  # how often to save for --resume; null: never
     optimizer: str = "sgd"
-    momentum: float = 0.9
-    beta1: float = 0.9
-    beta2: float = 0.999
-    adam_eps: float = 1e-8
-
-    def optimizer_settings(self) -> dict[str, float]:
-        """The update rules' settings under their own names (each rule takes those it uses)."""
-        return {
-            "momentum": self.momentum,
-            "beta1": self.beta1,
-            "beta2": self.beta2,
-            "eps": self.adam_eps,
-        }
+    # The rule's hyperparameters by the names its class declares (`UpdateRule.settings`), every
+    # one of them filled in; {} for SGD.
+    optimizer_settings: Mapping[str, float] = field(default_factory=dict)
 
     def resolve_n_s(self, n_train: int) -> int:
         """Steps per half cycle; a factor ties the schedule to epochs whatever the batch size."""
@@ -86,10 +76,6 @@ class TrainingConfig:
         if self.eval_every is not None:
             return self.eval_every
         return max(1, 2 * n_s // 10)
-
-    def total_steps(self, n_s: int) -> int:
-        """Update steps in the whole run: each cycle is one rise and one fall of n_s steps."""
-        return 2 * n_s * self.cycles
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +221,21 @@ def _choice(*options: str) -> Parser:
     return parse
 
 
+def _update_rule(key: str, value: Any) -> str:
+    """A name in `UPDATE_RULES` as it is now: a rule registered after import counts."""
+    return _choice(*UPDATE_RULES)(key, value)
+
+
+def _settings_mapping(key: str, value: Any) -> dict[str, Any]:
+    """A mapping of setting names to values, checked against the rule once it is known
+    (`_resolve_optimizer_settings`); null is no settings."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise _invalid(key, value, "a mapping of setting names to numbers, e.g. {momentum: 0.9}")
+    return dict(value)
+
+
 def _boolean(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise _invalid(key, value, "true or false")
@@ -316,11 +317,8 @@ _SECTIONS: dict[str, tuple[type, tuple[_Field, ...]]] = {
             _Field("dtype", _choice(*DTYPES)),
             _Field("label_smoothing", _number(0, below=1)),
             _Field("checkpoint_minutes", _number_or_null(0, low_open=True)),
-            _Field("optimizer", _choice(*UPDATE_RULES)),
-            _Field("momentum", _number(0, below=1)),
-            _Field("beta1", _number(0, below=1)),
-            _Field("beta2", _number(0, below=1)),
-            _Field("adam_eps", _number(0, low_open=True)),
+            _Field("optimizer", _update_rule),
+            _Field("optimizer_settings", _settings_mapping),
         ),
     ),
     "augment": (
@@ -347,7 +345,16 @@ _SECTIONS: dict[str, tuple[type, tuple[_Field, ...]]] = {
     ),
 }
 _TOP_KEYS = ("name", *_SECTIONS)
-_SETTING_KEYS = ("name", *(f"{s}.{f.key}" for s, (_, fs) in _SECTIONS.items() for f in fs))
+# The update rules' settings as earlier versions spelled them, one key each beside
+# `training.optimizer`; config files of earlier runs hold all four. Still read: each reaches the
+# rule that declares the setting of that name, and is ignored by the others, as it was.
+LEGACY_RULE_KEYS = {"momentum": "momentum", "beta1": "beta1", "beta2": "beta2", "adam_eps": "eps"}
+_MAPPING_FIELDS = {"training.optimizer_settings"}  # overridden one entry at a time
+_SETTING_KEYS = (
+    "name",
+    *(f"{s}.{f.key}" for s, (_, fs) in _SECTIONS.items() for f in fs),
+    *(f"training.{key}" for key in LEGACY_RULE_KEYS),
+)
 
 
 def _did_you_mean(key: Any, allowed: Sequence[str], prefix: str) -> str:
@@ -380,12 +387,57 @@ def _section_mapping(section: str, raw: Any) -> Mapping[Any, Any]:
 
 def _parse_section(section: str, raw: Any) -> Any:
     cls, fields = _SECTIONS[section]
-    settings = _section_mapping(section, raw)
+    settings = dict(_section_mapping(section, raw))
+    legacy = {}
+    if section == "training":
+        legacy = {key: settings.pop(key) for key in LEGACY_RULE_KEYS if key in settings}
     _reject_unknown(settings, [f.key for f in fields], prefix=f"{section}.")
     values = {
         f.attr: f.parse(f"{section}.{f.key}", settings[f.key]) for f in fields if f.key in settings
     }
+    if section == "training":
+        values["optimizer_settings"] = _resolve_optimizer_settings(
+            values.get("optimizer", "sgd"), values.get("optimizer_settings", {}), legacy
+        )
     return cls(**values)
+
+
+def _resolve_optimizer_settings(
+    optimizer: str, given: Mapping[str, Any], legacy: Mapping[str, Any]
+) -> dict[str, float]:
+    """Every setting the rule declares, from `given`, else from an earlier version's key, else
+    its default; a setting the rule does not declare is an error (a legacy key is ignored, as
+    earlier versions ignored it)."""
+    declared = UPDATE_RULES[optimizer].settings
+    where = "training.optimizer_settings"
+    for name in given:
+        if name not in declared:
+            close = difflib.get_close_matches(name, list(declared), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            known = ", ".join(declared) or "none"
+            raise ConfigError(
+                f"{where}: {optimizer} has no setting {_show(name)}{hint}; its settings: {known}"
+            )
+    resolved = {}
+    for name, setting in declared.items():
+        old_key = next((k for k, v in LEGACY_RULE_KEYS.items() if v == name), None)
+        if name in given:
+            key, value = f"{where}.{name}", given[name]
+            if old_key in legacy and _as_float(legacy[old_key]) != _as_float(value):
+                raise ConfigError(
+                    f"training.{old_key} ({_show(legacy[old_key])}) and {key} "
+                    f"({_show(value)}) disagree; keep {key} alone"
+                )
+        elif old_key in legacy:
+            key, value = f"training.{old_key}", legacy[old_key]
+        else:
+            resolved[name] = setting.default
+            continue
+        number = _as_float(value)
+        if number is None or not setting.allows(number):
+            raise _invalid(key, value, setting.describe())
+        resolved[name] = number
+    return resolved
 
 
 def _check_together(cfg: RunConfig) -> None:
@@ -454,6 +506,15 @@ def _apply_override(doc: dict[Any, Any], text: Any) -> None:
     if key in _SECTIONS:
         first = _SECTIONS[key][1][0].key
         raise ConfigError(f"override {_show(text)} must set one setting, e.g. {key}.{first}=...")
+    mapping, _, entry = key.rpartition(".")
+    if mapping in _MAPPING_FIELDS and entry:  # one entry of a mapping, e.g. a rule's setting
+        value = _load_yaml(raw, f"the value in override {_show(text)}")
+        section, _, field_key = mapping.partition(".")
+        settings = dict(_section_mapping(section, doc.get(section)))
+        held = settings.get(field_key)
+        settings[field_key] = {**(held if isinstance(held, Mapping) else {}), entry: value}
+        doc[section] = settings
+        return
     if key not in _SETTING_KEYS:
         hint = _did_you_mean(key, _SETTING_KEYS, "")
         raise ConfigError(f"override {_show(text)}: unknown config key {_show(key)}{hint}")
@@ -528,6 +589,8 @@ def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
     return list(value) if isinstance(value, tuple) else value
 
 

@@ -77,7 +77,7 @@ def build_network(config: RunConfig, input_dim: int) -> Network:
 
 
 def build_update_rule(config: RunConfig) -> UpdateRule:
-    return make_update_rule(config.training.optimizer, config.training.optimizer_settings())
+    return make_update_rule(config.training.optimizer, config.training.optimizer_settings)
 
 
 def saved_state(network: Network, rule: UpdateRule) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from knn_cli.engine import Engine
 from knn_cli.network import Network
 from knn_cli.stack import TRAINING
 
@@ -166,12 +167,16 @@ def check_network_paths(
     floor: float = 1e-3,
 ) -> dict[str, list[GradientComparison]]:
     """Check every parameter's gradient on (X, y) in training mode, by each path: "engine" (what
-    trains, `cost_and_gradients`) and "textbook" (the layers as written, `textbook_gradients`),
-    against centred differences of the textbook forward pass, computed once for both."""
+    trains, `Engine.cost_and_gradients`) and "textbook" (the layers as written,
+    `Network.textbook_gradients`), against centred differences of the textbook forward pass,
+    computed once for both."""
     numeric = numerical_gradients(
         lambda stacked: network.cost_of(stacked, X, y, lambda_), network.params, h
     )
-    compute = {"engine": network.cost_and_gradients, "textbook": network.textbook_gradients}
+    compute = {
+        "engine": Engine(network).cost_and_gradients,
+        "textbook": network.textbook_gradients,
+    }
     return {
         path: compare_gradients(
             compute[path](X, y, lambda_)[1],

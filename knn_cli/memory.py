@@ -18,6 +18,7 @@ from pathlib import Path
 
 from knn_cli.config import RunConfig
 from knn_cli.errors import ConfigError
+from knn_cli.optim import UPDATE_RULES
 
 CIFAR_IMAGES = 60_000  # 50,000 training (validation included) and 10,000 test
 CIFAR_FEATURES = 3072
@@ -31,7 +32,6 @@ LANES = 2  # training steps computed side by side, each with its own workspace
 BUFFERS_PER_UNIT = 8
 # Per parameter: its value, one gradient per lane, the copy written to a checkpoint.
 COPIES_PER_PARAMETER = 2 + LANES
-RULE_STATE_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def estimate_memory(
     weights = sum(d_in * d_out for d_in, d_out in itertools.pairwise(widths))
     per_unit = 4 if config.model.batch_norm else 1  # bias; or bias, gamma, beta and a mean
     parameter_count = weights + per_unit * sum(widths[1:])
-    copies = COPIES_PER_PARAMETER + RULE_STATE_SLOTS.get(config.training.optimizer, 2)
+    copies = COPIES_PER_PARAMETER + len(UPDATE_RULES[config.training.optimizer].slots)
     hidden_units = sum(widths[1:])
     batch = config.training.batch_size
     step = batch * (BUFFERS_PER_UNIT * hidden_units + 2 * features)  # the input, gathered

@@ -4,54 +4,31 @@ layers described once, as data (`stack.py`).
 From the stack follow the parameter names and shapes (W1 b1 gamma1 beta1 ... Wk bk, held in one
 dict so that generic code serves them all), the forward and backward passes written as a
 textbook writes them, the batch-norm statistics kept for evaluation, which gradients are exactly
-zero, and where the ReLU kinks are for the gradient check. Training steps run on the fast engine
-(`knn_cli/engine`), which computes the same numbers faster.
+zero, and where the ReLU kinks are for the gradient check. It is the model alone: training
+steps run on the fast engine (`knn_cli/engine`), which whoever trains builds over a network and
+which computes the same numbers faster; the network knows nothing of it.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from knn_cli import layers as L
 from knn_cli.stack import (
-    BN_POSITIONS,
     INITS,
     TRAINING,
     Affine,
     BatchNorm,
-    Dropout,
     Init,
     Layer,
     Mode,
-    ReLU,
     standard_layers,
     zero_gradient_parameters,
 )
-
-if TYPE_CHECKING:
-    from knn_cli.engine import Engine
-    from knn_cli.engine.lanes import Lanes
-    from knn_cli.optim import UpdateRule
-
-__all__ = [
-    "BN_POSITIONS",
-    "DTYPES",
-    "INITS",
-    "TRAINING",
-    "Affine",
-    "BatchNorm",
-    "Dropout",
-    "Init",
-    "Layer",
-    "Mode",
-    "Network",
-    "ReLU",
-    "standard_layers",
-]
 
 DTYPES = ("float32", "float64")
 
@@ -59,9 +36,10 @@ DTYPES = ("float32", "float64")
 class Network:
     """Parameters and moving averages of one network, with its passes.
 
-    Forward passes (`scores`, `forward`, `cost`, `cost_of`) and `textbook_gradients` walk the
-    layers as written in `layers.py`; `cost_and_gradients` and `train_step` run on the engine,
-    which computes the same numbers faster (tests/test_engine.py holds it to that).
+    Every pass (`scores`, `forward`, `cost`, `cost_of`, `cost_and_gradients`) walks the layers
+    as written in `layers.py`. A training step is the update rule's `step` on these gradients,
+    then `update_moving_averages`; `knn_cli.engine.Engine` computes the same step faster
+    (tests/test_engine.py holds it to that).
     """
 
     def __init__(
@@ -146,23 +124,10 @@ class Network:
         # Empty until the first training batch: the study starts the averages from that batch's
         # statistics rather than from an arbitrary 0/1 guess.
         self.moving_averages: dict[str, np.ndarray] = {}
-        # Counts changes of the parameters, so the engine knows when work done ahead is stale.
-        self.version = 0
-        self._engine: Engine | None = None
 
     @property
     def batch_norm(self) -> bool:
         return any(isinstance(layer, BatchNorm) for layer in self.layers)
-
-    @property
-    def engine(self) -> Engine:
-        """The fast path for training steps, made on first use (its buffers are this
-        network's own)."""
-        if self._engine is None:
-            from knn_cli.engine import Engine
-
-            self._engine = Engine(self)
-        return self._engine
 
     # -- parameters by name -------------------------------------------------------------------
 
@@ -171,7 +136,8 @@ class Network:
         return {name: value.copy() for name, value in self.params.items()}
 
     def set_params(self, values: Mapping[str, np.ndarray]) -> None:
-        """Replace parameters by name; names and shapes must match the layers'."""
+        """Replace parameters by name (new arrays, never written into the old ones); names and
+        shapes must match the layers'."""
         for name, value in values.items():
             if name not in self.params:
                 raise KeyError(f"unknown parameter {name!r}; known: {', '.join(self.params)}")
@@ -181,7 +147,6 @@ class Network:
                     f"parameter {name} has shape {self.params[name].shape}, got {value.shape}"
                 )
             self.params[name] = value.astype(self.dtype, copy=True)
-        self.version += 1
 
     def snapshot(self) -> Network:
         """An independent copy of parameters and moving averages, to evaluate elsewhere (on
@@ -189,7 +154,6 @@ class Network:
         clone = copy.copy(self)
         clone.params = self.get_params()
         clone.moving_averages = {k: v.copy() for k, v in self.moving_averages.items()}
-        clone._engine = None
         return clone
 
     def state(self) -> dict[str, np.ndarray]:
@@ -227,10 +191,15 @@ class Network:
             grads.update(layer_grads)
         return {name: grads[name] for name in self.params}
 
-    def textbook_gradients(
+    def cost_and_gradients(
         self, X: np.ndarray, y: np.ndarray, lambda_: float, noise: tuple[int, ...] = (0,)
     ) -> tuple[float, dict[str, np.ndarray]]:
-        """`cost_and_gradients` through the layers as written: the reference for the engine."""
+        """Cost and its exact gradient for every parameter, by name, in training mode (dropout's
+        masks drawn from `noise`), through the layers as written: the reference for the engine.
+
+        Leaves the moving averages alone, so that it is a pure function of the parameters, which
+        is what a numerical gradient check needs.
+        """
         scores, caches = self.forward_pass(X, Mode(train=True, noise=noise))
         smoothing = self.label_smoothing
         dscores = L.softmax_cross_entropy_backward(scores, y, smoothing)
@@ -238,6 +207,9 @@ class Network:
         for name in self.decayed:
             grads[name] = grads[name] + 2.0 * lambda_ * self.params[name]
         return L.cross_entropy(scores, y, smoothing) + lambda_ * self.weight_penalty(), grads
+
+    # The name the gradient check and the tests use beside the engine's gradients.
+    textbook_gradients = cost_and_gradients
 
     def batch_statistics(
         self, X: np.ndarray, noise: tuple[int, ...] = (0,)
@@ -334,34 +306,3 @@ class Network:
         scores, _caches = self.forward_pass(X, Mode(train=True, noise=noise), stacked)
         loss = L.cross_entropy(scores, y, self.label_smoothing)
         return loss + lambda_ * self.weight_penalty(params)
-
-    # -- on the engine ------------------------------------------------------------------------
-
-    def cost_and_gradients(
-        self, X: np.ndarray, y: np.ndarray, lambda_: float, noise: tuple[int, ...] = (0,)
-    ) -> tuple[float, dict[str, np.ndarray]]:
-        """Cost and its exact gradient for every parameter, by name, in training mode (dropout's
-        masks drawn from `noise`).
-
-        Leaves the moving averages alone so that it is a pure function of the parameters, which
-        is what a numerical gradient check needs. The arrays returned are the caller's own.
-        """
-        return self.engine.cost_and_gradients(X, y, lambda_, noise)
-
-    def train_step(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        lambda_: float,
-        eta: float,
-        lanes: Lanes | None = None,
-        rows: np.ndarray | None = None,
-        next_rows: np.ndarray | None = None,
-        optimizer: UpdateRule | None = None,
-        noise: tuple[int, ...] = (0,),
-    ) -> float:
-        """One step of `optimizer` (plain SGD by default) on the mini-batch X[rows], y[rows]
-        (all of X and y when `rows` is None), updating the moving averages; returns the cost
-        before the step. `noise` seeds dropout's masks. See `Engine.step` for `lanes` and
-        `next_rows`."""
-        return self.engine.step(X, y, lambda_, eta, optimizer, lanes, rows, next_rows, noise)

@@ -1,48 +1,84 @@
 """Update rules: how a gradient becomes a change of the parameters.
 
 Every rule has one interface. Once a step, `begin(eta, lambda_, params)` takes the learning rate
-(the cyclical schedule drives every rule) and the L2 strength; then `update(name, w, g, ...)`
+(the cyclical schedule drives every rule) and the L2 strength; then `update(w, g, state, ...)`
 changes one parameter in place, where g is the gradient of the *loss* -- without the L2 term,
 which each rule applies to the parameters marked `decayed` in its own way (added to the gradient,
-or as a decoupled decay in AdamW). A rule keeps its state per parameter name (`state`), which is
+or as a decoupled decay in AdamW) -- and `state` holds the rule's arrays for that parameter
+(e.g. its velocity), by slot. A rule keeps its state per parameter name (`state`), which is
 saved with the model (`state_dict`) so a run can be continued where it stopped.
 
-`update` may be called on a block of rows of a parameter (`rows`), e.g. by the engine's two
-threads on the two halves of W1; every rule here works element by element, so a block's update
-is that of the whole restricted to the block.
+Every rule here works element by element, so an update of a block of rows (w, g and the state
+restricted to those rows) is that of the whole restricted to the block: the engine updates W1
+by halves on two threads this way (`engine/rules.py`).
 
-A new rule is a subclass with its `update` (and `begin` for per-step scalars), and one line in
-`UPDATE_RULES`. The study's rule is `SGD`.
+A new rule is a subclass with its `update` (and `begin` for per-step scalars), its
+hyperparameters declared in `settings`, and one line in `UPDATE_RULES`; the config then takes
+them as `training.optimizer_settings`. The study's rule is `SGD`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-ALL_ROWS = slice(None)
+
+@dataclass(frozen=True)
+class Setting:
+    """A rule's hyperparameter: its default and the interval it must lie in, so that a config
+    can be checked before any training starts."""
+
+    default: float
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def allows(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def describe(self) -> str:
+        """What `allows` accepts, in words: 'a number >= 0 and < 1'."""
+        parts = []
+        if self.low > -math.inf:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high < math.inf:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return "a number " + " and ".join(parts) if parts else "a finite number"
+
+
+FRACTION = {"low": 0.0, "high": 1.0, "high_open": True}  # in [0, 1): momenta, betas
+POSITIVE = {"low": 0.0, "low_open": True}
 
 
 class UpdateRule:
     """The interface, and the per-parameter state every rule keeps by name.
 
     `slots` names the rule's state arrays per parameter (e.g. "velocity"); they start at zero.
+    `settings` declares the rule's hyperparameters; each becomes an attribute of the same name,
+    given as a keyword argument or left at its default.
     """
 
     slots: ClassVar[tuple[str, ...]] = ()
-    settings: ClassVar[tuple[str, ...]] = ()  # keyword arguments, taken from the config
+    settings: ClassVar[Mapping[str, Setting]] = {}
 
-    def __init__(self) -> None:
+    def __init__(self, **settings: float) -> None:
+        unknown = sorted(set(settings) - set(self.settings))
+        if unknown:
+            known = ", ".join(self.settings) or "none"
+            raise TypeError(f"{type(self).__name__} has no setting {unknown[0]!r} (its: {known})")
+        for name, setting in self.settings.items():
+            setattr(self, name, float(settings.get(name, setting.default)))
         self.state: dict[str, dict[str, np.ndarray]] = {slot: {} for slot in self.slots}
         self.steps = 0
         self.eta = 0.0
         self.lambda_ = 0.0
-
-    def gradient_scale(self, eta: float) -> float:
-        """What the backward pass should multiply every gradient by; 1 for all but SGD."""
-        return 1.0
 
     def begin(self, eta: float, lambda_: float, params: Mapping[str, np.ndarray]) -> None:
         """Start a step: the rate and L2 strength for it, and state for parameters new to us.
@@ -58,11 +94,15 @@ class UpdateRule:
                     slot[name] = np.zeros_like(value)
 
     def update(
-        self, name: str, w: np.ndarray, g: np.ndarray, *, decayed: bool, rows: slice = ALL_ROWS
+        self, w: np.ndarray, g: np.ndarray, state: Mapping[str, np.ndarray], *, decayed: bool
     ) -> None:
-        """w <- the rule's new value, in place; `w` and `g` are `rows` of the named parameter
-        and of its loss gradient (times `gradient_scale`)."""
+        """w <- the rule's new value, in place, from the loss gradient g; `state` is this
+        parameter's arrays by slot (the same rows as w), to be updated in place too."""
         raise NotImplementedError
+
+    def state_of(self, name: str) -> dict[str, np.ndarray]:
+        """The named parameter's state arrays, by slot."""
+        return {slot: by_name[name] for slot, by_name in self.state.items()}
 
     def step(
         self,
@@ -72,13 +112,10 @@ class UpdateRule:
         lambda_: float,
         decayed: tuple[str, ...] | frozenset[str] = (),
     ) -> None:
-        """One whole step, as a textbook writes it: every parameter from its loss gradient
-        (not scaled: call this with plain gradients, whatever `gradient_scale` says)."""
+        """One whole step, as a textbook writes it: every parameter from its loss gradient."""
         self.begin(eta, lambda_, params)
-        scale = self.gradient_scale(eta)
         for name, w in params.items():
-            g = grads[name] if scale == 1.0 else scale * grads[name]
-            self.update(name, w, g, decayed=name in decayed)
+            self.update(w, grads[name], self.state_of(name), decayed=name in decayed)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The state as flat arrays, `slot.parameter` and `steps`, for an npz file."""
@@ -106,26 +143,21 @@ class UpdateRule:
 
 
 class SGD(UpdateRule):
-    """Gradient descent on the cost, the study's rule:  w <- w - eta (g + 2 lambda w).
+    """Gradient descent on the cost, the study's rule:  w <- w - eta (g + 2 lambda w),
+    written as w <- (1 - 2 eta lambda) w - eta g.
 
-    Written as w <- (1 - 2 eta lambda) w - eta g. Its fast path: it asks the backward pass for
-    eta g at once (`gradient_scale`), free because the backward pass is linear in the gradient it
-    starts from, so a step is one pass over each parameter where scaling and adding took more
-    (benchmarks/bench_train.py --optimizer measures the rules against each other).
+    The engine drives it on a fast path of its own (`engine/rules.py`: the backward pass
+    hands it eta g ready-made), held to this one by tests/test_engine.py.
     """
-
-    def gradient_scale(self, eta: float) -> float:
-        return eta
 
     def begin(self, eta: float, lambda_: float, params: Mapping[str, np.ndarray]) -> None:
         super().begin(eta, lambda_, params)
         self.decay = 1.0 - 2.0 * lambda_ * eta
 
-    def update(self, name, w, g, *, decayed, rows=ALL_ROWS):
-        # g is eta times the loss gradient here (see gradient_scale).
+    def update(self, w, g, state, *, decayed):
         if decayed and self.decay != 1.0:
             w *= self.decay
-        w -= g
+        w -= self.eta * g
 
 
 class Momentum(UpdateRule):
@@ -134,16 +166,13 @@ class Momentum(UpdateRule):
     changing eta scales the whole of it."""
 
     slots = ("velocity",)
-    settings = ("momentum",)
+    settings: ClassVar = {"momentum": Setting(0.9, **FRACTION)}
+    momentum: float
 
-    def __init__(self, momentum: float = 0.9) -> None:
-        super().__init__()
-        self.momentum = momentum
-
-    def update(self, name, w, g, *, decayed, rows=ALL_ROWS):
+    def update(self, w, g, state, *, decayed):
         if decayed:
             g = g + 2.0 * self.lambda_ * w
-        v = self.state["velocity"][name][rows]
+        v = state["velocity"]
         v *= self.momentum
         v += g
         w -= self.eta * self._direction(g, v)
@@ -169,25 +198,27 @@ class Adam(UpdateRule):
     """
 
     slots = ("m", "v")
-    settings = ("beta1", "beta2", "eps")
+    settings: ClassVar = {
+        "beta1": Setting(0.9, **FRACTION),
+        "beta2": Setting(0.999, **FRACTION),
+        "eps": Setting(1e-8, **POSITIVE),
+    }
+    beta1: float
+    beta2: float
+    eps: float
     decoupled = False  # AdamW decays the weights apart from the moments
-
-    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
-        super().__init__()
-        self.beta1, self.beta2, self.eps = beta1, beta2, eps
 
     def begin(self, eta: float, lambda_: float, params: Mapping[str, np.ndarray]) -> None:
         super().begin(eta, lambda_, params)
         self.correction1 = 1.0 - self.beta1**self.steps
         self.correction2 = 1.0 - self.beta2**self.steps
 
-    def update(self, name, w, g, *, decayed, rows=ALL_ROWS):
+    def update(self, w, g, state, *, decayed):
         if decayed and self.decoupled:
             w *= 1.0 - 2.0 * self.lambda_ * self.eta
         elif decayed:
             g = g + 2.0 * self.lambda_ * w
-        m = self.state["m"][name][rows]
-        v = self.state["v"][name][rows]
+        m, v = state["m"], state["v"]
         m *= self.beta1
         m += (1.0 - self.beta1) * g
         v *= self.beta2
@@ -213,7 +244,6 @@ UPDATE_RULES: dict[str, type[UpdateRule]] = {
 
 
 def make_update_rule(name: str, settings: Mapping[str, Any] | None = None) -> UpdateRule:
-    """The rule called `name`, given the settings it takes (others in `settings` are ignored)."""
-    cls = UPDATE_RULES[name]
-    given = settings or {}
-    return cls(**{key: given[key] for key in cls.settings if key in given})
+    """The rule called `name` with the given settings (checked by the config against the
+    rule's declared `settings`; here an unknown one is a TypeError)."""
+    return UPDATE_RULES[name](**dict(settings or {}))

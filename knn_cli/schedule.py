@@ -15,3 +15,8 @@ def cyclical_learning_rate(step: int | np.ndarray, eta_min: float, eta_max: floa
     distance_from_peak = np.abs(position - n_s)
     eta = eta_max - (eta_max - eta_min) * distance_from_peak / n_s
     return float(eta) if np.ndim(eta) == 0 else eta
+
+
+def total_steps(n_s: int, cycles: int) -> int:
+    """Update steps in a run: each cycle is one rise and one fall of n_s steps."""
+    return 2 * n_s * cycles

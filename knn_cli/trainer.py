@@ -4,13 +4,14 @@ The trainer knows nothing of files, the CLI or progress bars: it reports evaluat
 steps through callbacks, so the experiment layer can write them as they come and tests can
 attach nothing. It raises nothing for a diverging run; it stops and says so in its result.
 
-It uses both cores where it may: evaluations run on a second thread (`engine/evaluations.py`),
-and between them the step's first layer is shared with a helper thread (`engine/lanes.py`,
-`engine/split.py`), each step being told the next batch so that the helper can go on to it
-without a second hand-over. Both need BLAS held to one thread per thread of ours (`blas.py`):
-where that cannot be had, evaluation stays in line and the step on one thread; where the
-environment holds BLAS to one thread (sweep workers, one per core), the step stays on one. What
-each part gains is measured by benchmarks/bench_train.py ("1 lane/ours", and --full).
+It trains through an engine of its own over the network (`knn_cli/engine`), and uses both cores
+where it may: evaluations run on a second thread (`engine/evaluations.py`), and between them the
+step's first layer is shared with a helper thread (`engine/lanes.py`, `engine/split.py`), each
+step being told the next batch so that the helper can go on to it without a second hand-over.
+Both need BLAS held to one thread per thread of ours (`blas.py`): where that cannot be had,
+evaluation stays in line and the step on one thread; where the environment holds BLAS to one
+thread (sweep workers, one per core), the step stays on one. What each part gains is measured
+by benchmarks/bench_train.py ("1 lane/ours", and --full).
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ import numpy as np
 
 from knn_cli.augment import Augmentation, Draws, draw, mirror
 from knn_cli.blas import may_use_two_cores, one_thread_limit
+from knn_cli.engine import Engine
 from knn_cli.engine.batches import AugmentedBatch, Batch
 from knn_cli.engine.evaluations import Record, run_evaluations
-from knn_cli.engine.lanes import Lanes
 from knn_cli.layers import cross_entropy, softmax
 from knn_cli.network import Network
 from knn_cli.optim import SGD, UpdateRule
-from knn_cli.schedule import cyclical_learning_rate
+from knn_cli.schedule import cyclical_learning_rate, total_steps
 
 # Rows per forward pass in `evaluate`: small enough that a block's activations stay in the
 # cache, large enough that the per-block Python cost is nothing beside its matrix product.
@@ -57,7 +58,7 @@ class Schedule:
 
     @property
     def total_steps(self) -> int:
-        return 2 * self.n_s * self.cycles
+        return total_steps(self.n_s, self.cycles)
 
 
 @dataclass(frozen=True)
@@ -203,15 +204,19 @@ def train(
     rule = optimizer or SGD()
     blas_limit = one_thread_limit()
     background = background_evaluation and blas_limit is not None
-    lanes = Lanes() if two_lanes and may_use_two_cores(blas_limit) else None
     with (
         blas_limit or nullcontext(),
-        lanes or nullcontext(),
+        Engine(network, two_lanes=two_lanes and may_use_two_cores(blas_limit)) as engine,
         np.errstate(over="ignore", invalid="ignore"),  # divergence is reported, not warned
         run_evaluations(on_evaluation, records, background) as evaluations,
     ):
+
+        def evaluate_after(done: int) -> None:
+            engine.write_back()  # the network whole, for the snapshot the evaluation takes
+            evaluations.request(network, done, rate(done))
+
         if start_step == 0:
-            evaluations.request(network, 0, rate(0))
+            evaluate_after(0)
         batches = _batches(n_train, batch_size, schedule.seed)
         for _ in range(start_step):
             next(batches)
@@ -221,12 +226,16 @@ def train(
             # The step is told the next batch too: its lanes start on it (see Engine.step).
             following = batch(step + 1, next(batches)) if step + 1 < schedule.total_steps else None
             eta = rate(step)
-            if lanes is not None:
-                lanes.helping = not evaluations.in_flight()
-            cost = network.train_step(
-                current, y_train[current.rows], schedule.lambda_, eta, lanes, None, following,
-                rule, noise=(schedule.seed, NOISE_STREAM, step),
-            )  # fmt: skip
+            engine.helping = not evaluations.in_flight()
+            cost = engine.step(
+                current,
+                y_train[current.rows],
+                schedule.lambda_,
+                eta,
+                rule,
+                following=following,
+                noise=(schedule.seed, NOISE_STREAM, step),
+            )
             if not math.isfinite(cost):
                 return TrainingOutcome(
                     "diverged",
@@ -238,7 +247,7 @@ def train(
             if on_step is not None:
                 on_step(done, eta)
             if done % schedule.eval_every == 0 or done == schedule.total_steps:
-                evaluations.request(network, done, rate(done))
+                evaluate_after(done)
             else:
                 evaluations.deliver_ready()
             if checkpointing is not None and done < schedule.total_steps:
@@ -246,6 +255,7 @@ def train(
                 every = checkpointing.every_seconds
                 if stop or (every is not None and time.monotonic() - last_save >= every):
                     evaluations.deliver_all()
+                    engine.write_back()
                     checkpointing.save(done)
                     last_save = time.monotonic()
                     if stop:

@@ -25,6 +25,7 @@ from knn_cli.config import (
     with_overrides,
 )
 from knn_cli.errors import ConfigError
+from knn_cli.schedule import total_steps
 
 
 def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
@@ -68,10 +69,7 @@ NON_DEFAULT = {
         "label_smoothing": 0.05,
         "checkpoint_minutes": 0.5,
         "optimizer": "adamw",
-        "momentum": 0.5,
-        "beta1": 0.8,
-        "beta2": 0.99,
-        "adam_eps": 1e-6,
+        "optimizer_settings": {"beta1": 0.8, "beta2": 0.99, "eps": 1e-6},
     },
     "augment": {"flip": True, "translate": 3, "padding": "edge"},
     "evaluation": {"precise_bn": True, "test_time_flip": True},
@@ -221,7 +219,7 @@ def test_eval_every_and_total_steps() -> None:
     training = config_from_dict({}).training
     assert training.resolve_eval_every(2250) == 450  # 10 points per cycle of 2 * 2250 steps
     assert training.resolve_eval_every(2) == 1  # never 0
-    assert training.total_steps(2250) == 2 * 2250 * 2
+    assert total_steps(2250, training.cycles) == 2 * 2250 * 2
     explicit = config_from_dict({}, ["training.eval_every=33"]).training
     assert explicit.resolve_eval_every(2250) == 33
 
@@ -559,3 +557,54 @@ def test_dropout_takes_one_rate_or_one_per_hidden_layer() -> None:
         config_from_dict({"model": {"hidden": [30, 20], "dropout": [0.1]}})
     with pytest.raises(ConfigError, match=r"model.dropout\[1\] must be a number >= 0 and < 1"):
         config_from_dict({"model": {"hidden": [30, 20], "dropout": [0.1, 1.0]}})
+
+
+# --- update rules' settings ----------------------------------------------------------------
+
+
+def test_a_rules_settings_are_filled_in_from_its_declared_defaults() -> None:
+    assert load_config(None).training.optimizer_settings == {}
+    nesterov = config_from_dict({}, ["training.optimizer=nesterov"]).training
+    assert nesterov.optimizer_settings == {"momentum": 0.9}
+    adam = config_from_dict({}, ["training.optimizer=adam", "training.optimizer_settings.eps=1e-6"])
+    assert adam.training.optimizer_settings == {"beta1": 0.9, "beta2": 0.999, "eps": 1e-6}
+
+
+def test_earlier_spellings_of_the_settings_are_still_read() -> None:
+    """Config files of earlier runs hold training.momentum, beta1, beta2 and adam_eps, whatever
+    the rule: each reaches the rule that has it, and the others ignore it, as before."""
+    old = {"optimizer": "adam", "momentum": 0.5, "beta1": 0.8, "beta2": 0.99, "adam_eps": 1e-6}
+    cfg = config_from_dict({"training": old})
+    assert cfg.training.optimizer_settings == {"beta1": 0.8, "beta2": 0.99, "eps": 1e-6}
+    assert "adam_eps" not in dump_config(cfg) and "momentum" not in dump_config(cfg)
+    sgd = config_from_dict({"training": {**old, "optimizer": "sgd"}})
+    assert sgd.training.optimizer_settings == {}
+    assert config_from_dict({}, ["training.momentum=0.7", "training.optimizer=momentum"]) == (
+        config_from_dict(
+            {}, ["training.optimizer=momentum", "training.optimizer_settings={momentum: 0.7}"]
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["training.optimizer=sgd", "training.optimizer_settings.momentum=0.5"],
+         "training.optimizer_settings: sgd has no setting 'momentum'; its settings: none"),
+        (["training.optimizer=adam", "training.optimizer_settings.betaa1=0.5"],
+         "adam has no setting 'betaa1' (did you mean 'beta1'?); its settings: beta1, beta2, eps"),
+        (["training.optimizer=momentum", "training.optimizer_settings.momentum=1"],
+         "training.optimizer_settings.momentum must be a number >= 0 and < 1, got 1"),
+        (["training.optimizer=adam", "training.optimizer_settings.eps=0"],
+         "training.optimizer_settings.eps must be a number > 0, got 0"),
+        (["training.optimizer=momentum", "training.momentum=x"],
+         "training.momentum must be a number >= 0 and < 1, got 'x'"),
+        (["training.optimizer=momentum", "training.momentum=0.5",
+          "training.optimizer_settings.momentum=0.6"], "disagree"),
+        (["training.optimizer_settings=[1]"], "must be a mapping of setting names to numbers"),
+    ],
+)  # fmt: skip
+def test_a_wrong_rule_setting_is_one_line_that_says_what_is_allowed(
+    overrides: list[str], expected: str
+) -> None:
+    assert expected in error_of({}, overrides)

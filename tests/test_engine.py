@@ -6,10 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from knn_cli.engine.lanes import Lanes
+from knn_cli.engine import Engine
+from knn_cli.engine.batches import Batch
+from knn_cli.engine.rules import RuleDriver, ScaledSGD, driver_for
 from knn_cli.engine.split import SPLIT_MIN_MULTIPLY_ADDS
 from knn_cli.network import Network
-from knn_cli.optim import UPDATE_RULES, make_update_rule
+from knn_cli.optim import SGD, UPDATE_RULES, make_update_rule
+from knn_cli.stack import Affine, BatchNorm, ReLU
 
 HIDDEN = [12, 10, 8, 8, 6, 6, 6, 6]
 VARIANTS = {
@@ -40,7 +43,7 @@ def moved(network: Network, seed: int) -> Network:
 def test_engine_gradients_equal_the_textbook_layers(k: int, variant: str) -> None:
     X, y = problem(k)
     net = moved(Network(15, HIDDEN[: k - 1], 10, dtype="float64", seed=k, **VARIANTS[variant]), k)
-    cost, grads = net.cost_and_gradients(X, y, 0.01)
+    cost, grads = Engine(net).cost_and_gradients(X, y, 0.01)
     expected_cost, expected = net.textbook_gradients(X, y, 0.01)
     assert cost == pytest.approx(expected_cost, rel=1e-13)
     assert list(grads) == list(expected) == list(net.params)
@@ -55,7 +58,8 @@ def test_a_step_measures_the_textbook_batch_statistics_bit_for_bit(variant: str)
     X, y = problem(3, n=20)
     net = moved(Network(15, [9, 7], 10, dtype="float32", seed=3, **VARIANTS[variant]), 3)
     expected = net.batch_statistics(X)
-    net.train_step(X, y, 0.01, 0.0)  # eta 0: the averages start from this batch's statistics
+    with Engine(net) as engine:
+        engine.step(X, y, 0.01, 0.0)  # eta 0: the averages start from this batch's statistics
     assert net.moving_averages.keys() == expected.keys()
     for name, value in expected.items():
         np.testing.assert_array_equal(net.moving_averages[name], value, err_msg=name)
@@ -94,10 +98,12 @@ def test_engine_steps_equal_textbook_steps(rule_name: str, variant: str) -> None
         for _ in range(2)
     )
     fast_rule, slow_rule = make_update_rule(rule_name), make_update_rule(rule_name)
+    engine = Engine(fast)
     for step in range(4):
         rows = np.arange(step, 60, 4)[:12]
         eta = 0.01 * (step + 1)
-        fast.train_step(X, y, 0.02, eta, rows=rows, optimizer=fast_rule)
+        engine.step(Batch(X, rows), y[rows], 0.02, eta, fast_rule)
+        engine.write_back()
         textbook_step(slow, slow_rule, X[rows], y[rows], 0.02, eta)
         assert_same_state(fast, slow)
     assert fast_rule.steps == slow_rule.steps == 4
@@ -121,28 +127,29 @@ def test_engine_steps_with_a_split_first_layer_equal_textbook_steps(
     fast, slow = (
         Network(d, [50, 20], 10, dtype="float64", seed=3, **VARIANTS[variant]) for _ in range(2)
     )
-    assert fast.engine.workspace(n).split is not None
     fast_rule, slow_rule = make_update_rule(rule_name), make_update_rule(rule_name)
-    batches = [np.arange(i, 200, 5)[:n] for i in range(5)]
-    with Lanes(helping=helping) as lanes:
-        for step, rows in enumerate(batches):
+    batches = [Batch(X, np.arange(i, 200, 5)[:n]) for i in range(5)]
+    with Engine(fast, two_lanes=True) as engine:
+        assert engine.workspace(n).split is not None
+        engine.helping = helping
+        for step, batch in enumerate(batches):
             following = batches[step + 1] if step + 1 < len(batches) else None
             eta = 0.02 * (step + 1)
-            fast.train_step(X, y, 0.02, eta, lanes, rows, following, fast_rule)
-            textbook_step(slow, slow_rule, X[rows], y[rows], 0.02, eta)
+            engine.step(batch, y[batch.rows], 0.02, eta, fast_rule, following=following)
+            engine.write_back()
+            textbook_step(slow, slow_rule, X[batch.rows], y[batch.rows], 0.02, eta)
             assert_same_state(fast, slow, rtol=1e-8)
 
 
 def test_the_engine_never_writes_into_the_callers_data() -> None:
     """A stack whose first layer works in place (here batch norm on the inputs) gets a copy."""
-    from knn_cli.network import Affine, BatchNorm, ReLU
-
     stack = [BatchNorm(0, 6), Affine(1, 6, 5), ReLU(), Affine(2, 5, 3)]
     net = Network.from_layers(stack, dtype="float64")
     X = np.random.default_rng(0).standard_normal((10, 6))
     before = X.copy()
-    net.cost_and_gradients(X, np.arange(10) % 3, 0.01)
-    net.train_step(X, np.arange(10) % 3, 0.01, 0.1)
+    engine = Engine(net)
+    engine.cost_and_gradients(X, np.arange(10) % 3, 0.01)
+    engine.step(X, np.arange(10) % 3, 0.01, 0.1)
     np.testing.assert_array_equal(X, before)
 
 
@@ -172,13 +179,42 @@ def test_a_flush_during_training_reaches_params_and_state_and_drops_work_done_ah
     X, y = rng.standard_normal((80, 640)).astype(np.float32), rng.integers(0, 10, 80)
     net = Network(640, [50, 20], 10, batch_norm=True, seed=5)
     rule = make_update_rule("momentum")
-    rows = np.arange(40)
-    with Lanes() as lanes:
-        for _ in range(FLUSH_EVERY - 1):
-            net.train_step(X, y, 0.0, 0.0, lanes, rows, rows, rule)  # eta 0: nothing moves
+    batch = Batch(X, np.arange(40))
+    before = net.batch_statistics(X[:40])["mu1"]
+    with Engine(net, two_lanes=True) as engine:
+        for _ in range(FLUSH_EVERY - 1):  # eta 0: nothing moves
+            engine.step(batch, y[:40], 0.0, 0.0, rule, following=batch)
+        assert engine.workspace(40).split._prepared is not None  # computed ahead
         net.params["W1"][0, 0] = 1e-33
         rule.state["velocity"]["b1"][0] = -1e-34  # b1 feeds batch norm: no update touches it
-        version = net.version
-        net.train_step(X, y, 0.0, 0.0, lanes, rows, None, rule)
+        engine.step(batch, y[:40], 0.0, 0.0, rule)
     assert net.params["W1"][0, 0] == 0 and rule.state["velocity"]["b1"][0] == 0
-    assert net.version == version + 2  # the flush and the step
+    # The last step measured the flushed W1's statistics, not those of the product computed
+    # ahead with the W1 before.
+    after = net.batch_statistics(X[:40])["mu1"]
+    assert abs(after[0] - before[0]) > 1e-3
+    np.testing.assert_allclose(net.moving_averages["mu1"], 0.8 * before + 0.2 * after, atol=1e-6)
+
+
+def test_an_sgd_step_on_the_engine_is_the_rule_as_written() -> None:
+    """SGD's driver makes the step from gradients the backward pass scaled by eta; a subclass
+    of SGD gets the general driver, as it may have changed the math."""
+
+    class MySGD(SGD):
+        pass
+
+    assert isinstance(driver_for(SGD()), ScaledSGD)
+    assert type(driver_for(MySGD())) is RuleDriver
+    X, y = problem(8, n=30)
+    nets = [moved(Network(15, [9, 7], 10, dtype="float64", seed=8, batch_norm=True), 8)
+            for _ in range(3)]  # fmt: skip
+    rules = [SGD(), MySGD(), SGD()]
+    for step in range(3):
+        eta = 0.05 * (step + 1)
+        Engine(nets[0]).step(X, y, 0.01, eta, rules[0])
+        Engine(nets[1]).step(X, y, 0.01, eta, rules[1])
+        textbook_step(nets[2], rules[2], X, y, 0.01, eta)
+    for name in nets[2].params:
+        for net in nets[:2]:
+            np.testing.assert_allclose(net.params[name], nets[2].params[name], rtol=1e-10,
+                                       atol=1e-13, err_msg=name)  # fmt: skip

@@ -5,13 +5,17 @@ with no module of the package changed."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
+from knn_cli.engine import Engine
+from knn_cli.engine.batches import Batch
 from knn_cli.gradcheck import check_network_paths, choose_check_point
-from knn_cli.network import Affine, BatchNorm, Layer, Network, ReLU
-from knn_cli.optim import ALL_ROWS, UpdateRule
+from knn_cli.network import Network
+from knn_cli.optim import Setting, UpdateRule
+from knn_cli.stack import Affine, BatchNorm, Layer, ReLU
 from knn_cli.trainer import Schedule, Splits, train
 
 
@@ -59,15 +63,14 @@ class RMSProp(UpdateRule):
     """square <- rho square + (1 - rho) g^2,  w <- w - eta g / (sqrt(square) + eps)."""
 
     slots = ("square",)
+    settings: ClassVar = {"rho": Setting(0.9, low=0.0, high=1.0, high_open=True)}
+    rho: float
+    eps = 1e-8
 
-    def __init__(self, rho: float = 0.9, eps: float = 1e-8) -> None:
-        super().__init__()
-        self.rho, self.eps = rho, eps
-
-    def update(self, name, w, g, *, decayed, rows=ALL_ROWS):
+    def update(self, w, g, state, *, decayed):
         if decayed:
             g = g + 2.0 * self.lambda_ * w
-        square = self.state["square"][name][rows]
+        square = state["square"]
         square *= self.rho
         square += (1.0 - self.rho) * np.square(g)
         w -= self.eta * g / (np.sqrt(square) + self.eps)
@@ -123,18 +126,45 @@ def test_a_new_layer_and_a_new_update_rule_train() -> None:
 def test_a_new_update_rule_on_the_split_first_layer(helping: bool) -> None:
     """The engine hands each lane its half of W1 to update: a rule written here gets the rows
     of its own state for that half, and the result is that of one whole update."""
-    from knn_cli.engine.lanes import Lanes
-
     rng = np.random.default_rng(4)
     X, y = rng.standard_normal((80, 640)) / 8.0, rng.integers(0, 10, 80)
     split, whole = (Network(640, [50], 10, dtype="float64", seed=4) for _ in range(2))
-    assert split.engine.workspace(40).split is not None
     rules = RMSProp(), RMSProp()
-    with Lanes(helping=helping) as lanes:
+    with Engine(split, two_lanes=True) as engine:
+        assert engine.workspace(40).split is not None
+        engine.helping = helping
         for step in range(3):
             rows = np.arange(step % 2, 80, 2)
-            split.train_step(X, y, 0.01, 0.01, lanes, rows, None, rules[0])
+            engine.step(Batch(X, rows), y[rows], 0.01, 0.01, rules[0])
             _, grads = whole.textbook_gradients(X[rows], y[rows], 0.0)
             rules[1].step(whole.params, grads, 0.01, 0.01, whole.decayed)
     for name in whole.params:
         np.testing.assert_allclose(split.params[name], whole.params[name], rtol=1e-8, atol=1e-12)
+
+
+def test_a_new_update_rule_with_a_hyperparameter_is_set_from_a_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One class and one line: registered under a name, the config takes its setting as
+    `training.optimizer_settings`, checks it against the declared interval, and training gets
+    a rule with it."""
+    from knn_cli import optim
+    from knn_cli.config import config_from_dict, dump_config, load_config
+    from knn_cli.errors import ConfigError
+    from knn_cli.experiment import build_update_rule
+
+    monkeypatch.setitem(optim.UPDATE_RULES, "rmsprop", RMSProp)
+    config = config_from_dict(
+        {"training": {"optimizer": "rmsprop", "optimizer_settings": {"rho": 0.5}}}
+    )
+    rule = build_update_rule(config)
+    assert isinstance(rule, RMSProp) and rule.rho == 0.5
+    assert config.training.optimizer_settings == {"rho": 0.5}
+    overridden = config_from_dict({}, ["training.optimizer=rmsprop"])
+    assert overridden.training.optimizer_settings == {"rho": 0.9}  # the declared default
+    assert "optimizer_settings:\n    rho: 0.9" in dump_config(overridden)
+    with pytest.raises(ConfigError, match=r"rho must be a number >= 0 and < 1, got 1\.5"):
+        config_from_dict({}, ["training.optimizer=rmsprop", "training.optimizer_settings.rho=1.5"])
+    with pytest.raises(ConfigError, match=r"rmsprop has no setting 'roh' \(did you mean 'rho'"):
+        config_from_dict({}, ["training.optimizer=rmsprop", "training.optimizer_settings.roh=0.5"])
+    assert load_config(None, ["training.optimizer=rmsprop"]).training.optimizer == "rmsprop"

@@ -12,9 +12,11 @@ import warnings
 import numpy as np
 import pytest
 
-from knn_cli import trainer as trainer_module
 from knn_cli.augment import Augmentation
+from knn_cli.engine import Engine
 from knn_cli.engine import split as split_module
+from knn_cli.engine import step as step_module
+from knn_cli.engine.batches import Batch
 from knn_cli.engine.lanes import Lanes, run_halves
 from knn_cli.engine.split import SPLIT_MIN_MULTIPLY_ADDS
 from knn_cli.network import Network
@@ -136,7 +138,7 @@ def blas_threads_unpinned(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_training_gives_the_same_bits_with_one_lane_or_two(
     batch_norm: bool, augmented: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(trainer_module, "Lanes", CountingLanes)
+    monkeypatch.setattr(step_module, "Lanes", CountingLanes)
     schedule = Schedule(0.01, 40, 1e-4, 0.01, n_s=12, cycles=1, eval_every=6, seed=2)
     augmentation = Augmentation(flip=True, translate=3) if augmented else None
     results = []
@@ -215,19 +217,20 @@ def test_an_error_in_meanwhile_reaches_the_caller_after_the_halves() -> None:
 # -- the first layer split by input features --------------------------------------------------
 
 
-def _twin_networks(batch_norm: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Network, Network]:
-    """Two networks with the same start: the first splits its first layer, the second does not
-    (its workspaces are made while splitting is switched off)."""
+def _twin_engines(batch_norm: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Engine, Engine]:
+    """Engines over two networks with the same start: the first splits its first layer (on two
+    lanes), the second does not (its workspaces are made while splitting is switched off)."""
     d, n = 640, 40
     assert n * d * 50 >= SPLIT_MIN_MULTIPLY_ADDS
     split, whole = (
         Network(d, [50, 20], 10, batch_norm=batch_norm, seed=3, dtype="float64") for _ in range(2)
     )
-    assert split.engine.workspace(n).split is not None
+    split_engine, whole_engine = Engine(split, two_lanes=True), Engine(whole)
+    assert split_engine.workspace(n).split is not None
     with monkeypatch.context() as patch:
         patch.setattr(split_module, "SPLIT_MIN_MULTIPLY_ADDS", 10**12)
-        assert whole.engine.workspace(n).split is None
-    return split, whole
+        assert whole_engine.workspace(n).split is None
+    return split_engine, whole_engine
 
 
 def _data(rows: int = 200, d: int = 640) -> tuple[np.ndarray, np.ndarray]:
@@ -241,9 +244,10 @@ def test_a_split_first_layer_gives_the_gradients_of_the_whole_one(
 ) -> None:
     """The split path's gradients against the unsplit path's, which the centred-difference tests
     check: they differ only in the order of the forward product's additions."""
-    split, whole = _twin_networks(batch_norm, monkeypatch)
+    split, whole = _twin_engines(batch_norm, monkeypatch)
     X, y = _data()
-    cost_split, grads_split = split.cost_and_gradients(X[:40], y[:40], 0.01)
+    with split:
+        cost_split, grads_split = split.cost_and_gradients(X[:40], y[:40], 0.01)
     cost_whole, grads_whole = whole.cost_and_gradients(X[:40], y[:40], 0.01)
     assert cost_split == pytest.approx(cost_whole, rel=1e-12)
     assert grads_split.keys() == grads_whole.keys()
@@ -259,15 +263,18 @@ def test_pipelined_split_steps_match_plain_gradient_descent(
     """Steps told the next batch (each lane then computes its half of the next first-layer
     product) against gradient descent written out: W - eta * (dJ/dW + 2 lambda W), batch by
     batch, from the unsplit network's gradients."""
-    split, whole = _twin_networks(batch_norm, monkeypatch)
+    split, whole_engine = _twin_engines(batch_norm, monkeypatch)
+    whole = whole_engine.network
     X, y = _data()
-    lambda_, batches = 0.02, [np.arange(i, 200, 5)[:40] for i in range(5)]
-    with Lanes(helping=helping) as lanes:
-        for step, rows in enumerate(batches):
+    lambda_, batches = 0.02, [Batch(X, np.arange(i, 200, 5)[:40]) for i in range(5)]
+    with split:
+        split.helping = helping
+        for step, batch in enumerate(batches):
             eta = 0.05 * (step + 1)
             following = batches[step + 1] if step + 1 < len(batches) else None
-            cost = split.train_step(X, y, lambda_, eta, lanes, rows=rows, next_rows=following)
-            expected_cost, grads = whole.cost_and_gradients(X[rows], y[rows], lambda_)
+            cost = split.step(batch, y[batch.rows], lambda_, eta, following=following)
+            rows = batch.rows
+            expected_cost, grads = whole_engine.cost_and_gradients(X[rows], y[rows], lambda_)
             stats = whole.batch_statistics(X[rows])
             assert cost == pytest.approx(expected_cost, rel=1e-9)
             for name, grad in grads.items():
@@ -275,11 +282,12 @@ def test_pipelined_split_steps_match_plain_gradient_descent(
             whole.update_moving_averages(stats)
             for name in whole.params:
                 np.testing.assert_allclose(
-                    split.params[name], whole.params[name], rtol=1e-9, atol=1e-12, err_msg=name
-                )
-    assert split.moving_averages.keys() == whole.moving_averages.keys()
+                    split.network.params[name], whole.params[name], rtol=1e-9, atol=1e-12,
+                    err_msg=name,
+                )  # fmt: skip
+    assert split.network.moving_averages.keys() == whole.moving_averages.keys()
     for name in whole.moving_averages:
-        np.testing.assert_allclose(split.moving_averages[name], whole.moving_averages[name])
+        np.testing.assert_allclose(split.network.moving_averages[name], whole.moving_averages[name])
 
 
 @pytest.mark.parametrize(
@@ -290,36 +298,41 @@ def test_a_first_product_computed_ahead_is_used_only_for_what_it_was_computed_fo
 ) -> None:
     """A step told the wrong next batch, weights set or stepped on another batch size in between,
     or another X, still computes the right step: the halves computed ahead are then stale."""
-    split, whole = _twin_networks(True, monkeypatch)
+    split, whole = _twin_engines(True, monkeypatch)
     X, y = _data()
     first, announced, actual = np.arange(40), np.arange(40, 80), np.arange(80, 120)
-    with Lanes() as lanes:
-        split.train_step(X, y, 0.01, 0.1, lanes, rows=first, next_rows=announced)
-        whole.train_step(X[first], y[first], 0.01, 0.1)
-        assert split.engine.workspace(40).split._prepared is not None  # computed ahead
+    with split:
+        split.step(Batch(X, first), y[first], 0.01, 0.1, following=Batch(X, announced))
+        whole.step(X[first], y[first], 0.01, 0.1)
+        assert split.workspace(40).split._prepared is not None  # computed ahead
         rows, source = announced, X
         if change == "other rows":
             rows = actual
         elif change == "set_params":
-            for network in (split, whole):
-                network.set_params({"W1": whole.params["W1"] * 0.5})
+            for engine in (split, whole):
+                engine.network.set_params({"W1": whole.network.params["W1"] * 0.5})
         elif change == "other batch size":
-            for network in (split, whole):
-                network.train_step(X[actual[:30]], y[actual[:30]], 0.01, 0.1)
+            for engine in (split, whole):
+                engine.step(X[actual[:30]], y[actual[:30]], 0.01, 0.1)
         elif change == "other X":
             source = np.roll(X, 1, axis=0)  # other rows under the same indices
-        cost = split.train_step(source, y, 0.01, 0.1, lanes, rows=rows)
-    expected = whole.train_step(source[rows], y[rows], 0.01, 0.1)
+        cost = split.step(Batch(source, rows), y[rows], 0.01, 0.1)
+    expected = whole.step(source[rows], y[rows], 0.01, 0.1)
     assert cost == pytest.approx(expected, rel=1e-9)
-    for name in whole.params:
-        np.testing.assert_allclose(split.params[name], whole.params[name], rtol=1e-9, atol=1e-12)
+    for name in whole.network.params:
+        np.testing.assert_allclose(
+            split.network.params[name], whole.network.params[name], rtol=1e-9, atol=1e-12
+        )
 
 
 def test_a_next_batch_of_another_size_is_not_prepared(monkeypatch: pytest.MonkeyPatch) -> None:
-    split, whole = _twin_networks(False, monkeypatch)
+    split, whole = _twin_engines(False, monkeypatch)
     X, y = _data()
-    with Lanes() as lanes:
-        split.train_step(X, y, 0.01, 0.1, lanes, rows=np.arange(40), next_rows=np.arange(40, 70))
-    whole.train_step(X[:40], y[:40], 0.01, 0.1)
-    for name in whole.params:
-        np.testing.assert_allclose(split.params[name], whole.params[name], rtol=1e-9, atol=1e-12)
+    with split:
+        split.step(Batch(X, np.arange(40)), y[:40], 0.01, 0.1,
+                   following=Batch(X, np.arange(40, 70)))  # fmt: skip
+    whole.step(X[:40], y[:40], 0.01, 0.1)
+    for name in whole.network.params:
+        np.testing.assert_allclose(
+            split.network.params[name], whole.network.params[name], rtol=1e-9, atol=1e-12
+        )

@@ -23,7 +23,7 @@ def test_the_parameters_counted_are_the_networks() -> None:
     estimate = estimate_memory(config(**{"model.hidden": "[50, 50]"}))
     # W: 3072x50, 50x50, 50x10; per unit (BN): bias, gamma, beta and a moving mean.
     count = 3072 * 50 + 50 * 50 + 50 * 10 + 4 * (50 + 50 + 10)
-    copies = memory.COPIES_PER_PARAMETER + memory.RULE_STATE_SLOTS["sgd"]
+    copies = memory.COPIES_PER_PARAMETER  # SGD keeps no state
     assert estimate.parameters == count * copies * 4
     assert estimate.data == 60_000 * 3072 * 4
     assert estimate_memory(config(**{"model.hidden": "[50, 50]"}), images=10).data == 10 * 3072 * 4

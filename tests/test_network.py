@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from knn_cli.engine import Engine
 from knn_cli.gradcheck import (
     check_network,
     check_network_paths,
@@ -149,11 +150,14 @@ def test_eval_mode_uses_moving_averages() -> None:
     net = Network(5, [4], 3, batch_norm=True, dtype="float64", bn_alpha=0.5)
     first, second = rng.standard_normal((50, 5)), rng.standard_normal((50, 5)) + 2.0
     y = rng.integers(0, 3, 50)
-    net.train_step(first, y, lambda_=0.0, eta=0.0)
+    engine = Engine(net)
+    engine.step(first, y, lambda_=0.0, eta=0.0)
+    engine.write_back()
     s1 = first @ net.params["W1"] + net.params["b1"]
     np.testing.assert_allclose(net.moving_averages["mu1"], s1.mean(axis=0))  # starts from batch 1
     np.testing.assert_allclose(net.moving_averages["var1"], s1.var(axis=0))
-    net.train_step(second, y, lambda_=0.0, eta=0.0)
+    engine.step(second, y, lambda_=0.0, eta=0.0)
+    engine.write_back()
     s2 = second @ net.params["W1"] + net.params["b1"]
     expected_mu = 0.5 * s1.mean(axis=0) + 0.5 * s2.mean(axis=0)
     np.testing.assert_allclose(net.moving_averages["mu1"], expected_mu)
@@ -170,20 +174,24 @@ def test_moving_averages_folded_together_equal_those_folded_one_by_one() -> None
     batches = [np.arange(i, 30, 3)[:10] for i in range(3)] * 2
     net = Network(12, [9, 7, 5], 10, batch_norm=True, seed=5)
     by_hand = Network(12, [9, 7, 5], 10, batch_norm=True, seed=5)
-    snapshot = None
+    engine = Engine(net)
+    snapshot, reloaded_engine = None, None
     for step, rows in enumerate(batches):
         stats = by_hand.batch_statistics(X[rows].astype(np.float32))
         by_hand.update_moving_averages(stats)
-        net.train_step(X[rows], y[rows], 0.01, 0.1)
+        engine.step(X[rows], y[rows], 0.01, 0.1)
+        engine.write_back()
         by_hand.set_params(net.params)
         if step == 2:
             snapshot = net.snapshot()
             frozen = {k: v.copy() for k, v in snapshot.moving_averages.items()}
             reloaded = Network(12, [9, 7, 5], 10, batch_norm=True)
-            reloaded.train_step(X, y, 0.01, 0.1)  # averages of its own, then replaced
+            Engine(reloaded).step(X, y, 0.01, 0.1)  # averages of its own, then replaced
             reloaded.load_state(net.state())
+            reloaded_engine = Engine(reloaded)  # takes the loaded averages at its first step
         elif step > 2:
-            reloaded.train_step(X[rows], y[rows], 0.01, 0.1)
+            reloaded_engine.step(X[rows], y[rows], 0.01, 0.1)
+    reloaded_engine.write_back()
     assert (
         net.moving_averages.keys()
         == by_hand.moving_averages.keys()
@@ -195,21 +203,40 @@ def test_moving_averages_folded_together_equal_those_folded_one_by_one() -> None
         np.testing.assert_array_equal(snapshot.moving_averages[name], frozen[name])
 
 
-def test_moving_averages_set_by_hand_are_the_ones_updated() -> None:
+def test_an_engine_starts_from_the_averages_the_network_holds() -> None:
+    """None: from its first batch's statistics; some set by hand: those, folded with it."""
     X, y = small_problem(seed=6, n=20, d=12)
     net = Network(12, [9, 7], 10, batch_norm=True, seed=6, bn_alpha=0.5)
-    for _ in range(2):
-        net.train_step(X, y, 0.0, 0.0)  # eta 0: the batch statistics stay those of X
     stats = net.batch_statistics(X.astype(np.float32))
-    net.moving_averages = {}  # start again from the next batch
-    net.train_step(X, y, 0.0, 0.0)
+    with Engine(net) as engine:
+        for _ in range(2):
+            engine.step(X, y, 0.0, 0.0)  # eta 0: the batch statistics stay those of X
     assert net.moving_averages.keys() == stats.keys()
     for name, value in stats.items():
         np.testing.assert_array_equal(net.moving_averages[name], value)
-    net.moving_averages["mu2"] = np.zeros(7, dtype=np.float32)  # one entry replaced
-    net.train_step(X, y, 0.0, 0.0)
+    net.moving_averages = {"mu2": np.zeros(7, dtype=np.float32)}  # one set by hand
+    with Engine(net) as engine:
+        engine.step(X, y, 0.0, 0.0)
+    assert net.moving_averages.keys() == stats.keys()
     np.testing.assert_allclose(net.moving_averages["mu2"], 0.5 * stats["mu2"], rtol=1e-6)
     np.testing.assert_allclose(net.moving_averages["mu1"], stats["mu1"], rtol=1e-6)
+
+
+def test_the_network_reads_the_engines_averages_only_once_written_back() -> None:
+    """The engine keeps the averages side by side in an array of its own; the network's dict
+    holds what was last written back (its arrays written into, not replaced)."""
+    X, y = small_problem(seed=7, n=20, d=12)
+    net = Network(12, [9], 10, batch_norm=True, seed=7, bn_alpha=0.5)
+    engine = Engine(net)
+    engine.step(X, y, 0.0, 0.1)
+    assert net.moving_averages == {}
+    engine.write_back()
+    held = net.moving_averages["mu1"]
+    first = held.copy()
+    engine.step(X, y, 0.0, 0.1)
+    np.testing.assert_array_equal(net.moving_averages["mu1"], first)
+    engine.close()
+    assert net.moving_averages["mu1"] is held and not np.array_equal(held, first)
 
 
 def test_float32_and_float64_agree() -> None:
@@ -217,8 +244,9 @@ def test_float32_and_float64_agree() -> None:
     results = {}
     for dtype in ("float32", "float64"):
         net = Network(30, [20, 20], 10, batch_norm=True, dtype=dtype, seed=5)
-        for _ in range(5):
-            net.train_step(X.astype(dtype), y, 0.01, 0.05)
+        with Engine(net) as engine:
+            for _ in range(5):
+                engine.step(X.astype(dtype), y, 0.01, 0.05)
         results[dtype] = (net.cost(X.astype(dtype), y, 0.01), net.params["W1"])
     assert results["float32"][0][0] == pytest.approx(results["float64"][0][0], rel=1e-4)
     np.testing.assert_allclose(results["float32"][1], results["float64"][1], atol=1e-5)
@@ -268,8 +296,9 @@ def test_training_steps_reduce_the_cost() -> None:
     for bn in (False, True):
         net = Network(10, [16], 3, batch_norm=bn, seed=0)
         before = net.cost(X.astype(np.float32), y, 0.0, train=True)[0]
-        for _ in range(100):
-            net.train_step(X.astype(np.float32), y, 0.0, 0.1)
+        with Engine(net) as engine:
+            for _ in range(100):
+                engine.step(X.astype(np.float32), y, 0.0, 0.1)
         assert net.cost(X.astype(np.float32), y, 0.0)[0] < 0.5 * before
         assert (net.predict(X.astype(np.float32)) == y).mean() > 0.9
 
@@ -306,7 +335,6 @@ def test_gradients_agree_with_torch_autograd(bn_position: str | None) -> None:
         seed=21,
     )
     choose_check_point(net, X, np.random.default_rng(21))
-    cost, grads = net.cost_and_gradients(X, y, 0.01)
 
     p = {k: torch.tensor(v, requires_grad=True) for k, v in net.params.items()}
 
@@ -326,11 +354,13 @@ def test_gradients_agree_with_torch_autograd(bn_position: str | None) -> None:
     penalty = sum((p[f"W{layer}"] ** 2).sum() for layer in range(1, len(hidden) + 2))
     total = torch.nn.functional.cross_entropy(H, torch.tensor(y)) + 0.01 * penalty
     total.backward()
-    assert cost == pytest.approx(total.item(), rel=1e-12)
-    for name, tensor in p.items():
-        np.testing.assert_allclose(
-            grads[name], tensor.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name
-        )
+    for compute in (net.cost_and_gradients, Engine(net).cost_and_gradients):
+        cost, grads = compute(X, y, 0.01)
+        assert cost == pytest.approx(total.item(), rel=1e-12)
+        for name, tensor in p.items():
+            np.testing.assert_allclose(
+                grads[name], tensor.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name
+            )
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from knn_cli.optim import ALL_ROWS, UPDATE_RULES, Adam, AdamW, make_update_rule
+from knn_cli.optim import UPDATE_RULES, Adam, AdamW, Setting, make_update_rule
 
 LAMBDA = 0.01
 ETAS = (0.1, 0.05, 0.2)
@@ -88,7 +88,8 @@ def test_three_steps_and_their_state_equal_the_formulas_by_hand(name: str) -> No
 
 @pytest.mark.parametrize("name", UPDATE_RULES)
 def test_updating_blocks_of_rows_equals_updating_the_whole(name: str) -> None:
-    """The engine updates W1's halves on two threads: the rows of a whole update."""
+    """The engine updates W1's halves on two threads: w, g and the state restricted to a block
+    of rows give the rows of a whole update."""
     rng = np.random.default_rng(0)
     W = rng.standard_normal((6, 3))
     whole, blocks = make_update_rule(name), make_update_rule(name)
@@ -96,13 +97,16 @@ def test_updating_blocks_of_rows_equals_updating_the_whole(name: str) -> None:
     for eta in (0.1, 0.05):
         g = rng.standard_normal((6, 3))
         for rule, target, parts in (
-            (whole, W_whole, [ALL_ROWS]),
+            (whole, W_whole, [slice(None)]),
             (blocks, W_blocks, [slice(0, 2), slice(2, 6)]),
         ):
             rule.begin(eta, LAMBDA, {"W": target})
             for rows in parts:
-                rule.update("W", target[rows], g[rows], decayed=True, rows=rows)
+                state = {slot: value[rows] for slot, value in rule.state_of("W").items()}
+                rule.update(target[rows], g[rows], state, decayed=True)
     np.testing.assert_array_equal(W_blocks, W_whole)
+    for slot, value in whole.state_of("W").items():
+        np.testing.assert_array_equal(blocks.state_of("W")[slot], value)
 
 
 @pytest.mark.parametrize("name", UPDATE_RULES)
@@ -127,12 +131,23 @@ def test_state_that_does_not_fit_is_refused() -> None:
         Adam().load_state_dict({"velocity.w": np.zeros(2)}, params)
 
 
-def test_settings_reach_the_rule_and_others_are_ignored() -> None:
-    settings = {"momentum": 0.5, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6}
-    assert make_update_rule("nesterov", settings).momentum == 0.5
-    adamw = make_update_rule("adamw", settings)
+def test_settings_reach_the_rule_and_others_are_refused() -> None:
+    assert make_update_rule("nesterov", {"momentum": 0.5}).momentum == 0.5
+    assert make_update_rule("momentum").momentum == 0.9  # the declared default
+    adamw = make_update_rule("adamw", {"beta1": 0.8, "beta2": 0.99, "eps": 1e-6})
     assert isinstance(adamw, AdamW)
     assert (adamw.beta1, adamw.beta2, adamw.eps) == (0.8, 0.99, 1e-6)
+    with pytest.raises(TypeError, match="AdamW has no setting 'momentum'"):
+        make_update_rule("adamw", {"momentum": 0.5})
+
+
+def test_a_setting_says_what_it_allows() -> None:
+    fraction = Setting(0.9, low=0.0, high=1.0, high_open=True)
+    assert fraction.allows(0.0) and fraction.allows(0.99)
+    assert not fraction.allows(1.0) and not fraction.allows(-0.1)
+    assert not fraction.allows(float("nan"))
+    assert fraction.describe() == "a number >= 0 and < 1"
+    assert Setting(1e-8, low=0.0, low_open=True).describe() == "a number > 0"
 
 
 # -- PyTorch as an independent implementation -------------------------------------------------

@@ -12,6 +12,7 @@ from conftest import REAL_DATA_DIR, interrupt_at, requires_real_data
 
 from knn_cli.config import config_from_dict
 from knn_cli.data import Dataset
+from knn_cli.engine import Engine
 from knn_cli.experiment import evaluate_run, load_trained, load_trained_network, train_run
 from knn_cli.network import Network
 from knn_cli.runs import new_run_dir, read_metrics
@@ -136,7 +137,7 @@ def test_interrupted_run_keeps_metrics_model_and_says_interrupted(
 ) -> None:
     """A KeyboardInterrupt raised mid-training (as Ctrl-C or SIGTERM would) loses nothing."""
     calls = {"n": 0}
-    original = Network.train_step
+    original = Engine.step
 
     def interrupting_step(self, *args, **kwargs):
         calls["n"] += 1
@@ -144,7 +145,7 @@ def test_interrupted_run_keeps_metrics_model_and_says_interrupted(
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Network, "train_step", interrupting_step)
+    monkeypatch.setattr(Engine, "step", interrupting_step)
     run_dir = new_run_dir(tmp_path, "ctrl-c")
     with pytest.raises(KeyboardInterrupt):
         train_run(small_config(), run_dir, dataset=synthetic_dataset())

@@ -22,7 +22,7 @@ import numpy as np
 from knn_cli.engine.batches import Batch
 from knn_cli.engine.kernels import KernelSetup, sum_of_squares
 from knn_cli.engine.lanes import Lanes, run_halves
-from knn_cli.optim import UpdateRule
+from knn_cli.engine.rules import RuleDriver
 from knn_cli.stack import Affine
 
 # A first layer whose forward product has at least this many multiply-adds is shared by the two
@@ -50,8 +50,9 @@ class SplitAffineKernel:
         self.partials = [np.empty((n, width), dtype=dtype) for _ in range(2)]
         self.inputs: list[np.ndarray] = [np.empty((n, 0), dtype=dtype)] * 2  # for the backward
         self._whole = np.empty((0, d), dtype=dtype)  # the whole batch, when gathered at once
-        # What the partials were computed for: the batch and the weights' version.
-        self._prepared: tuple[Batch, int] | None = None
+        # What the partials were computed for: the batch, the engine's count of changes to the
+        # parameters, and the weights array itself (`Network.set_params` replaces it).
+        self._prepared: tuple[Batch, int, np.ndarray] | None = None
 
     def prepare(self, which: int, batch: Batch, W: np.ndarray, each_gathers: bool) -> None:
         """One half of batch @ W, into `partials[which]`.
@@ -70,21 +71,22 @@ class SplitAffineKernel:
         self.inputs[which] = part = np.asarray(part, dtype=W.dtype)
         np.matmul(part, W[features], out=self.partials[which])
 
-    def prepared_for(self, batch: Batch, version: int) -> None:
-        """Both halves of `prepare` have run for this batch with the weights of `version`."""
-        self._prepared = (batch.kept(), version)  # the caller may reuse its rows array
+    def prepared_for(self, batch: Batch, version: int, W: np.ndarray) -> None:
+        """Both halves of `prepare` have run for this batch with the weights W of `version`."""
+        self._prepared = (batch.kept(), version, W)  # the caller may reuse its rows array
 
     def forward(
         self, batch: Batch, params: Mapping[str, np.ndarray], version: int, lanes: Lanes | None
     ) -> np.ndarray:
         """batch @ W + b, W at `version`; from the halves `prepare` left if they are for the
-        same batch at the same version."""
+        same batch, at the same version, of the same weights array."""
         W = params[self.W]
         prepared, self._prepared = self._prepared, None
         if (
             batch.rows is None
             or prepared is None
             or prepared[1] != version
+            or prepared[2] is not W
             or not prepared[0].same_as(batch)
         ):
             each_gathers = lanes is not None and lanes.helping  # once: both halves must agree
@@ -118,7 +120,7 @@ class SplitAffineKernel:
     def update_half(
         self,
         which: int,
-        rule: UpdateRule,
+        rule: RuleDriver,
         params: Mapping[str, np.ndarray],
         grads: Mapping[str, np.ndarray],
         decayed: bool,

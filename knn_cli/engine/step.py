@@ -4,8 +4,8 @@ What it adds to the textbook step (`Network.textbook_gradients`, then `UpdateRul
 `Network.update_moving_averages`) is speed only, and tests/test_engine.py holds it to that:
 
 - every array of a step lives in a `Workspace` kept per batch size;
-- the backward pass starts from `rule.gradient_scale(eta)` times dL/dscores (for SGD, eta: the
-  gradients come out as the steps themselves);
+- the backward pass starts from the rule driver's `gradient_scale(eta)` times dL/dscores (for
+  SGD, eta: the gradients come out as the steps themselves; `rules.py`);
 - a large first layer is split between two lanes (`split.py`), each of which updates its half of
   W1 and, told the next batch, goes on to its half of the next batch's first product, while
   the caller updates the other parameters and folds the batch statistics into the moving
@@ -26,6 +26,7 @@ from knn_cli.engine.kernels import (
     sum_of_squares,
 )
 from knn_cli.engine.lanes import Lanes
+from knn_cli.engine.rules import driver_for
 from knn_cli.engine.split import SplitAffineKernel, worth_splitting
 from knn_cli.network import Network
 from knn_cli.optim import SGD, UpdateRule
@@ -47,11 +48,9 @@ class Workspace:
         self.rows = np.arange(n)
         # Every layer's batch statistics side by side (mu1 var1 mu2 var2 ...), so that one pass
         # folds them all into the moving averages (`Engine._fold_statistics`).
-        self.statistic_sizes = [
-            (name, int(np.prod(shape))) for name, shape in network.statistic_shapes.items()
-        ]
-        self.statistics = np.empty(sum(size for _, size in self.statistic_sizes), dtype=dtype)
-        self.statistic_views = consecutive(self.statistics, self.statistic_sizes)
+        sizes = statistic_sizes(network)
+        self.statistics = np.empty(sum(size for _, size in sizes), dtype=dtype)
+        self.statistic_views = consecutive(self.statistics, sizes)
         first = network.layers[0]
         self.split: SplitAffineKernel | None = None
         self.kernels = []
@@ -76,16 +75,40 @@ class Workspace:
 
 
 class Engine:
-    """One network's fast path: its workspaces, and its moving averages side by side."""
+    """The fast path for training one network: its workspaces, its moving averages side by side
+    in one array, the update rule's driver and, with `two_lanes`, a helper thread for the first
+    layer.
 
-    def __init__(self, network: Network) -> None:
+    Made by whoever trains (the trainer; the gradient check, to check the gradients training
+    uses). The network stays the model: the engine updates its parameters in place, and folds
+    the moving averages in an array of its own, starting from those the network holds at the
+    engine's first step; `write_back` copies them into the network's arrays, so call it before
+    reading the network's averages (the trainer does before every evaluation, checkpoint and
+    at the end; `close` does too). Use it as a context manager, or call `close`.
+    """
+
+    def __init__(self, network: Network, *, two_lanes: bool = False) -> None:
         self.network = network
+        self.lanes = Lanes() if two_lanes else None
         self._workspaces: dict[int, Workspace] = {}
-        # The moving averages in one array, and the views of it the network's dict held when it
-        # was made: used only while the dict still holds exactly those (`_fold_statistics`).
-        self._averages: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
-        self._sgd = SGD()
+        self._statistic_sizes = statistic_sizes(network)
+        self._averages: np.ndarray | None = None  # the moving averages side by side
+        # Counts the engine's changes to the parameters (steps, flushes), so that work done
+        # ahead for older parameters is never used.
+        self._version = 0
+        self._driver = driver_for(SGD())
         self._decayed = frozenset(network.decayed)
+
+    @property
+    def helping(self) -> bool:
+        """Whether the helper thread takes half of the first layer (off while an evaluation
+        occupies the other core); never changes what a step computes."""
+        return self.lanes is not None and self.lanes.helping
+
+    @helping.setter
+    def helping(self, value: bool) -> None:
+        if self.lanes is not None:
+            self.lanes.helping = value
 
     def workspace(self, n: int) -> Workspace:
         work = self._workspaces.get(n)
@@ -100,7 +123,9 @@ class Engine:
     def cost_and_gradients(
         self, X: np.ndarray, y: np.ndarray, lambda_: float, noise: tuple[int, ...] = (0,)
     ) -> tuple[float, dict[str, np.ndarray]]:
-        """`Network.cost_and_gradients`: the cost and dJ/d(every parameter), L2 term included."""
+        """`Network.cost_and_gradients` on the engine: the cost and dJ/d(every parameter), L2
+        term included, in training mode; moving averages untouched. The arrays returned are the
+        caller's own."""
         network = self.network
         work = self.workspace(len(y))
         mode = Mode(train=True, noise=noise)
@@ -112,48 +137,43 @@ class Engine:
 
     def step(
         self,
-        X: np.ndarray | Batch,
+        batch: Batch | np.ndarray,
         y: np.ndarray,
         lambda_: float,
         eta: float,
         rule: UpdateRule | None = None,
-        lanes: Lanes | None = None,
-        rows: np.ndarray | None = None,
-        next_rows: np.ndarray | Batch | None = None,
+        *,
+        following: Batch | None = None,
         noise: tuple[int, ...] = (0,),
     ) -> float:
-        """One step of `rule` (plain SGD when None) on the mini-batch X[rows], y[rows] (all of X
-        and y when `rows` is None), dropout's masks drawn from `noise`; returns the cost before
-        the step. X may also be a `Batch` (an augmented one, say), y then its labels, and
-        `next_rows` the next step's `Batch`.
+        """One step of `rule` (plain SGD when None) on the mini-batch `batch` (a `Batch`: rows
+        of a data set, perhaps augmented; or an array of its rows) with labels y, dropout's
+        masks drawn from `noise`; returns the cost before the step.
 
-        Given the whole training set and the rows, the lanes of a split first layer gather their
-        own halves of the batch; given also `next_rows`, the rows of the next call, which must
-        follow with nothing changed in between, each lane goes on from its half of this step's
-        update to its half of the next batch's first product. Not on one lane: there is no
-        hand-over to save, and the next batch would evict this one's second half from the cache
-        before its weight gradient. `lanes` only decides which threads run a split layer's
-        halves, never what they compute.
+        Given the rows of a data set, the lanes of a split first layer gather their own halves
+        of the batch; given also `following`, the next call's batch, which must follow with
+        nothing changed in between, each lane goes on from its half of this step's update to
+        its half of the next batch's first product. Not on one lane: there is no hand-over to
+        save, and the next batch would evict this one's second half from the cache before its
+        weight gradient. The lanes only decide which threads run a split layer's halves, never
+        what they compute.
         """
-        network, rule = self.network, rule or self._sgd
-        if isinstance(X, Batch):
-            batch = X
-        else:
-            batch = Batch(X, None if rows is None else np.asarray(rows))
-            if rows is not None:
-                y = np.asarray(y)[batch.rows]
-        following = next_rows
-        if following is not None and not isinstance(following, Batch):
-            following = Batch(batch.X, np.asarray(following))
+        network = self.network
+        if not isinstance(batch, Batch):
+            batch = Batch(batch)
+        rule = rule or self._driver.rule
+        if self._driver.rule is not rule:
+            self._driver = driver_for(rule)
+        driver = self._driver
         work = self.workspace(len(y))
         split, params, grads, decayed = work.split, network.params, work.grads, self._decayed
+        lanes = self.lanes
         ahead = (
             split is not None
             and batch.rows is not None
             and following is not None
             and len(following) == len(y)  # else the next step has other buffers
-            and lanes is not None
-            and lanes.helping
+            and self.helping
         )
         rule.begin(eta, lambda_, params)
         # By the rule's count of steps, which is saved with its state: a continued run flushes
@@ -161,12 +181,12 @@ class Engine:
         if rule.steps % FLUSH_EVERY == 0 and flush_subnormals(
             [*params.values(), *(a for by_name in rule.state.values() for a in by_name.values())]
         ):
-            network.version += 1  # W1 may have changed: a product computed ahead is stale
+            self._version += 1  # W1 may have changed: a product computed ahead is stale
         penalties = [0.0, 0.0, 0.0]  # W1's halves (each lane updates the half it computed), rest
 
         def update_half(which: int) -> None:
             assert split is not None
-            penalties[which] = split.update_half(which, rule, params, grads, split.W in decayed)
+            penalties[which] = split.update_half(which, driver, params, grads, split.W in decayed)
             if ahead:
                 split.prepare(which, following, params[split.W], each_gathers=True)
 
@@ -175,23 +195,47 @@ class Engine:
                 is_decayed = name in decayed
                 if is_decayed:
                     penalties[2] += sum_of_squares(params[name])
-                rule.update(name, params[name], grads[name], decayed=is_decayed)
+                driver.update(name, params[name], grads[name], decayed=is_decayed)
             self._fold_statistics(work)
 
         loss = self._loss_and_gradients(
             work,
             batch,
             y,
-            rule.gradient_scale(eta),
+            driver.gradient_scale(eta),
             Mode(train=True, noise=noise),
             lanes=lanes,
             after_first_layer=update_half if split is not None else None,
             meanwhile=update_the_rest,
         )
-        network.version += 1
+        self._version += 1
         if ahead:
-            split.prepared_for(following, network.version)
+            split.prepared_for(following, self._version, params[split.W])
         return loss + lambda_ * sum(penalties)
+
+    def write_back(self) -> None:
+        """Copy the engine's moving averages into the network's, so that the network is whole
+        for whoever reads it (an evaluation, a checkpoint, the saved model)."""
+        if self._averages is None:
+            return
+        held = self.network.moving_averages
+        for name, value in consecutive(self._averages, self._statistic_sizes).items():
+            if name in held and held[name].shape == value.shape and held[name].dtype == value.dtype:
+                held[name][...] = value
+            else:
+                held[name] = value.copy()
+
+    def close(self) -> None:
+        """Write the averages back and end the helper thread."""
+        self.write_back()
+        if self.lanes is not None:
+            self.lanes.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _loss_and_gradients(
         self,
@@ -216,7 +260,7 @@ class Engine:
         network = self.network
         params, grads, kernels, split = network.params, work.grads, work.kernels, work.split
         if split is not None:  # its lanes gather their own halves of the batch
-            H = split.forward(batch, params, network.version, lanes)
+            H = split.forward(batch, params, self._version, lanes)
         else:
             inputs = np.asarray(batch.whole(), dtype=network.dtype)
             if kernels[0].in_place and np.may_share_memory(inputs, batch.X):  # not the caller's
@@ -239,32 +283,36 @@ class Engine:
 
     def _fold_statistics(self, work: Workspace) -> None:
         """`Network.update_moving_averages` for a training step, as one operation on all the
-        layers' statistics side by side (the same arithmetic, element by element).
+        layers' statistics side by side (the same arithmetic, element by element)."""
+        if not self._statistic_sizes:
+            return
+        if self._averages is None:
+            self._averages = self._first_averages(work)
+            return
+        alpha = self.network.bn_alpha
+        self._averages *= alpha
+        self._averages += (1.0 - alpha) * work.statistics
 
-        Falls back to the general update, and then gathers the averages side by side anew,
-        whenever the dict no longer holds the views made last time: on the first batch, after
-        `load_state`, or when a caller replaced the dict or an entry.
-        """
-        network = self.network
-        if self._averages is not None:
-            averages, views = self._averages
-            if (
-                averages.shape == work.statistics.shape
-                and network.moving_averages.keys() == views.keys()
-                and all(network.moving_averages[name] is view for name, view in views.items())
-            ):
-                alpha = network.bn_alpha
-                averages *= alpha
-                averages += (1.0 - alpha) * work.statistics
-                return
-        self._averages = None
-        network.update_moving_averages(work.statistic_views)
-        names = [name for name, _ in work.statistic_sizes]
-        if names and all(name in network.moving_averages for name in names):
-            averages = np.concatenate([network.moving_averages[name] for name in names])
-            views = consecutive(averages, work.statistic_sizes)
-            network.moving_averages = dict(views)
-            self._averages = (averages, views)
+    def _first_averages(self, work: Workspace) -> np.ndarray:
+        """The first step's averages, side by side: the network's own folded with this batch's
+        statistics where it holds them (a continued run), else this batch's statistics."""
+        network, alpha = self.network, self.network.bn_alpha
+        pieces = []
+        for name, value in work.statistic_views.items():
+            held = network.moving_averages.get(name)
+            if held is None:
+                pieces.append(value.copy())
+                continue
+            average = np.array(held, dtype=value.dtype)
+            average *= alpha
+            average += (1.0 - alpha) * value
+            pieces.append(average)
+        return np.concatenate(pieces)
+
+
+def statistic_sizes(network: Network) -> list[tuple[str, int]]:
+    """Each moving average's name and number of entries, in the network's order."""
+    return [(name, int(np.prod(shape))) for name, shape in network.statistic_shapes.items()]
 
 
 def flush_subnormals(arrays: Sequence[np.ndarray]) -> bool:

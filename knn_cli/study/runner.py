@@ -23,6 +23,7 @@ import numpy as np
 from knn_cli.blas import one_thread_limit
 from knn_cli.config import RunConfig, config_from_dict, config_to_dict, load_config
 from knn_cli.data import load_cifar10
+from knn_cli.engine import Engine
 from knn_cli.errors import KnnError, RunFolderError
 from knn_cli.executors import Executor
 from knn_cli.experiment import (
@@ -423,12 +424,12 @@ def measure_speed(features: int, hidden: tuple[int, ...], batch_norm: bool) -> t
     y = rng.integers(0, 10, 1000)
     limit = one_thread_limit()
     steps, evaluations = [], []
-    with limit if limit is not None else nullcontext():
-        network.train_step(X[:100], y[:100], lambda_=0.005, eta=0.01)
+    with limit if limit is not None else nullcontext(), Engine(network) as engine:
+        engine.step(X[:100], y[:100], lambda_=0.005, eta=0.01)
         for _ in range(SPEED_REPEATS):  # the median: the machine's speed jumps second to second
             started = time.perf_counter()
             for _ in range(20):
-                network.train_step(X[:100], y[:100], lambda_=0.005, eta=0.01)
+                engine.step(X[:100], y[:100], lambda_=0.005, eta=0.01)
             steps.append((time.perf_counter() - started) / 20)
             started = time.perf_counter()
             network.cost(X, y, lambda_=0.005)

@@ -27,8 +27,8 @@ from knn_cli.engine import lanes as lanes_module
 from knn_cli.engine.batches import Batch
 from knn_cli.engine.lanes import Lanes
 from knn_cli.errors import DataError
-from knn_cli.experiment import default_hidden
 from knn_cli.network import Network
+from knn_cli.stack import default_hidden
 
 STEPS, WARM_UP, BATCH = 1_500, 100, 100
 WIDTHS = {"3layer_bn": default_hidden(3), "9layer_bn": default_hidden(9)}

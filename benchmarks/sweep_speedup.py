@@ -23,17 +23,12 @@ import time
 from pathlib import Path
 
 from knn_cli.config import config_from_dict, config_to_dict
-from knn_cli.data import find_data_dir
+from knn_cli.data.locate import find_data_dir
 from knn_cli.errors import DataError
 from knn_cli.executors import ProcessExecutor, SerialExecutor
-from knn_cli.sweeps import (
-    LAMBDA_SEARCH,
-    LambdaSearchSpec,
-    lambda_trials,
-    prepare_data,
-    run_trials,
-    start_sweep,
-)
+from knn_cli.sweeps.folder import start_sweep
+from knn_cli.sweeps.plan import LAMBDA_SEARCH, LambdaSearchSpec, lambda_trials
+from knn_cli.sweeps.running import prepare_data, run_trials
 
 
 def load() -> str:

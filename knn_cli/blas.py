@@ -1,7 +1,7 @@
 """BLAS threads: one per thread of ours wherever our threads or processes share the cores.
 
 Two threads each driving a multi-threaded BLAS pool, or two processes each doing so, fight over
-the cores and all of them slow down (README, Performance). This module imports no numpy at the
+the cores and all of them slow down (benchmarks/README.md). This module imports no numpy at the
 top: the executors set these variables for spawned workers before numpy loads there.
 """
 

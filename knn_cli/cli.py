@@ -16,7 +16,13 @@ import click
 
 from knn_cli import __version__
 from knn_cli.cli_browse import compare, list_runs
-from knn_cli.cli_options import parse_list, progress_wanted, runs_dir_option, set_option
+from knn_cli.cli_options import (
+    dry_run_option,
+    parse_list,
+    progress_wanted,
+    runs_dir_option,
+    set_option,
+)
 from knn_cli.cli_study import report, study
 from knn_cli.cli_sweeps import init_sensitivity, lambda_search, sweep
 from knn_cli.errors import KnnError, RunFailed
@@ -84,13 +90,19 @@ def cli() -> None:
     metavar="RUN_DIR",
     help="Continue an interrupted run in its folder, from its last checkpoint.",
 )
+@dry_run_option
 def train(
-    config_path: Path | None, overrides: tuple[str, ...], runs_dir: Path, resume: Path | None
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    runs_dir: Path,
+    resume: Path | None,
+    dry_run: bool,
 ) -> None:
     """Train the network CONFIG describes; write curves, metrics and the model to a run folder.
 
     With --resume RUN_DIR, continue that run instead (its config as saved) to the numbers it
-    would have reached uninterrupted.
+    would have reached uninterrupted. With --dry-run, print the resolved config (a config file
+    that trains the same run) and the run's plan, and stop.
     """
     from knn_cli.config import load_config
     from knn_cli.data import load_cifar10
@@ -102,10 +114,17 @@ def train(
         raise click.UsageError("give a CONFIG to train, or --resume RUN_DIR to continue a run")
     if resume is not None and overrides:
         raise click.UsageError("--resume continues the run as configured; drop --set")
+    if resume is not None and dry_run:
+        raise click.UsageError("--dry-run shows a new run; drop --resume")
     if resume is not None:
         resumable(resume)  # fail now, before loading the data
     config = load_config(resume / CONFIG_FILE if resume else config_path, overrides)
     check_memory(config)  # an impossible size stops here, before the data is loaded
+    if dry_run:
+        from knn_cli.dry_run import train_plan
+
+        click.echo(train_plan(config), nl=False)
+        return
     # The data first: a missing data folder should not leave an empty run folder behind.
     dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress_wanted())
     run_dir = resume or new_run_dir(runs_dir, config.name)
@@ -208,20 +227,17 @@ def gradcheck(
     runs_dir: Path,
 ) -> None:
     """Compare analytic and centred-difference gradients (float64) for every parameter."""
-    from knn_cli.experiment import (
-        default_hidden,
-        gradcheck_failures,
+    from knn_cli.gradcheck_run import (
+        GradcheckSettings,
         gradcheck_problem,
-        gradient_checks,
-        write_gradcheck_run,
+        gradcheck_table,
+        run_gradcheck,
     )
     from knn_cli.memory import check_gradcheck_size
-    from knn_cli.reports import gradcheck_table
     from knn_cli.runs import new_run_dir
 
-    if hidden is None:
-        widths = default_hidden(layers)
-    else:
+    widths = None
+    if hidden is not None:
         example = ",".join(["50"] * (layers - 1)) or "''"
         widths = parse_list(
             hidden,
@@ -232,10 +248,26 @@ def gradcheck(
             count=layers - 1,
             what="widths >= 1",
         )
-    check_gradcheck_size((dims, *widths, 10))
-    X, y, source = gradcheck_problem(dims, batch, seed, data_dir)
+    settings = GradcheckSettings(
+        layers=layers,
+        hidden=widths,
+        batch_norm=batch_norm,
+        bn_position=bn_position,
+        dims=dims,
+        batch=batch,
+        lambda_=lambda_,
+        h=h,
+        tolerance=tolerance,
+        seed=seed,
+        data_dir=data_dir,
+    )
+    check_gradcheck_size((dims, *settings.widths, 10))
+    problem = gradcheck_problem(settings)  # a data folder named and wrong fails now
     run_dir = new_run_dir(runs_dir, f"gradcheck-k{layers}")  # an unwritable folder fails now
-    click.echo(f"k={layers}, hidden {list(widths)}, {batch} samples x {dims} features of {source}")
+    click.echo(
+        f"k={layers}, hidden {list(settings.widths)}, {batch} samples x {dims} features of "
+        f"{problem.source}"
+    )
 
     def show(check: Any) -> None:
         click.echo(
@@ -244,26 +276,11 @@ def gradcheck(
             f"({'pass' if check.textbook_passed else 'FAIL'})"
         )
 
-    checks = gradient_checks(
-        X,
-        y,
-        widths,
-        batch_norm=batch_norm,
-        bn_position=bn_position,
-        lambda_=lambda_,
-        h=h,
-        tolerance=tolerance,
-        seed=seed,
-        on_check=show,
-    )
-    click.echo(gradcheck_table({check.label: check.engine for check in checks}))
-    settings = {"layers": layers, "hidden": list(widths), "bn_position": bn_position}
-    settings.update(dims=dims, batch=batch, h=h, tolerance=tolerance, seed=seed, data=source)
-    write_gradcheck_run(run_dir, checks, {**settings, "lambda": lambda_})
-    failed = gradcheck_failures(checks)
+    run = run_gradcheck(settings, run_dir, problem, on_check=show)
+    click.echo(gradcheck_table(run.checks))
     click.echo(f"table written to {run_dir}")
-    if failed:
-        raise RunFailed(f"gradient check failed for: {', '.join(failed)}")
+    if run.failures:
+        raise RunFailed(f"gradient check failed for: {', '.join(run.failures)}")
     click.echo("all gradients match")
 
 

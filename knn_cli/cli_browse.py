@@ -68,10 +68,11 @@ def compare(folders: Sequence[Path], out: Path | None, runs_dir: Path) -> None:
     A sweep folder stands for all its trials.
     """
     from knn_cli.compare import read_compared, write_comparison
-    from knn_cli.runs import new_run_dir
+    from knn_cli.runs import check_folder_can_be_made, new_run_dir
 
     if out is not None:
         _check_figure_format(out)
+        check_folder_can_be_made(out.parent, f"--out {out}")
     runs = read_compared(folders)  # bad input fails here, before any folder is made
     figure = out if out is not None else new_run_dir(runs_dir, "compare") / "compare.png"
     table, markdown = write_comparison(runs, figure)

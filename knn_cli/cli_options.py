@@ -33,6 +33,13 @@ runs_dir_option = click.option(
     show_default="$KNN_RUNS_DIR, else runs",
     help="Parent folder of the new run folder.",
 )
+dry_run_option = click.option(
+    "--dry-run",
+    is_flag=True,
+    default=False,
+    help="Print the resolved config(s), each run's steps and epochs, the memory and the time "
+    "it would take on this machine, then stop (nothing is trained, no folder is made).",
+)
 set_option = click.option(
     "--set",
     "overrides",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from knn_cli.cli_options import progress_wanted, runs_dir_option, set_option
+from knn_cli.cli_options import dry_run_option, progress_wanted, runs_dir_option, set_option
 from knn_cli.cli_sweeps import executor_for, executor_options
 from knn_cli.errors import RunFailed
 
@@ -42,6 +42,7 @@ def report(study_dir: Path) -> None:
     "a minute; its numbers are not the study's.",
 )
 @executor_options
+@dry_run_option
 @runs_dir_option
 def study(
     overrides: tuple[str, ...],
@@ -51,28 +52,23 @@ def study(
     workers: int | None,
     scheduler: str | None,
     resume: Path | None,
+    dry_run: bool,
     runs_dir: Path,
 ) -> None:
     """The whole study: gradient check, the four configs, the lambda search, the init grid;
     then report.md and report.html beside the published numbers."""
+    from knn_cli.formatting import duration
     from knn_cli.locks import folder_lock
-    from knn_cli.study.contents import read_study_file
+    from knn_cli.study.folder import read_study_file, start_study, study_settings
+    from knn_cli.study.plan import estimate_seconds, plan_study
     from knn_cli.study.report import write_report
-    from knn_cli.study.runner import (
-        StudySettings,
-        estimate_seconds,
-        format_minutes,
-        plan_study,
-        run_study,
-        start_study,
-        study_data,
-        study_settings,
-    )
+    from knn_cli.study.runner import run_study, study_data
+    from knn_cli.study.settings import StudySettings
 
     executor = executor_for(workers, scheduler)
     if resume is not None:
-        given = [name for name, value in (("--set", overrides), ("--seeds", seeds),
-                 ("--seed", seed), ("--quick", quick)) if value]  # fmt: skip
+        asked = {"--set": overrides, "--seeds": seeds, "--seed": seed, "--quick": quick}
+        given = [name for name, value in {**asked, "--dry-run": dry_run}.items() if value]
         if given:
             raise click.UsageError(
                 f"--resume takes the settings from the study folder; drop {', '.join(given)}"
@@ -88,25 +84,33 @@ def study(
     images, features, data = study_data(settings)  # the data first: a missing one fails here
     parts = plan_study(settings, images)
     estimates = estimate_seconds(parts, max(1, executor.workers or 1), images, features)
-    study_dir = resume or start_study(runs_dir, settings, data)
-    with folder_lock(study_dir):
-        quick_kind = "quick study (small sizes: its numbers are not the study's)"
-        kind = quick_kind if settings.quick else "study"
-        click.echo(f"{kind}: {study_dir}")
+    quick_kind = "quick study (small sizes: its numbers are not the study's)"
+    kind = quick_kind if settings.quick else "study"
+
+    def show_plan() -> None:
         for number, part in enumerate(parts, start=1):
             click.echo(
                 f"  {number}. {part.name}: {part.description} "
-                f"(about {format_minutes(estimates[part.name])})"
+                f"(about {duration(estimates[part.name])})"
             )
         click.echo(
-            f"  about {format_minutes(sum(estimates.values()))} in all on this machine "
+            f"  about {duration(sum(estimates.values()))} in all on this machine "
             f"({executor.workers or 'Dask'} workers)"
         )
+
+    if dry_run:
+        click.echo(f"{kind}, as planned (nothing was trained and no folder was made):")
+        show_plan()
+        return
+    study_dir = resume or start_study(runs_dir, settings, data)
+    with folder_lock(study_dir):
+        click.echo(f"{kind}: {study_dir}")
+        show_plan()
         doc = run_study(study_dir, executor, progress=progress_wanted(), say=click.echo)
         markdown, html = write_report(study_dir)  # an interrupted study reports when resumed
         click.echo(f"report: {markdown}, {html}")
     failed = [name for name, part in doc["parts"].items() if part["status"] != "finished"]
     seconds = sum(part["seconds"] or 0 for part in doc["parts"].values())
-    click.echo(f"the parts took {format_minutes(seconds)} in all (with any earlier session's)")
+    click.echo(f"the parts took {duration(seconds)} in all (with any earlier session's)")
     if failed:
         raise RunFailed(f"parts that did not finish: {', '.join(failed)} (see {study_dir})")

@@ -8,19 +8,20 @@ different one.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
 from knn_cli.cli_options import (
+    dry_run_option,
     parse_list,
     progress_wanted,
     runs_dir_option,
     set_option,
     with_options,
 )
-from knn_cli.errors import RunFolderError
 from knn_cli.locks import folder_lock
 
 DEFAULT_SEARCH_CONFIG = Path("configs/3layer_bn.yaml")
@@ -63,16 +64,6 @@ def _reject_plan_options_with_resume(ctx: click.Context) -> None:
         raise click.UsageError(
             f"--resume takes the plan from the sweep folder; drop {', '.join(given)}"
         )
-
-
-def _resume_spec(resume: Path, kind: str) -> Any:
-    from knn_cli.sweeps import load_sweep
-    from knn_cli.sweeps.folder import kind_mismatch
-
-    found, spec = load_sweep(resume)
-    if found != kind:
-        raise RunFolderError(kind_mismatch(resume, found, kind))
-    return spec
 
 
 def executor_for(workers: int | None, scheduler: str | None) -> Any:
@@ -164,6 +155,7 @@ def _search_base(config_path: Path | None, overrides: Sequence[str]) -> dict[str
 )
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Sweep seed [0].")
 @executor_options
+@dry_run_option
 @runs_dir_option
 def lambda_search(
     config_path: Path | None,
@@ -184,17 +176,20 @@ def lambda_search(
     workers: int | None,
     scheduler: str | None,
     resume: Path | None,
+    dry_run: bool,
     runs_dir: Path,
 ) -> None:
     """Coarse-to-fine random search for lambda on validation accuracy, each trial a run."""
-    from knn_cli.sweeps import LAMBDA_SEARCH, LambdaSearchSpec, run_lambda_search, start_sweep
+    from knn_cli.sweeps.folder import load_sweep_of_kind, start_sweep
+    from knn_cli.sweeps.lambda_search import run_lambda_search
+    from knn_cli.sweeps.plan import LAMBDA_SEARCH, LambdaSearchSpec
     from knn_cli.sweeps.tables import lambda_table
 
     ctx = click.get_current_context()
     executor = executor_for(workers, scheduler)
     if resume is not None:
         _reject_plan_options_with_resume(ctx)
-        spec, sweep_dir = _resume_spec(resume, LAMBDA_SEARCH), resume
+        spec, sweep_dir = load_sweep_of_kind(resume, LAMBDA_SEARCH), resume
     else:
         if not coarse and not fine:
             raise click.UsageError("choose --coarse, --fine (with --from), or both")
@@ -210,30 +205,32 @@ def lambda_search(
         given = [name for name, value in final_options.items() if value is not None]
         if given and not final:
             raise click.UsageError(f"{', '.join(given)} set(s) the final retrain; add --final")
-        defaults = LambdaSearchSpec(base={})
         if source is not None:  # refining it: search as it searched, so trials rank alike
-            refined = _resume_spec(source, LAMBDA_SEARCH)
+            refined = load_sweep_of_kind(source, LAMBDA_SEARCH)
             cycles, n_s = cycles or refined.cycles, n_s or refined.n_s
-        base = _search_base(config_path, overrides)
-        spec = LambdaSearchSpec(
-            base=base,
+        spec = LambdaSearchSpec.plan(
+            _search_base(config_path, overrides),
             coarse=bool(coarse),
             fine=bool(fine),
             final=bool(final),
-            log_range=log_range or defaults.log_range,
-            trials=trials or defaults.trials,
-            cycles=cycles or defaults.cycles,
+            log_range=log_range,
+            trials=trials,
+            cycles=cycles,
             n_s=n_s,
-            final_cycles=final_cycles or defaults.final_cycles,
-            final_seeds=final_seeds or defaults.final_seeds,
-            final_validation_size=final_validation_size
-            or min(defaults.final_validation_size, base["data"]["validation_size"]),
+            final_cycles=final_cycles,
+            final_seeds=final_seeds,
+            final_validation_size=final_validation_size,
             final_n_s=final_n_s,
-            seed=seed if seed is not None else defaults.seed,
+            seed=seed,
             source=str(source.resolve()) if source is not None else None,
         )
         if spec.final:
             _check_final_settings(spec)
+        if dry_run:
+            from knn_cli.dry_run import lambda_search_plan
+
+            click.echo(lambda_search_plan(spec, executor.workers or 1), nl=False)
+            return
         sweep_dir = start_sweep(runs_dir, LAMBDA_SEARCH, spec)
     with folder_lock(sweep_dir):
         click.echo(f"sweep folder: {sweep_dir}")
@@ -258,7 +255,7 @@ def _check_final_settings(spec: Any) -> None:
     """Plan a stand-in final retrain now: a hold-out the config cannot take should stop the
     command before the search, not after it."""
     from knn_cli.errors import ConfigError
-    from knn_cli.sweeps import final_trials
+    from knn_cli.sweeps.plan import final_trials
 
     try:
         final_trials(
@@ -291,7 +288,7 @@ def _cycles(count: int) -> str:
 def _echo_finals(records: Sequence[Any]) -> None:
     """One line per retrain, then their mean and spread; exit 1 if any of them did not finish."""
     from knn_cli.errors import RunFailed
-    from knn_cli.sweeps import final_summary_line, final_test_summary
+    from knn_cli.sweeps.tables import final_summary_line, final_test_summary
 
     for record in records:
         training, data = record.trial.config["training"], record.trial.config["data"]
@@ -331,6 +328,7 @@ def _echo_finals(records: Sequence[Any]) -> None:
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Sweep seed [0].")
 @set_option
 @executor_options
+@dry_run_option
 @runs_dir_option
 def init_sensitivity(
     depths: str | None,
@@ -343,17 +341,20 @@ def init_sensitivity(
     workers: int | None,
     scheduler: str | None,
     resume: Path | None,
+    dry_run: bool,
     runs_dir: Path,
 ) -> None:
     """Train from normal(0, sigma) inits instead of He, with and without batch norm."""
     from knn_cli.config import config_from_dict, config_to_dict
-    from knn_cli.sweeps import INIT_SENSITIVITY, GridSpec, run_init_sensitivity, start_sweep
+    from knn_cli.sweeps.folder import load_sweep_of_kind, start_sweep
+    from knn_cli.sweeps.init_grid import run_init_sensitivity
+    from knn_cli.sweeps.plan import INIT_SENSITIVITY, GridSpec
 
     ctx = click.get_current_context()
     executor = executor_for(workers, scheduler)
     if resume is not None:
         _reject_plan_options_with_resume(ctx)
-        spec, sweep_dir = _resume_spec(resume, INIT_SENSITIVITY), resume
+        spec, sweep_dir = load_sweep_of_kind(resume, INIT_SENSITIVITY), resume
     else:
         if any(o.split("=", 1)[0].strip() == "model.hidden" for o in overrides):
             raise click.UsageError(
@@ -384,6 +385,13 @@ def init_sensitivity(
             n_s=n_s,
             seed=seed if seed is not None else defaults.seed,
         )
+        if dry_run:
+            from knn_cli.dry_run import planned_sweep
+            from knn_cli.sweeps.init_grid import grid_plan
+
+            resolved = {"spec": asdict(spec)}
+            click.echo(planned_sweep(resolved, grid_plan(spec), executor.workers or 1), nl=False)
+            return
         sweep_dir = start_sweep(runs_dir, INIT_SENSITIVITY, spec)
     with folder_lock(sweep_dir):
         click.echo(f"sweep folder: {sweep_dir}")
@@ -400,12 +408,14 @@ def init_sensitivity(
 @click.command("sweep")
 @click.argument("plan", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @executor_options
+@dry_run_option
 @runs_dir_option
 def sweep(
     plan: Path | None,
     workers: int | None,
     scheduler: str | None,
     resume: Path | None,
+    dry_run: bool,
     runs_dir: Path,
 ) -> None:
     """Train each config of a PLAN file with its seeds; tabulate what each change brought.
@@ -415,20 +425,30 @@ def sweep(
     """
     from knn_cli.config import config_from_dict
     from knn_cli.memory import check_memory
-    from knn_cli.sweeps import CONFIG_SWEEP, run_config_sweep, start_sweep
-    from knn_cli.sweeps.config_runs import read_plan
+    from knn_cli.sweeps.config_runs import read_plan, run_config_sweep
+    from knn_cli.sweeps.folder import load_sweep_of_kind, start_sweep
+    from knn_cli.sweeps.plan import CONFIG_SWEEP
 
     executor = executor_for(workers, scheduler)
     if resume is not None:
         if plan is not None:
             raise click.UsageError("--resume takes the plan from the sweep folder; drop PLAN")
-        spec, sweep_dir = _resume_spec(resume, CONFIG_SWEEP), resume
+        spec, sweep_dir = load_sweep_of_kind(resume, CONFIG_SWEEP), resume
     else:
         if plan is None:
             raise click.UsageError("give a PLAN file, or --resume SWEEP_DIR")
         spec = read_plan(plan)
         for entry in spec.runs:  # before a sweep folder is made, not in every trial
             check_memory(config_from_dict(entry["config"]))
+        if dry_run:
+            from knn_cli.dry_run import planned_sweep
+            from knn_cli.sweeps.config_runs import config_trials
+
+            resolved = {"name": spec.name, "runs": list(spec.runs)}
+            click.echo(
+                planned_sweep(resolved, config_trials(spec), executor.workers or 1), nl=False
+            )
+            return
         sweep_dir = start_sweep(runs_dir, CONFIG_SWEEP, spec, name=spec.name)
     with folder_lock(sweep_dir):
         click.echo(f"sweep folder: {sweep_dir}")

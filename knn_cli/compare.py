@@ -21,14 +21,12 @@ from knn_cli.listing import (
     GRADCHECK,
     RUN,
     STUDY,
-    duration,
     folder_kind,
     run_config,
     run_status,
     sweep_records,
 )
-from knn_cli.runs import METRICS_FILE, atomic_write_text, read_metrics
-from knn_cli.sweeps.folder import summary_or_empty
+from knn_cli.runs import METRICS_FILE, atomic_write_text, read_metrics, summary_or_empty
 
 SPLIT_STYLES = (("train", "training", "--"), ("val", "validation", "-"))
 # Cost and loss above this many times the largest starting value are cut off: a run that
@@ -181,8 +179,7 @@ def shared_text(runs: Sequence[Compared], differing: Sequence[str]) -> str:
 
 def comparison_table(runs: Sequence[Compared]) -> str:
     """One row per run: its values of the differing settings, status, accuracies, wall time."""
-    from knn_cli.reports import markdown_table
-    from knn_cli.sweeps.tables import percent
+    from knn_cli.formatting import duration, markdown_table, percent
 
     keys = differing_settings([r.config for r in runs])
     names = short_names(keys)

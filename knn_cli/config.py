@@ -22,6 +22,7 @@ from knn_cli.augment import PADDINGS
 from knn_cli.errors import ConfigError
 from knn_cli.network import DTYPES
 from knn_cli.optim import UPDATE_RULES
+from knn_cli.schedule import check_batch_size
 from knn_cli.stack import BN_POSITIONS, INITS
 
 CIFAR10_TRAIN_IMAGES = 50_000
@@ -32,7 +33,7 @@ _NAME_MAX = 100  # keeps `<timestamp>_<name>` run folders well inside file-name 
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    """Shape and initialisation of the network."""
+    """Shape and initialisation of the network: `Network`'s keywords, by the same names."""
 
     hidden: tuple[int, ...] = (50, 50)
     batch_norm: bool = True
@@ -453,11 +454,8 @@ def _check_together(cfg: RunConfig) -> None:
         raise ConfigError(
             f"training.eta_min ({train.eta_min!r}) must be <= training.eta_max ({train.eta_max!r})"
         )
-    if train.batch_size > n_train:
-        raise ConfigError(
-            f"training.batch_size must be <= the {n_train} training images left after "
-            f"data.validation_size ({cfg.data.validation_size}), got {_show(train.batch_size)}"
-        )
+    which = f"training images left after data.validation_size ({cfg.data.validation_size})"
+    check_batch_size(train.batch_size, n_train, which)
     if train.n_s is None:
         steps = train.n_s_factor * n_train / train.batch_size
         if not math.isfinite(steps) or round(steps) < 1:

@@ -13,8 +13,9 @@ class KnnError(Exception):
     exit_code = 2
 
 
-class ConfigError(KnnError):
-    """A config file or `--set` override that cannot be turned into valid settings."""
+class ConfigError(KnnError, ValueError):
+    """A config file or `--set` override that cannot be turned into valid settings (a bad
+    value, hence also a ValueError for callers of the Python API)."""
 
 
 class DataError(KnnError):

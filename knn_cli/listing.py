@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from knn_cli.errors import KnnError, RunFolderError
-from knn_cli.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
-from knn_cli.sweeps.folder import summary_or_empty
+from knn_cli.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, summary_or_empty
 
 STUDY_FILE = "study.json"
 RUN, GRADCHECK, STUDY = "run", "gradcheck", "study"
@@ -202,8 +201,8 @@ def _gradcheck_row(folder: Path) -> Row:
 def sweep_records(sweep_dir: Path) -> tuple[str, Any, list[Any]]:
     """The sweep's kind, its spec and a record per trial planned so far (each the attempt that
     counts: the finished one if any, else the latest)."""
-    from knn_cli.sweeps import Trial, load_sweep, trial_record
-    from knn_cli.sweeps.folder import read_sweep_file
+    from knn_cli.sweeps.folder import load_sweep, read_sweep_file, trial_record
+    from knn_cli.sweeps.plan import Trial
 
     kind, spec = load_sweep(sweep_dir)
     try:
@@ -218,7 +217,7 @@ def sweep_records(sweep_dir: Path) -> tuple[str, Any, list[Any]]:
 def planned_total(kind: str, spec: Any, planned: int) -> int:
     """Trials the sweep will have run when done. A lambda search plans its fine and final stages
     only once the stage before has results, so sweep.json alone would undercount them."""
-    from knn_cli.sweeps import LAMBDA_SEARCH
+    from knn_cli.sweeps.plan import LAMBDA_SEARCH
 
     if kind != LAMBDA_SEARCH:
         return planned
@@ -267,8 +266,8 @@ def lock_holder_alive(folder: Path) -> bool:
 
 
 def _sweep_row(folder: Path) -> Row:
-    from knn_cli.sweeps import final_test_summary
     from knn_cli.sweeps.plan import SEARCH_STAGES
+    from knn_cli.sweeps.tables import final_test_summary
 
     kind, spec, records = sweep_records(folder)
     total = planned_total(kind, spec, len(records))
@@ -300,7 +299,7 @@ def _total(values: Iterable[Any]) -> float | None:
 def sweep_settings(kind: str, spec: Any) -> str:
     """What the sweep varies over and on what network, in one line."""
     from knn_cli.plots import model_settings
-    from knn_cli.sweeps import CONFIG_SWEEP, INIT_SENSITIVITY, LAMBDA_SEARCH
+    from knn_cli.sweeps.plan import CONFIG_SWEEP, INIT_SENSITIVITY, LAMBDA_SEARCH
 
     if kind == LAMBDA_SEARCH:
         stages = [s for s in ("coarse", "fine", "final") if getattr(spec, s)]
@@ -388,8 +387,7 @@ TABLE_HEADERS = ("name", "kind", "status", "settings", "test", "val", "wall time
 
 
 def rows_table(rows: Sequence[Row]) -> str:
-    from knn_cli.reports import markdown_table
-    from knn_cli.sweeps.tables import percent
+    from knn_cli.formatting import duration, markdown_table, percent
 
     return markdown_table(
         TABLE_HEADERS,
@@ -411,13 +409,3 @@ def rows_table(rows: Sequence[Row]) -> str:
 
 def rows_json(rows: Sequence[Row]) -> str:
     return json.dumps([row.as_dict() for row in rows], indent=2)
-
-
-def duration(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -65,6 +65,16 @@ def new_run_dir(parent: str | Path, name: str, now: dt.datetime | None = None) -
     raise KnnError(f"cannot find a free run folder name under {parent}")
 
 
+def check_folder_can_be_made(folder: Path, what: str) -> None:
+    """A one-line KnnError now if `folder` cannot become a folder (a file stands where it or a
+    parent of it would be), without making anything yet."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise KnnError(f"{what}: {path} is a file, not a folder")
+            return
+
+
 def check_writable(folder: Path, min_free_bytes: int = MIN_FREE_BYTES) -> None:
     """Say so now, not after an hour of training, if results could not be saved."""
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -219,6 +229,14 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise RunFolderError(f"{path} cannot be read: {error}") from None
+
+
+def summary_or_empty(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's summary.json, or {} where it has none (yet) or it cannot be read."""
+    try:
+        return read_summary(run_dir)
+    except RunFolderError:
+        return {}
 
 
 def require_run_dir(run_dir: str | Path, *files: str) -> Path:

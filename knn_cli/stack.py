@@ -275,3 +275,12 @@ def zero_gradient_parameters(stack: Sequence[Layer]) -> frozenset[str]:
         for before, after in itertools.pairwise(stack)
         if after.removes_input_shift and (shift := before.shift()) is not None
     )
+
+
+# The assignment's hidden widths for its 3- and 9-layer networks.
+ASSIGNMENT_HIDDEN = {3: (50, 50), 9: (50, 30, 20, 20, 10, 10, 10, 10)}
+
+
+def default_hidden(layers: int) -> tuple[int, ...]:
+    """The assignment's widths for k = 3 and 9; k - 1 layers of 50 otherwise."""
+    return ASSIGNMENT_HIDDEN.get(layers, (50,) * (layers - 1))

@@ -32,7 +32,7 @@ from knn_cli.engine.evaluations import Record, run_evaluations
 from knn_cli.layers import cross_entropy, softmax
 from knn_cli.network import Network
 from knn_cli.optim import SGD, UpdateRule
-from knn_cli.schedule import cyclical_learning_rate, total_steps
+from knn_cli.schedule import check_batch_size, cyclical_learning_rate, total_steps
 
 # Rows per forward pass in `evaluate`: small enough that a block's activations stay in the
 # cache, large enough that the per-block Python cost is nothing beside its matrix product.
@@ -155,8 +155,7 @@ def train(
     """
     n_train = len(splits.X_train)
     batch_size = schedule.batch_size
-    if not 1 <= batch_size <= n_train:  # the config check says so first; this is for API callers
-        raise ValueError(f"batch size {batch_size} must be 1 to {n_train}, the training rows")
+    check_batch_size(batch_size, n_train, "training rows")  # for callers without a config
     batches_per_epoch = n_train // batch_size
     X_train, y_train = np.asarray(splits.X_train), np.asarray(splits.y_train)
 

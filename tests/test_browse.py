@@ -394,6 +394,12 @@ def test_compare_refuses_what_is_not_a_run_or_sweep_in_one_line(zoo: Zoo, tmp_pa
     out = tmp_path / "table.md"
     one_line_error(run("compare", zoo.bn, "--out", out), str(out), ".png")
     assert not out.exists()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for under in (a_file / "figure.png", a_file / "deeper" / "figure.png"):
+        one_line_error(
+            run("compare", zoo.bn, "--out", under), str(a_file), "is a file, not a folder"
+        )
     empty_sweep = tmp_path / "sweep"
     empty_sweep.mkdir()
     plan = json.loads((zoo.search / "sweep.json").read_text())

@@ -160,7 +160,8 @@ def test_data_file_of_the_wrong_kind(tmp_path: Path, fake_cifar_dir: Path) -> No
 
 
 def test_download_with_a_wrong_checksum_unpacks_nothing(tmp_path: Path, monkeypatch) -> None:
-    import knn_cli.data as data
+    from knn_cli.data import cifar10
+    from knn_cli.data.locate import cache_dir
 
     archive = tmp_path / "cifar.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -168,12 +169,12 @@ def test_download_with_a_wrong_checksum_unpacks_nothing(tmp_path: Path, monkeypa
         info = tarfile.TarInfo("cifar-10-batches-py/readme.txt")
         info.size = len(payload)
         tar.addfile(info, io.BytesIO(payload))
-    monkeypatch.setattr(data, "CIFAR10_URL", archive.as_uri())
-    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(b"something else").hexdigest())
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(cifar10, "CIFAR10_MD5", hashlib.md5(b"something else").hexdigest())
     result = run("train", write(tmp_path, GOOD_CONFIG), "--runs-dir", str(tmp_path / "runs"))
     assert_one_line_error(result, 2)
     assert "MD5" in result.stderr or "checksum" in result.stderr.lower()
-    cache = data.cache_dir()
+    cache = cache_dir()
     assert not (cache / "cifar-10-batches-py").exists()
     assert (
         not [p for p in cache.rglob("*") if p.suffix in {".gz", ".tmp"}] if cache.exists() else True

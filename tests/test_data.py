@@ -21,14 +21,11 @@ import pytest
 from conftest import REAL_DATA_DIR, requires_real_data, write_fake_cifar
 
 from knn_cli import data
-from knn_cli.data import (
-    Dataset,
-    cache_dir,
-    download_cifar10,
-    find_data_dir,
-    load_cifar10,
-    read_batch,
-)
+from knn_cli.data import cifar10, load_cifar10
+from knn_cli.data.batches import read_batch
+from knn_cli.data.cifar10 import Dataset
+from knn_cli.data.download import download_cifar10
+from knn_cli.data.locate import cache_dir, find_data_dir
 from knn_cli.errors import DataError
 
 N_PER_BATCH = 30  # conftest default: 150 training images, 30 test images
@@ -127,7 +124,7 @@ def test_second_load_comes_from_cache(fake_cifar_dir: Path, monkeypatch) -> None
     def no_reading(path):
         raise AssertionError(f"cache not used: read {path}")
 
-    monkeypatch.setattr(data, "read_batch", no_reading)
+    monkeypatch.setattr(data.batches, "read_batch", no_reading)
     second = load_cifar10(str(fake_cifar_dir), validation_size=40)
 
     for name in ("X_train", "X_val", "X_test"):
@@ -204,9 +201,9 @@ def test_concurrent_loaders_share_one_entry(fake_cifar_dir: Path) -> None:
 def test_loser_of_a_cache_race_uses_the_winners_entry(fake_cifar_dir: Path) -> None:
     winner = load_cifar10(str(fake_cifar_dir), validation_size=40)
     (entry,) = _entries()
-    raw = data._read_raw(fake_cifar_dir, 40)
+    raw = data.batches._read_raw(fake_cifar_dir, 40)
 
-    loser = data._build_entry(entry, raw, winner.source)
+    loser = data.cache._build_entry(entry, raw, winner.source)
 
     assert isinstance(loser.X_train, np.memmap)
     assert Path(loser.X_train.filename).parent == entry
@@ -496,8 +493,8 @@ def test_progress_bar_only_when_asked(tmp_path: Path, capsys) -> None:
 
 def test_missing_data_is_downloaded_into_the_cache(tmp_path: Path, monkeypatch) -> None:
     url, md5 = _good_archive(tmp_path)
-    monkeypatch.setattr(data, "CIFAR10_URL", url)
-    monkeypatch.setattr(data, "CIFAR10_MD5", md5)
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", url)
+    monkeypatch.setattr(cifar10, "CIFAR10_MD5", md5)
 
     ds = load_cifar10(validation_size=10, progress=False)
 
@@ -601,7 +598,7 @@ def _closed_port_url() -> str:
 @pytest.mark.parametrize("make_url", [_closed_port_url, lambda: "file:///nonexistent/c.tar.gz"])
 def test_offline_gives_one_line_error_with_what_was_tried(monkeypatch, make_url) -> None:
     url = make_url()
-    monkeypatch.setattr(data, "CIFAR10_URL", url)
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", url)
 
     with pytest.raises(DataError) as info:
         load_cifar10(progress=False)

@@ -116,12 +116,12 @@ def test_other_commands_refuse_an_impossible_size_in_one_line(
 
 
 def test_a_memory_error_nothing_foresaw_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    import knn_cli.experiment as experiment
+    import knn_cli.gradcheck_run as gradcheck_run
 
     def exhausted(*args: object, **kwargs: object) -> None:
         raise MemoryError("Unable to allocate 3.5 TiB")
 
-    monkeypatch.setattr(experiment, "gradient_checks", exhausted)
+    monkeypatch.setattr(gradcheck_run, "gradient_check", exhausted)
     result = CliRunner().invoke(cli, ["gradcheck", "--layers", "2", "--runs-dir", "/tmp/knn-x"])
     assert result.exit_code == 2
     assert result.output.splitlines()[-1] == (

@@ -26,19 +26,17 @@ from knn_cli.experiment import train_run
 from knn_cli.plots import draw_curves, plot_run, run_description
 from knn_cli.progress import TrainingBar
 from knn_cli.runs import MetricsLog, atomic_write_json, new_run_dir, read_metrics
-from knn_cli.sweeps import (
+from knn_cli.sweeps.figures import draw_lambda_search, draw_loss_curves
+from knn_cli.sweeps.folder import TrialRecord, load_sweep, start_sweep
+from knn_cli.sweeps.plan import (
     LAMBDA_SEARCH,
     GridSpec,
     LambdaSearchSpec,
     Trial,
-    TrialRecord,
     final_trials,
     grid_trials,
-    load_sweep,
-    start_sweep,
     trial_config,
 )
-from knn_cli.sweeps.figures import draw_lambda_search, draw_loss_curves
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
 

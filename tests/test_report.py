@@ -20,10 +20,11 @@ from study_folder import build_study, set_statuses
 
 from knn_cli.cli import cli
 from knn_cli.errors import RunFolderError
-from knn_cli.study.contents import PARTS
+from knn_cli.study.folder import start_study
+from knn_cli.study.parts import PART_NAMES
 from knn_cli.study.published import Published, check, published_numbers
 from knn_cli.study.report import write_report
-from knn_cli.study.runner import StudySettings, start_study
+from knn_cli.study.settings import StudySettings
 
 SECTIONS = (
     "Where the reproduction agrees, and where not",
@@ -297,7 +298,7 @@ def test_knn_report_prints_the_two_paths(study_copy: Path) -> None:
 
 def test_published_numbers_are_complete_and_well_formed() -> None:
     numbers, published_tables = published_numbers()
-    assert {entry.part for entry in numbers.values()} <= set(PARTS)
+    assert {entry.part for entry in numbers.values()} <= set(PART_NAMES)
     ranges = {key: entry.range for key, entry in numbers.items()}
     assert ranges["configs.3layer"] == (52.9, 54.0)
     assert ranges["configs.3layer_bn"] == (53.4, 54.0)
@@ -417,7 +418,11 @@ def test_an_interrupted_study_resumes_to_the_report_of_an_uninterrupted_one(
     assert "1. gradcheck" in stopped.output and "in all on this machine" in stopped.output
     (study,) = (tmp_path / "runs").iterdir()
     parts = json.loads((study / "study.json").read_text())["parts"]
-    assert [parts[name]["status"] for name in PARTS[:3]] == ["finished", "interrupted", "pending"]
+    assert [parts[name]["status"] for name in PART_NAMES[:3]] == [
+        "finished",
+        "interrupted",
+        "pending",
+    ]
     assert (study / "configs" / "000-3layer-s0" / "checkpoint.npz").is_file()
     checked = (study / "gradcheck" / "k9" / "summary.json").stat().st_mtime_ns
 

@@ -10,26 +10,30 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-import knn_cli.study.runner as runner
+import knn_cli.estimate as estimate
 from knn_cli.cli import cli
+from knn_cli.estimate import PlannedRun
 from knn_cli.executors import Outcome, guarded
 from knn_cli.locks import FolderBusy, folder_lock
-from knn_cli.study.runner import PlannedPart, StudySettings, estimate_seconds, study_config
+from knn_cli.study.parts import run_configs_part
+from knn_cli.study.plan import PlannedPart, estimate_seconds
+from knn_cli.study.settings import StudySettings, study_config
 
 
 def test_the_estimate_counts_steps_evaluations_and_rounds_of_workers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runner, "measure_speed", lambda *args: (0.001, 1e-6))
+    monkeypatch.setattr(estimate, "measure_speed", lambda *args: (0.001, 1e-6))
     config = study_config(StudySettings(), "3layer_bn")
-    one_run = 1000 * 0.001 + (runner.EVALUATIONS_PER_CYCLE * 2 + 1) * 50_000 * 1e-6
-    one_run += runner.START_SECONDS
-    three = PlannedPart("three", "", [(config, 1000, 2)] * 3)
+    run = PlannedRun(config, n_s=250, cycles=2)  # 1000 steps, 10 evaluations a cycle and step 0
+    assert (run.steps, run.evaluations) == (1000, 21)
+    one_run = 1000 * 0.001 + 21 * 50_000 * 1e-6 + estimate.START_SECONDS
+    three = PlannedPart("three", "", [run] * 3)
     estimates = estimate_seconds([three], 2, 50_000, 3072)
     # Three runs on two workers take two rounds, whatever the overhead factor.
-    assert estimates["three"] == pytest.approx(2 * one_run * runner.UNMODELLED_OVERHEAD)
+    assert estimates["three"] == pytest.approx(2 * one_run * estimate.UNMODELLED_OVERHEAD)
     alone = estimate_seconds([three], 1, 50_000, 3072)["three"]
-    assert alone == pytest.approx(3 * one_run * runner.UNMODELLED_OVERHEAD)
+    assert alone == pytest.approx(3 * one_run * estimate.UNMODELLED_OVERHEAD)
 
 
 class TriesTheLock:
@@ -64,7 +68,7 @@ def test_a_part_sweep_is_held_by_the_study_while_it_runs(
         overrides=(f"data.dir={fake_cifar_dir}", "data.validation_size=30", "training.n_s=5"),
     )
     executor = TriesTheLock()
-    run = runner.run_configs_part(tmp_path / "configs", settings, executor, progress=False)
+    run = run_configs_part(tmp_path / "configs", settings, executor, False, {})
     assert run.status == "finished"
     assert len(executor.refused) == 4 and "is in use by process" in executor.refused[0]
 

@@ -24,29 +24,28 @@ from knn_cli.executors import (
     guarded,
     make_executor,
 )
-from knn_cli.experiment import default_hidden
-from knn_cli.sweeps import (
+from knn_cli.stack import default_hidden
+from knn_cli.sweeps.config_runs import run_config_sweep
+from knn_cli.sweeps.folder import TrialRecord, load_sweep, start_sweep
+from knn_cli.sweeps.init_grid import run_init_sensitivity
+from knn_cli.sweeps.lambda_search import fine_range, run_lambda_search
+from knn_cli.sweeps.plan import (
+    CONFIG_SWEEP,
     INIT_SENSITIVITY,
     LAMBDA_SEARCH,
+    ConfigSweepSpec,
     GridSpec,
     LambdaSearchSpec,
     Trial,
     TrialJob,
-    TrialRecord,
-    final_test_summary,
     final_trials,
-    fine_range,
     grid_trials,
     lambda_trials,
-    load_sweep,
-    run_init_sensitivity,
-    run_lambda_search,
-    run_trial,
-    run_trials,
     sample_log_lambda,
-    start_sweep,
     trial_config,
 )
+from knn_cli.sweeps.running import run_trial, run_trials
+from knn_cli.sweeps.tables import final_test_summary
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
 
@@ -463,6 +462,30 @@ def test_a_sweep_planned_before_final_seeds_existed_resumes_as_planned(
     _, resumed = load_sweep(sweep_dir)
     assert resumed.final_seeds == 1
     assert resumed.final_validation_size == spec.base["data"]["validation_size"] == 30
+
+
+def test_a_sweep_planned_with_the_earlier_spelling_of_rule_settings_resumes(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    """Sweeps planned by earlier versions hold training.momentum, beta1, beta2 and adam_eps in
+    every trial's config; resuming one must not take it for another plan (which, truly
+    another, is still refused)."""
+    spec = ConfigSweepSpec(name="old", runs=({"config": tiny_base(fake_cifar_dir), "seeds": 2},))
+    sweep_dir = start_sweep(tmp_path, CONFIG_SWEEP, spec)
+    run_config_sweep(spec, sweep_dir, SerialExecutor())
+    doc = json.loads((sweep_dir / "sweep.json").read_text())
+    old = {"momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "adam_eps": 1e-8}
+    for config in [doc["spec"]["runs"][0]["config"], *(t["config"] for t in doc["trials"])]:
+        del config["training"]["optimizer_settings"]
+        config["training"].update(old)
+    (sweep_dir / "sweep.json").write_text(json.dumps(doc))
+    _, resumed = load_sweep(sweep_dir)
+    records = run_config_sweep(resumed, sweep_dir, SerialExecutor())
+    assert [r.status for r in records] == ["finished", "finished"]
+    doc["trials"][0]["config"]["training"]["lambda"] = 0.5  # truly another plan
+    (sweep_dir / "sweep.json").write_text(json.dumps(doc))
+    with pytest.raises(RunFolderError, match="would differ from the recorded plan"):
+        run_config_sweep(resumed, sweep_dir, SerialExecutor())
 
 
 def test_init_sensitivity_command(tmp_path: Path, fake_cifar_dir: Path) -> None:

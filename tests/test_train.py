@@ -11,7 +11,7 @@ import pytest
 from conftest import REAL_DATA_DIR, interrupt_at, requires_real_data
 
 from knn_cli.config import config_from_dict
-from knn_cli.data import Dataset
+from knn_cli.data.cifar10 import Dataset
 from knn_cli.engine import Engine
 from knn_cli.experiment import evaluate_run, load_trained, load_trained_network, train_run
 from knn_cli.network import Network
@@ -187,7 +187,7 @@ def test_train_rejects_a_batch_larger_than_the_training_rows() -> None:
     """Called without the config check, a too-large batch must fail, not loop for ever."""
     X, y = np.zeros((10, 4), dtype=np.float32), np.zeros(10, dtype=int)
     schedule = Schedule(0.0, 11, 1e-3, 1e-2, n_s=1, cycles=1, eval_every=1, seed=0)
-    with pytest.raises(ValueError, match="batch size 11 must be 1 to 10"):
+    with pytest.raises(ValueError, match="batch_size must be 1 to the 10 training rows, got 11"):
         train(Network(4, [3], 2), Splits(X, y, X, y), schedule)
 
 
@@ -347,7 +347,7 @@ def test_a_crashed_run_continues_from_its_last_periodic_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A crash after the last checkpoint: the steps and evaluations since are done again."""
-    import knn_cli.experiment as experiment
+    import knn_cli.recorder as recorder
 
     data = image_dataset()
     config = config_from_dict(
@@ -357,7 +357,7 @@ def test_a_crashed_run_continues_from_its_last_periodic_checkpoint(
     whole = new_run_dir(tmp_path, "whole")
     train_run(config, whole, dataset=data)
     crashed = new_run_dir(tmp_path, "crashed")
-    real_save = experiment.write_checkpoint
+    real_save = recorder.write_checkpoint
     saved: list[int] = []
 
     def save_until(run_dir, arrays, info):  # type: ignore[no-untyped-def]
@@ -369,10 +369,42 @@ def test_a_crashed_run_continues_from_its_last_periodic_checkpoint(
         real_save(run_dir, arrays, info)
 
     with monkeypatch.context() as patch:
-        patch.setattr(experiment, "write_checkpoint", save_until)
+        patch.setattr(recorder, "write_checkpoint", save_until)
         with pytest.raises(RuntimeError, match="disk gone"):
             train_run(config, crashed, dataset=data)
     assert saved[-1] == 33
     assert max(r["step"] for r in read_metrics(crashed)) == 50  # recorded after the checkpoint
     train_run(config, crashed, dataset=data, resume=True)
     assert_same_run(crashed, whole)
+
+
+def test_a_failure_while_saving_does_not_hide_the_error_that_ended_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Plotting (or saving) after a run that broke may fail too: the error that ended the run
+    goes on up, the second is said on stderr, and the summary still says what happened."""
+    import knn_cli.recorder as recorder
+
+    calls = {"n": 0}
+    original = Engine.step
+
+    def breaking_step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise FloatingPointError("the step broke")
+        return original(self, *args, **kwargs)
+
+    def broken_plot(run_dir):  # type: ignore[no-untyped-def]
+        raise OSError("no fonts")
+
+    monkeypatch.setattr(Engine, "step", breaking_step)
+    monkeypatch.setattr(recorder, "plot_run", broken_plot)
+    run_dir = new_run_dir(tmp_path, "broken")
+    with pytest.raises(FloatingPointError, match="the step broke"):
+        train_run(small_config(), run_dir, dataset=synthetic_dataset())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "the step broke" in summary["message"]
+    assert (run_dir / "model.npz").is_file()
+    assert "saving the run after FloatingPointError also failed: OSError: no fonts" in (
+        capsys.readouterr().err
+    )

@@ -2,7 +2,7 @@
 
 Why not OpenBLAS's own threads: beside an evaluation on the second core, or another busy
 process, their spin-waiting fights for both cores and a step becomes several times slower
-(README, Performance). Here a splittable job is two halves with fixed bounds; the caller runs
+(benchmarks/README.md). Here a splittable job is two halves with fixed bounds; the caller runs
 the first, and the second goes to whichever thread is free first, so when the helper is late
 (its core busy) the caller takes the half back and a step is never much slower than on one core.
 Which thread ran a half never changes its result: the halves are the same products either way,

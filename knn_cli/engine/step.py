@@ -322,7 +322,7 @@ def flush_subnormals(arrays: Sequence[np.ndarray]) -> bool:
     Adam at high rates drives the weights of dead units, and the moments of parameters whose
     gradient stays zero, towards zero step after step and into subnormal numbers, on which x86
     arithmetic is many times slower: an Adam run at the study's rates slowed down epoch after
-    epoch (README, Performance). Flushing only true subnormals did not keep up; from the margin
+    epoch (benchmarks/README.md). Flushing only true subnormals did not keep up; from the margin
     numbers take longer than FLUSH_EVERY steps to decay into the subnormals. A number this
     small changes no float32 sum it enters.
     """

@@ -10,7 +10,11 @@
       init-sensitivity/ a `knn init-sensitivity` folder
       report.md, report.html, figures/
 
-runner.py      plans and runs the parts, resumably, and estimates their time on this machine
+settings.py    what a study is asked for, the sizes each part trains at, the study's configs
+parts.py       the parts, listed once: name, kind of folder, title, and what runs each
+folder.py      study.json: settings, provenance, each part's status and wall time
+plan.py        what each part will train, and its time on this machine (knn_cli/estimate.py)
+runner.py      runs the parts not finished yet, in order, resumably
 contents.py    a study folder read into plain data (study.json and each part's records)
 published.py   the published numbers (published.yaml) and how a result compares with them
 figures.py     the report's comparison figures, drawn from the run folders

@@ -9,7 +9,6 @@ error: a half-finished study is reported as far as it got. A folder that is no s
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -17,28 +16,27 @@ from pathlib import Path
 from typing import Any
 
 from knn_cli.errors import RunFolderError
-from knn_cli.sweeps import (
+from knn_cli.gradcheck_run import CSV_FILE
+from knn_cli.runs import summary_or_empty
+from knn_cli.study.folder import read_study_file
+from knn_cli.study.parts import CONFIGS, GRADCHECK, GRID, PART_NAMES, SEARCH, SEARCH_9
+from knn_cli.sweeps.config_runs import config_trials
+from knn_cli.sweeps.folder import (
+    TrialRecord,
+    load_sweep_of_kind,
+    read_sweep_file,
+    trial_record,
+)
+from knn_cli.sweeps.init_grid import grid_plan
+from knn_cli.sweeps.lambda_search import ranked_records
+from knn_cli.sweeps.plan import (
     CONFIG_SWEEP,
     INIT_SENSITIVITY,
     LAMBDA_SEARCH,
     GridSpec,
     LambdaSearchSpec,
     Trial,
-    TrialRecord,
-    load_sweep,
-    ranked_records,
-    trial_record,
 )
-from knn_cli.sweeps.config_runs import config_trials
-from knn_cli.sweeps.folder import kind_mismatch, read_sweep_file, summary_or_empty
-from knn_cli.sweeps.init_grid import grid_plan
-
-STUDY_FILE = "study.json"
-STUDY_KIND = "study"
-STUDY_VERSION = 1
-# The parts in the order the study runs and the report tells them.
-PARTS = ("gradcheck", "configs", "lambda-search", "lambda-9layer", "init-sensitivity")
-GRADCHECK_CSV = "gradcheck.csv"
 
 
 @dataclass(frozen=True)
@@ -103,35 +101,16 @@ class Study:
         return bool(self.doc.get("quick"))
 
 
-def read_study_file(study_dir: Path) -> dict[str, Any]:
-    """study.json, or a one-line RunFolderError saying why the folder is no study."""
-    path = study_dir / STUDY_FILE
-    if not study_dir.is_dir():
-        raise RunFolderError(f"study folder {study_dir} does not exist")
-    if not path.is_file():
-        raise RunFolderError(f"{study_dir} is not a study folder: it has no {STUDY_FILE}")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise RunFolderError(f"{path} cannot be read: {error}") from None
-    if not isinstance(doc, dict) or doc.get("kind") != STUDY_KIND:
-        found = doc.get("kind") if isinstance(doc, dict) else None
-        raise RunFolderError(f"{study_dir} is not a study folder ({STUDY_FILE} of kind {found!r})")
-    if doc.get("version") != STUDY_VERSION:
-        raise RunFolderError(f"{path} is not a study this version of knn can read")
-    return doc
-
-
 def read_study(study_dir: str | Path) -> Study:
     study_dir = Path(study_dir)
     doc = read_study_file(study_dir)
-    parts = {name: _part_state(study_dir, name, doc) for name in PARTS}
+    parts = {name: _part_state(study_dir, name, doc) for name in PART_NAMES}
     readers = {
-        "gradcheck": ("gradchecks", _read_gradchecks),
-        "configs": ("configs", _read_config_sweep),
-        "lambda-search": ("search", _read_lambda_search),
-        "lambda-9layer": ("retrain_9layer", _read_config_sweep),
-        "init-sensitivity": ("grid", _read_grid),
+        GRADCHECK: ("gradchecks", _read_gradchecks),
+        CONFIGS: ("configs", _read_config_sweep),
+        SEARCH: ("search", _read_lambda_search),
+        SEARCH_9: ("retrain_9layer", _read_config_sweep),
+        GRID: ("grid", _read_grid),
     }
     found: dict[str, Any] = {}
     for name, (attribute, reader) in readers.items():
@@ -172,7 +151,7 @@ def _read_gradchecks(folder: Path) -> tuple[Gradcheck, ...]:
                 layers=int(summary.get("layers", match.group(1))),
                 hidden=tuple(summary.get("hidden", ())),
                 status=str(summary.get("status", "interrupted")),
-                rows=_csv_rows(sub / GRADCHECK_CSV),
+                rows=_csv_rows(sub / CSV_FILE),
             )
         )
     return tuple(sorted(checks, key=lambda check: check.layers))
@@ -185,20 +164,13 @@ def _csv_rows(path: Path) -> tuple[dict[str, str], ...]:
         return tuple(csv.DictReader(handle))
 
 
-def _load(folder: Path, kind: str) -> Any:
-    found, spec = load_sweep(folder)
-    if found != kind:
-        raise RunFolderError(kind_mismatch(folder, found, kind))
-    return spec
-
-
 def _read_config_sweep(folder: Path) -> tuple[TrialRecord, ...]:
-    spec = _load(folder, CONFIG_SWEEP)
+    spec = load_sweep_of_kind(folder, CONFIG_SWEEP)
     return tuple(trial_record(folder, trial) for trial in config_trials(spec))
 
 
 def _read_lambda_search(folder: Path) -> LambdaSearch:
-    spec = _load(folder, LAMBDA_SEARCH)
+    spec = load_sweep_of_kind(folder, LAMBDA_SEARCH)
     doc = read_sweep_file(folder)
     records = [trial_record(folder, Trial.from_dict(t)) for t in doc["trials"]]
     search = tuple(r for r in records if r.trial.stage != "final")
@@ -214,7 +186,7 @@ def _read_lambda_search(folder: Path) -> LambdaSearch:
 
 
 def _read_grid(folder: Path) -> Grid:
-    spec = _load(folder, INIT_SENSITIVITY)
+    spec = load_sweep_of_kind(folder, INIT_SENSITIVITY)
     return Grid(spec, tuple(trial_record(folder, trial) for trial in grid_plan(spec)))
 
 

@@ -14,8 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from knn_cli.formatting import markdown_table
 from knn_cli.plots import DPI
-from knn_cli.reports import markdown_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Figures are shown in proportion to the size they were drawn in inches, so that their lettering

@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from knn_cli.formatting import duration
 from knn_cli.runs import atomic_write_text
 from knn_cli.study.contents import (
-    PARTS,
     Study,
     first_seed_runs,
     read_study,
@@ -28,6 +28,7 @@ from knn_cli.study.figures import (
     draw_lambda_comparison,
     save_png,
 )
+from knn_cli.study.parts import PART_NAMES, TITLES
 from knn_cli.study.published import (
     Published,
     PublishedTable,
@@ -45,7 +46,6 @@ from knn_cli.study.render import (
 )
 from knn_cli.study.sections import (
     NOT_RUN,
-    PART_TITLES,
     Comparison,
     Comparisons,
     configs_section,
@@ -54,7 +54,6 @@ from knn_cli.study.sections import (
     lambda_section,
     status_word,
 )
-from knn_cli.sweeps.config_runs import minutes
 from knn_cli.sweeps.folder import TrialRecord
 
 REPORT_MD = "report.md"
@@ -195,15 +194,15 @@ def summary_section(found: Sequence[Comparison]) -> Section:
 
 def what_ran_section(study: Study) -> Section:
     rows = []
-    for name in PARTS:
+    for name in PART_NAMES:
         part = study.parts[name]
         present = part.folder.is_dir()
         rows.append(
             (
-                PART_TITLES[name],
+                TITLES[name],
                 f"`{part.folder.name}`" if present else "-",
                 status_word(part.status),
-                minutes([part.seconds]) if part.seconds is not None else "-",
+                duration(part.seconds) or "-",
                 part.error or part.message or "",
             )
         )
@@ -217,7 +216,7 @@ def what_ran_section(study: Study) -> Section:
         ("study seed", str(doc.get("seed", "-"))),
         ("started", str(doc.get("started") or "-")),
         ("finished", str(doc.get("finished") or "not finished")),
-        ("wall time of the parts", minutes([sum(total)]) if total else "-"),
+        ("wall time of the parts", duration(sum(total)) if total else "-"),
         ("commit", str(provenance.get("commit") or "-")),
         ("versions", versions or "-"),
         ("machine", str(provenance.get("machine") or "-")),

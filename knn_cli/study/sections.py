@@ -13,11 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from knn_cli.formatting import in_points, mean_and_spread, percent
 from knn_cli.plots import training_settings
 from knn_cli.study.contents import (
     Gradcheck,
     Study,
 )
+from knn_cli.study.parts import TITLES
 from knn_cli.study.published import (
     PERCENT,
     Published,
@@ -33,22 +35,13 @@ from knn_cli.study.render import (
     Table,
     Text,
 )
-from knn_cli.sweeps.config_runs import mean_and_spread
 from knn_cli.sweeps.folder import TrialRecord
 from knn_cli.sweeps.init_grid import CHANCE_MARGIN
 from knn_cli.sweeps.plan import bn_label
-from knn_cli.sweeps.tables import percent
 
 NOT_RUN = "not run"
 # Our search trial is set beside the study's trial nearest in lambda when that is this close.
 NEAREST_FACTOR = 1.5
-PART_TITLES = {
-    "gradcheck": "Gradient check",
-    "configs": "The four configs: 3 and 9 layers, with and without batch norm",
-    "lambda-search": "Lambda search",
-    "lambda-9layer": "Lambda search: the 9-layer retrain",
-    "init-sensitivity": "Sensitivity to initialization",
-}
 # Columns every comparison ends with.
 PUBLISHED_HEADERS = ("study", "published range", "ours against published")
 
@@ -94,8 +87,8 @@ def not_run(study: Study, name: str) -> Text:
         return Text(f"{NOT_RUN}: its folder cannot be read ({part.error})", "warning")
     why = f"; {part.message}" if part.message else ""
     if part.status == "pending" and not why:
-        return Text(f"{PART_TITLES[name]}: {NOT_RUN} yet.")
-    return Text(f"{PART_TITLES[name]}: {NOT_RUN} (the part is {part.status}{why}).")
+        return Text(f"{TITLES[name]}: {NOT_RUN} yet.")
+    return Text(f"{TITLES[name]}: {NOT_RUN} (the part is {part.status}{why}).")
 
 
 def unfinished(study: Study, name: str) -> list[Block]:
@@ -125,12 +118,6 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def as_percent(value: Any) -> float | None:
-    """A run folder's fraction as the report prints it: percent, rounded to 2 decimals, so the
-    verdict is about the number the reader sees."""
-    return None if value is None else round(100 * float(value), 2)
-
-
 # -- 1. gradient check ----------------------------------------------------------------------------
 
 GRADCHECK_HEADERS = (
@@ -147,7 +134,7 @@ GRADCHECK_HEADERS = (
 
 
 def gradcheck_section(study: Study, found: Comparisons) -> Section:
-    title = f"1. {PART_TITLES['gradcheck']}"
+    title = f"1. {TITLES['gradcheck']}"
     entry = found.numbers["gradcheck.max_abs_error"]
     intro = Text(
         "Analytic gradients against centred differences (float64) for every parameter, at each "
@@ -234,7 +221,7 @@ def seed_cells(records: Sequence[TrialRecord], key: str, found: Comparisons) -> 
     each = ", ".join(record_word(r) for r in records) or NOT_RUN
     accuracies = [float(100 * r.get("test_accuracy")) for r in finished]
     # The mean of the fractions, as mean_and_spread prints it: the verdict is on what is shown.
-    mean = as_percent(np.mean([r.get("test_accuracy") for r in finished])) if finished else None
+    mean = in_points(np.mean([r.get("test_accuracy") for r in finished])) if finished else None
     suffix = ""
     entry = found.numbers.get(key)
     if entry is not None and len(accuracies) > 1:
@@ -246,7 +233,7 @@ def seed_cells(records: Sequence[TrialRecord], key: str, found: Comparisons) -> 
 
 
 def configs_section(study: Study, figures: Mapping[str, Figure], found: Comparisons) -> Section:
-    title = f"2. {PART_TITLES['configs']}"
+    title = f"2. {TITLES['configs']}"
     if not study.configs:
         return Section(title, "configs", (not_run(study, "configs"),))
     by_config: dict[str, list[TrialRecord]] = {}
@@ -294,7 +281,7 @@ def lambda_section(
     found: Comparisons,
     tables: Mapping[str, PublishedTable],
 ) -> Section:
-    title = f"3. {PART_TITLES['lambda-search']}"
+    title = f"3. {TITLES['lambda-search']}"
     search = study.search
     if search is None:
         blocks: list[Block] = [not_run(study, "lambda-search")]
@@ -330,7 +317,7 @@ def lambda_section(
             percent(best.score) if best else NOT_RUN,
             *found.cells(
                 "lambda-search.best_val_accuracy",
-                as_percent(best.score) if best else None,
+                in_points(best.score) if best else None,
                 percent(best.score) if best else "",
             ),
         ),
@@ -358,13 +345,13 @@ def search_table(records: Sequence[TrialRecord], study_trials: PublishedTable) -
 
     rows = []
     for record in sorted(records, key=order):
-        ours = as_percent(record.get("final_val_accuracy")) if record.finished else None
+        ours = in_points(record.get("final_val_accuracy")) if record.finished else None
         near = nearest(record.trial.lambda_, study_trials.rows)
         if near is None:
             theirs, verdict = "-", "-"
         else:
             point = Published("", "lambda-search", "", PERCENT, near[1])
-            theirs = f"{near[1]:.2f}% at lambda {near[0]:g}"
+            theirs = f"{format_value(near[1], PERCENT)} at lambda {near[0]:g}"
             verdict = NOT_RUN if ours is None else check(ours, point).text()
         shown = percent(record.get("final_val_accuracy")) if record.finished else None
         rows.append(
@@ -450,7 +437,7 @@ def retrain_table(
 
 
 def init_section(study: Study, figures: Mapping[str, Figure], found: Comparisons) -> Section:
-    title = f"4. {PART_TITLES['init-sensitivity']}"
+    title = f"4. {TITLES['init-sensitivity']}"
     grid = study.grid
     if grid is None:
         return Section(title, "init-sensitivity", (not_run(study, "init-sensitivity"),))
@@ -461,7 +448,7 @@ def init_section(study: Study, figures: Mapping[str, Figure], found: Comparisons
         depth, batch_norm = len(model["hidden"]) + 1, bool(model["batch_norm"])
         sigma = float(model["sigma"])
         key = f"init-sensitivity.k{depth}.{'bn' if batch_norm else 'no-bn'}.sigma{sigma:g}"
-        ours = as_percent(record.get("test_accuracy")) if record.finished else None
+        ours = in_points(record.get("test_accuracy")) if record.finished else None
         rows.append(
             (
                 str(depth),

@@ -30,12 +30,12 @@ import yaml
 from knn_cli.config import config_to_dict, load_config
 from knn_cli.errors import ConfigError
 from knn_cli.executors import Executor
-from knn_cli.reports import csv_text, markdown_table
+from knn_cli.formatting import csv_text, duration, markdown_table, mean_and_spread, percent
 from knn_cli.runs import atomic_write_text
 from knn_cli.sweeps.folder import TrialRecord
 from knn_cli.sweeps.plan import ConfigSweepSpec, Trial, trial_config
 from knn_cli.sweeps.running import run_trials
-from knn_cli.sweeps.tables import percent, shown_folder
+from knn_cli.sweeps.tables import shown_folder
 
 
 def read_plan(path: Path) -> ConfigSweepSpec:
@@ -198,7 +198,7 @@ def config_table(spec: ConfigSweepSpec, records: Sequence[TrialRecord]) -> str:
                 " ".join(percent(r.get("test_accuracy")) or r.status for r in runs) or "-",
                 mean_and_spread([r.get("final_val_accuracy") for r in finished]),
                 *(mean_and_spread([r.get(key) for r in finished]) for key in extras),
-                minutes([r.get("wall_seconds") for r in finished]),
+                mean_duration([r.get("wall_seconds") for r in finished]),
             ]
         )
         previous = config
@@ -231,19 +231,7 @@ def _short(value: Any) -> str:
     )
 
 
-def mean_and_spread(values: Sequence[float | None]) -> str:
-    """'53.81% +- 0.25' over the seeds (sample standard deviation); one value alone as it is."""
-    numbers = [float(v) for v in values if v is not None]
-    if not numbers:
-        return "-"
-    if len(numbers) == 1:
-        return f"{100 * numbers[0]:.2f}%"
-    return f"{100 * np.mean(numbers):.2f}% +- {100 * np.std(numbers, ddof=1):.2f}"
-
-
-def minutes(values: Sequence[float | None]) -> str:
+def mean_duration(values: Sequence[float | None]) -> str:
+    """The runs' mean wall time ('-' if none was measured)."""
     numbers = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not numbers:
-        return "-"
-    seconds = float(np.mean(numbers))
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    return (duration(float(np.mean(numbers))) if numbers else None) or "-"

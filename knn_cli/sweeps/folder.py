@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from knn_cli.errors import RunFolderError
+from knn_cli.config import config_from_dict, config_to_dict
+from knn_cli.errors import ConfigError, RunFolderError
 from knn_cli.runs import (
     CHECKPOINT_FILE,
     SUMMARY_FILE,
     atomic_write_json,
     new_run_dir,
-    read_summary,
+    summary_or_empty,
 )
 from knn_cli.sweeps.plan import (
     CONFIG_SWEEP,
@@ -137,6 +138,24 @@ def load_sweep(sweep_dir: str | Path) -> tuple[str, Spec]:
         ) from None
 
 
+def load_sweep_of_kind(sweep_dir: str | Path, kind: str) -> Spec:
+    """The spec of a sweep folder that `kind`'s command made, or a one-line RunFolderError
+    naming the command that made it."""
+    found, spec = load_sweep(sweep_dir)
+    if found != kind:
+        raise RunFolderError(kind_mismatch(Path(sweep_dir), found, kind))
+    return spec
+
+
+def resume_or_start(sweep_dir: Path, kind: str, spec: Spec) -> Spec:
+    """The sweep in `sweep_dir` (made exactly there, a part of a study): its recorded plan if it
+    was started before, else `spec`, written to a new folder."""
+    if sweep_dir.exists():
+        return load_sweep_of_kind(sweep_dir, kind)
+    start_sweep(sweep_dir.parent, kind, spec, sweep_dir.name, exact=True)
+    return spec
+
+
 def read_sweep_file(sweep_dir: Path) -> dict[str, Any]:
     path = sweep_dir / SWEEP_FILE
     if not sweep_dir.is_dir():
@@ -159,7 +178,7 @@ def record_plan(sweep_dir: Path, trials: Sequence[Trial], **notes: Any) -> None:
     planned = {t["folder"]: t for t in doc["trials"]}
     for trial in trials:
         known = planned.get(trial.folder)
-        if known is not None and known != trial.to_dict():
+        if known is not None and _as_this_version_writes_it(known) != trial.to_dict():
             raise RunFolderError(
                 f"{sweep_dir}: trial {trial.folder} would differ from the recorded plan; "
                 "start a new sweep instead of resuming this one"
@@ -170,11 +189,24 @@ def record_plan(sweep_dir: Path, trials: Sequence[Trial], **notes: Any) -> None:
     atomic_write_json(sweep_dir / SWEEP_FILE, doc)
 
 
+def _as_this_version_writes_it(trial: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A recorded trial with its config written as this version writes configs, so that a sweep
+    planned by an earlier version (say, with the update rules' settings spelled the old way)
+    resumes; a config this version cannot read stays as it is, and differs."""
+    try:
+        config = config_to_dict(config_from_dict(trial["config"]))
+    except (ConfigError, KeyError, TypeError):
+        return trial
+    return {**trial, "config": config}
+
+
 def recorded_stage(sweep_dir: Path, stage: str) -> list[Trial]:
     """A stage's trials as first planned. The fine and final stages depend on earlier results,
     which a resume may change (a failed trial re-run); the plan on record is the sweep's."""
     doc = read_sweep_file(sweep_dir)
-    return [Trial.from_dict(t) for t in doc["trials"] if t["stage"] == stage]
+    return [
+        Trial.from_dict(_as_this_version_writes_it(t)) for t in doc["trials"] if t["stage"] == stage
+    ]
 
 
 def attempt_dirs(sweep_dir: Path, trial: Trial) -> list[Path]:
@@ -186,13 +218,6 @@ def attempt_dirs(sweep_dir: Path, trial: Trial) -> list[Path]:
             return found
         found.append(path)
     return found
-
-
-def summary_or_empty(run_dir: Path) -> dict[str, Any]:
-    try:
-        return read_summary(run_dir)
-    except RunFolderError:
-        return {}
 
 
 def trial_record(sweep_dir: Path, trial: Trial) -> TrialRecord:

@@ -11,13 +11,15 @@ from typing import Any
 import numpy as np
 
 from knn_cli.config import config_from_dict, config_to_dict
-from knn_cli.experiment import default_hidden
+from knn_cli.stack import default_hidden
 
 LAMBDA_SEARCH = "lambda-search"
 INIT_SENSITIVITY = "init-sensitivity"
 CONFIG_SWEEP = "sweep"
 STAGE_CODES = {"coarse": 1, "fine": 2, "final": 3, "grid": 4, "runs": 5}
 SEARCH_STAGES = ("coarse", "fine")
+# Images the final retrain holds out: the course's protocol for the final model.
+FINAL_HOLD_OUT = 1000
 
 
 @dataclass(frozen=True)
@@ -211,10 +213,20 @@ class LambdaSearchSpec:
     n_s: int | None = None
     final_cycles: int = 3
     final_seeds: int = 3
-    final_validation_size: int = 1000
+    final_validation_size: int = FINAL_HOLD_OUT
     final_n_s: int | None = None  # None: the base config's (sweeps planned without it: the same)
     seed: int = 0
     source: str | None = None  # an earlier sweep whose trials --fine refines
+
+    @classmethod
+    def plan(cls, base: dict[str, Any], **given: Any) -> LambdaSearchSpec:
+        """A new search: the options given (None: not given), the defaults for the rest. The
+        final retrain holds out FINAL_HOLD_OUT images, or the base config's hold-out if smaller."""
+        options = {key: value for key, value in given.items() if value is not None}
+        options.setdefault(
+            "final_validation_size", min(FINAL_HOLD_OUT, base["data"]["validation_size"])
+        )
+        return cls(base=base, **options)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from typing import Any
 from tqdm import tqdm
 
 from knn_cli.config import RunConfig, config_from_dict
-from knn_cli.data import Dataset, load_cifar10
+from knn_cli.data import load_cifar10
+from knn_cli.data.cifar10 import Dataset
 from knn_cli.executors import Executor
 from knn_cli.experiment import train_run
 from knn_cli.sweeps.folder import (

@@ -6,34 +6,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from knn_cli.reports import csv_text, markdown_table
+from knn_cli.formatting import csv_text, markdown_table, percent, seed_statistics
 from knn_cli.runs import atomic_write_text
 from knn_cli.sweeps.folder import TrialRecord
 from knn_cli.sweeps.plan import GridSpec, Trial, bn_label
 
 
 def final_test_summary(records: Sequence[TrialRecord]) -> tuple[float, float, int] | None:
-    """Mean and sample standard deviation of the finished final retrains' test accuracy, and
-    how many there were (0 deviation for one): one seed alone can be half a point off or more."""
-    accuracies = [
-        float(r.get("test_accuracy"))
-        for r in records
-        if r.trial.stage == "final" and r.finished and r.get("test_accuracy") is not None
-    ]
-    if not accuracies:
-        return None
-    spread = float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0
-    return float(np.mean(accuracies)), spread, len(accuracies)
+    """Mean, sample standard deviation and count of the finished final retrains' test
+    accuracies (`formatting.seed_statistics`)."""
+    finals = [r for r in records if r.trial.stage == "final" and r.finished]
+    return seed_statistics([r.get("test_accuracy") for r in finals])
 
 
 def final_summary_line(summary: tuple[float, float, int]) -> str:
     mean, spread, count = summary
     if count == 1:
-        return f"final retrain: test accuracy {100 * mean:.2f}% (one seed)"
+        return f"final retrain: test accuracy {percent(mean)} (one seed)"
     return (
-        f"final retrain: test accuracy {100 * mean:.2f}% +- {100 * spread:.2f} "
+        f"final retrain: test accuracy {percent(mean)} +- {100 * spread:.2f} "
         f"(mean +- standard deviation over {count} seeds)"
     )
 
@@ -98,10 +89,6 @@ def lambda_table(records: Sequence[TrialRecord]) -> str:
         for r in sorted(records, key=order)
     ]
     return markdown_table(LAMBDA_TABLE_HEADERS, rows)
-
-
-def percent(value: float | None) -> str | None:
-    return None if value is None else f"{100 * value:.2f}%"
 
 
 def shown_folder(sweep_dir: Path, folder: Path | None) -> str:

@@ -1,0 +1,165 @@
+"""`--dry-run`: what a command would run, said before anything runs -- the resolved config as
+config.yaml would hold it (every default and override filled in), each run's steps and epochs,
+the memory estimate and the time on this machine.
+
+The text is YAML, the plan written as comments, so that `knn train CONFIG --set ... --dry-run >
+resolved.yaml` gives a config file that trains the same run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from knn_cli.config import CIFAR10_TRAIN_IMAGES, RunConfig, config_from_dict, dump_config
+from knn_cli.data.cifar10 import N_FEATURES
+from knn_cli.estimate import PlannedRun, Speeds, runs_seconds, train_seconds
+from knn_cli.formatting import duration
+from knn_cli.memory import available_memory, check_memory, human
+from knn_cli.runs import machine
+from knn_cli.sweeps.lambda_search import FINE_TOP, fine_range, source_records
+from knn_cli.sweeps.plan import LambdaSearchSpec, Trial, final_trials, lambda_trials
+
+NOTHING_RAN = "nothing was trained and no folder was made"
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    """One run of a sweep as planned: how the table names it, and its run."""
+
+    label: str
+    run: PlannedRun
+
+
+def comment(text: str) -> str:
+    return "\n".join(f"# {line}" if line else "#" for line in text.splitlines())
+
+
+def schedule_line(run: PlannedRun, *, short: bool = False) -> str:
+    """'9,000 steps (2 cycles of 2 x 2,250) in batches of 100: 20.0 epochs of 45,000 training
+    images, 21 evaluations'; short: '9,000 steps, 20.0 epochs of 45,000 images, 21
+    evaluations'."""
+    training = run.config.training
+    n_train = run.config.data.n_train
+    epochs = f"{run.steps * training.batch_size / n_train:.1f} epochs of {n_train:,}"
+    if short:
+        return f"{run.steps:,} steps, {epochs} images, {run.evaluations} evaluations"
+    return (
+        f"{run.steps:,} steps ({run.cycles} cycle{'s' if run.cycles != 1 else ''} of 2 x "
+        f"{run.n_s:,}) in batches of {training.batch_size}: {epochs} training images, "
+        f"{run.evaluations} evaluations"
+    )
+
+
+def memory_line(config: RunConfig) -> str:
+    estimate = check_memory(config)  # an impossible size is refused here, in one line
+    parts = ", ".join(
+        f"{name} {human(value * 2**20)}"
+        for name, value in estimate.to_dict().items()
+        if name != "total"
+    )
+    available = available_memory()
+    free = f"; {human(available)} available" if available is not None else ""
+    return f"memory: about {human(estimate.total)} a run ({parts}){free}"
+
+
+def train_plan(config: RunConfig) -> str:
+    """`knn train --dry-run`: the resolved config, then the run as planned."""
+    run = PlannedRun.of(config, config.data.n_train)
+    seconds = train_seconds(run, Speeds(N_FEATURES), CIFAR10_TRAIN_IMAGES)
+    plan = [
+        f"the run as planned ({NOTHING_RAN}):",
+        f"schedule: {schedule_line(run)}",
+        memory_line(config),
+        f"time: about {duration(seconds)} on this machine ({machine()}), from a training step "
+        "and an evaluation timed here",
+    ]
+    return dump_config(config) + comment("\n".join(plan)) + "\n"
+
+
+def sweep_plan(
+    resolved: dict[str, object],
+    trials: Sequence[PlannedTrial],
+    workers: int,
+    notes: Sequence[str] = (),
+) -> str:
+    """A sweep's `--dry-run`: what it trains from (`resolved`, as YAML), then each planned
+    trial, its schedule, the memory of its largest run, and the time on `workers`."""
+    configs = {id(trial.run.config): trial.run.config for trial in trials}
+    for config in configs.values():
+        check_memory(config)
+    largest = max(configs.values(), key=lambda c: check_memory(c).total, default=None)
+    seconds = runs_seconds(
+        [t.run for t in trials], workers, Speeds(N_FEATURES), CIFAR10_TRAIN_IMAGES
+    )
+    lines = [f"the sweep as planned ({NOTHING_RAN}): {len(trials)} runs"]
+    lines += [f"  {trial.label}: {schedule_line(trial.run, short=True)}" for trial in trials]
+    lines += list(notes)
+    if largest is not None:
+        lines.append(memory_line(largest))
+    lines.append(
+        f"time: about {duration(seconds)} on this machine ({machine()}) with {workers} "
+        f"worker{'s' if workers != 1 else ''}, from a training step and an evaluation timed here"
+    )
+    text = yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100)
+    return text + comment("\n".join(lines)) + "\n"
+
+
+def _planned(trial: Trial) -> PlannedTrial:
+    config = config_from_dict(trial.config)
+    return PlannedTrial(trial.label, PlannedRun.of(config, config.data.n_train))
+
+
+def lambda_search_plan(spec: LambdaSearchSpec, workers: int) -> str:
+    """The search's trials: the coarse lambdas are known before it runs (drawn from the seed),
+    the fine ones once the coarse have run (unless refining an earlier sweep's), the final
+    retrains' lambda at the end."""
+    trials: list[PlannedTrial] = []
+    notes = []
+    refined = source_records(Path(spec.source)) if spec.source else []
+    index = 1 + max((r.trial.index for r in refined), default=-1)
+    for stage, wanted in (("coarse", spec.coarse), ("fine", spec.fine)):
+        if not wanted:
+            continue
+        known = stage == "coarse" or bool(refined)
+        log_range = fine_range(refined) if stage == "fine" and refined else spec.log_range
+        indices = range(index, index + spec.trials)
+        options = {"seed": spec.seed, "cycles": spec.cycles, "n_s": spec.n_s}
+        for trial in lambda_trials(spec.base, stage, log_range, indices, **options):
+            label = f"{trial.folder} {trial.label}" if known else trial.folder
+            trials.append(PlannedTrial(label, _planned(trial).run))
+        if not known:
+            notes.append(
+                f"the fine trials' lambdas are drawn around the {FINE_TOP} best coarse trials, "
+                "once those have run"
+            )
+        index += spec.trials
+    if spec.final:
+        finals = final_trials(
+            spec.base,
+            range(index, index + spec.final_seeds),
+            spec.base["training"]["lambda"],
+            seed=spec.seed,
+            cycles=spec.final_cycles,
+            validation_size=spec.final_validation_size,
+            n_s=spec.final_n_s,
+        )
+        trials += [
+            PlannedTrial(f"{trial.folder} the best lambda, seed "
+                         f"{trial.config['training']['seed']}", _planned(trial).run)
+            for trial in finals
+        ]  # fmt: skip
+    return sweep_plan({"spec": asdict(spec)}, trials, workers, notes)
+
+
+def planned_sweep(resolved: dict[str, object], trials: Sequence[Trial], workers: int) -> str:
+    """A sweep whose every trial is known before it runs (the grid, a plan of configs)."""
+    planned = [_planned(trial) for trial in trials]
+    named = [
+        PlannedTrial(f"{trial.folder}", found.run)
+        for trial, found in zip(trials, planned, strict=True)
+    ]
+    return sweep_plan(resolved, named, workers)

@@ -1,0 +1,86 @@
+"""How numbers are written for people, in one place: tables (Markdown, and CSV for programs),
+accuracies in percent, a result over seeds as mean +- sd, and durations, so that the terminal,
+the tables of a sweep, `knn runs` and the study's report all say a number the same way."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+        for row in cells
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(headers)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-3 and value != 0 else f"{value:.4g}"
+    return str(value)
+
+
+def percent(fraction: float | None) -> str | None:
+    """0.5381 as '53.81%' (None stays None: a table shows it as '-')."""
+    return None if fraction is None else f"{100 * fraction:.2f}%"
+
+
+def in_points(fraction: float | None) -> float | None:
+    """A fraction as the percent a reader sees, rounded to 2 decimals, so that a comparison
+    with a published number is about the number shown."""
+    return None if fraction is None else round(100 * float(fraction), 2)
+
+
+def seed_statistics(values: Sequence[float | None]) -> tuple[float, float, int] | None:
+    """Mean, sample standard deviation (0 for one value) and count of the values given (None:
+    a run that did not finish); None when there are none. One seed alone can be half a point
+    off or more, so results over seeds are always shown with their spread."""
+    numbers = [float(v) for v in values if v is not None]
+    if not numbers:
+        return None
+    spread = float(np.std(numbers, ddof=1)) if len(numbers) > 1 else 0.0
+    return float(np.mean(numbers)), spread, len(numbers)
+
+
+def mean_and_spread(values: Sequence[float | None]) -> str:
+    """Fractions over seeds as '53.81% +- 0.25' (one value alone as it is; none: '-')."""
+    found = seed_statistics(values)
+    if found is None:
+        return "-"
+    mean, spread, count = found
+    if count == 1:
+        return f"{100 * mean:.2f}%"
+    return f"{100 * mean:.2f}% +- {100 * spread:.2f}"
+
+
+def duration(seconds: float | None) -> str | None:
+    """'9.4 s', '54 s', '2.5 min', '1.2 h'; None for a duration nobody measured."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,211 @@
+"""The study's parts, listed once (`PARTS`): each with its name (its folder in the study folder),
+the kind of folder it makes, its title in the report, and the function that runs it.
+
+Every part is something `knn` already does -- `knn gradcheck`, `knn sweep`, `knn lambda-search`,
+`knn init-sensitivity` -- run through the same functions, so each part's folder can be looked
+at, re-plotted and re-evaluated on its own; a part started before resumes (its sweep skips its
+finished trials).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from knn_cli.config import config_from_dict, config_to_dict
+from knn_cli.executors import Executor
+from knn_cli.gradcheck_run import GRADCHECK_COMMAND, GradcheckSettings, run_gradcheck
+from knn_cli.locks import folder_lock
+from knn_cli.runs import summary_or_empty
+from knn_cli.study.settings import (
+    CONFIG_NAMES,
+    GRADCHECK_DEPTHS,
+    STUDY_LOG_RANGE,
+    StudySettings,
+    study_config,
+)
+from knn_cli.sweeps.config_runs import run_config_sweep
+from knn_cli.sweeps.folder import DONE_STATUSES, TrialRecord, resume_or_start
+from knn_cli.sweeps.init_grid import run_init_sensitivity
+from knn_cli.sweeps.lambda_search import run_lambda_search
+from knn_cli.sweeps.plan import (
+    CONFIG_SWEEP,
+    INIT_SENSITIVITY,
+    LAMBDA_SEARCH,
+    ConfigSweepSpec,
+    GridSpec,
+    LambdaSearchSpec,
+)
+
+
+@dataclass
+class PartRun:
+    """One part as it ran: its status, and what the next parts need from it."""
+
+    status: str
+    message: str = ""
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+# What runs a part: its folder, the study's settings, the executor for its trials, whether to
+# show progress, and what the parts before it noted in study.json (by part name).
+PartRunner = Callable[[Path, StudySettings, Executor, bool, Mapping[str, Any]], PartRun]
+
+
+def run_gradcheck_part(
+    folder: Path, settings: StudySettings, executor: Executor, progress: bool, earlier: Any
+) -> PartRun:
+    """The gradient check at each depth, without BN and with it before and after the ReLU."""
+    data_dir = study_config(settings, "3layer_bn").data.dir
+    failed: list[str] = []
+    for depth in GRADCHECK_DEPTHS:
+        run_dir = folder / f"k{depth}"
+        if summary_or_empty(run_dir).get("status") == "passed":
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        check = GradcheckSettings(
+            layers=depth, bn_position="both", seed=settings.seed, data_dir=data_dir
+        )
+        failed += [f"k={depth} {failure}" for failure in run_gradcheck(check, run_dir).failures]
+    if failed:
+        return PartRun("failed", f"gradient check failed for: {', '.join(failed)}")
+    return PartRun("finished")
+
+
+def _sweep_status(records: Sequence[TrialRecord]) -> PartRun:
+    undone = [r for r in records if r.status not in DONE_STATUSES]
+    if not undone:
+        return PartRun("finished")
+    names = ", ".join(f"{r.trial.label} ({r.status})" for r in undone[:3])
+    return PartRun("failed", f"{len(undone)} of {len(records)} runs did not finish: {names}")
+
+
+def _run_configs(
+    folder: Path, spec: ConfigSweepSpec, executor: Executor, progress: bool
+) -> PartRun:
+    spec = resume_or_start(folder, CONFIG_SWEEP, spec)
+    with folder_lock(folder):  # a `--resume` of the part's own sweep must wait for the study
+        return _sweep_status(run_config_sweep(spec, folder, executor, progress=progress))
+
+
+def run_configs_part(
+    folder: Path, settings: StudySettings, executor: Executor, progress: bool, earlier: Any
+) -> PartRun:
+    """The four configs, each with the study's seeds."""
+    runs = tuple(
+        {"config": config_to_dict(study_config(settings, name)), "seeds": settings.seeds}
+        for name in CONFIG_NAMES
+    )
+    return _run_configs(folder, ConfigSweepSpec(name=CONFIGS, runs=runs), executor, progress)
+
+
+def search_spec(settings: StudySettings) -> LambdaSearchSpec:
+    sizes = settings.sizes
+    return LambdaSearchSpec.plan(
+        config_to_dict(study_config(settings, "3layer_bn")),
+        coarse=True,
+        fine=True,
+        final=True,
+        log_range=STUDY_LOG_RANGE,
+        trials=sizes.search_trials,
+        cycles=sizes.search_cycles,
+        n_s=sizes.search_n_s,
+        final_cycles=sizes.final_cycles,
+        final_seeds=settings.seeds,
+        final_n_s=sizes.final_n_s,
+        seed=settings.seed,
+    )
+
+
+def run_search_part(
+    folder: Path, settings: StudySettings, executor: Executor, progress: bool, earlier: Any
+) -> PartRun:
+    """The coarse and fine search on the 3-layer BN network, and the best lambda retrained."""
+    spec = resume_or_start(folder, LAMBDA_SEARCH, search_spec(settings))
+    with folder_lock(folder):
+        result = run_lambda_search(spec, folder, executor, progress=progress)
+    run = _sweep_status([*result.records, *result.finals])
+    if result.best is not None and result.finals:
+        seeds = [r.trial.config["training"]["seed"] for r in result.finals]
+        run.notes = {
+            "chosen_lambda": result.best.trial.lambda_,
+            "final_seeds": seeds,
+            "final_validation_size": spec.final_validation_size,
+            "final_cycles": spec.final_cycles,
+        }
+        if run.status == "failed" and any(r.finished for r in result.finals):
+            run.status = "finished"  # a lambda was chosen and retrained: the part did its job
+    return run
+
+
+def run_search_9layer_part(
+    folder: Path,
+    settings: StudySettings,
+    executor: Executor,
+    progress: bool,
+    earlier: Mapping[str, Any],
+) -> PartRun:
+    """The chosen lambda on the 9-layer BN network, as the 3-layer one was retrained: the same
+    cycles, hold-out and seeds (the study's section 4 reports both networks)."""
+    search = earlier.get(SEARCH) or {}
+    if "chosen_lambda" not in search:
+        return PartRun("failed", "the lambda search chose no lambda")
+    config = study_config(
+        settings,
+        "9layer_bn",
+        f"training.lambda={search['chosen_lambda']!r}",
+        f"training.cycles={search['final_cycles']}",
+        f"data.validation_size={search['final_validation_size']}",
+    )
+    entry = config_to_dict(config)
+    entry["training"]["seed"] = search["final_seeds"][0]
+    runs = ({"config": entry, "seeds": len(search["final_seeds"])},)
+    return _run_configs(folder, ConfigSweepSpec(name=SEARCH_9, runs=runs), executor, progress)
+
+
+def run_grid_part(
+    folder: Path, settings: StudySettings, executor: Executor, progress: bool, earlier: Any
+) -> PartRun:
+    """Depth x batch norm x sigma from a normal(0, sigma) init."""
+    base = config_to_dict(config_from_dict({"name": "init"}, settings.overrides))
+    sizes = settings.sizes
+    spec = GridSpec(base=base, cycles=sizes.grid_cycles, n_s=sizes.grid_n_s, seed=settings.seed)
+    spec = resume_or_start(folder, INIT_SENSITIVITY, spec)
+    with folder_lock(folder):
+        return _sweep_status(run_init_sensitivity(spec, folder, executor, progress=progress))
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of the study: `name` is also its folder."""
+
+    name: str
+    kind: str  # the kind of folder it makes: a sweep's kind, or the gradient check's command
+    title: str  # its section's title in the report
+    run: PartRunner
+
+
+GRADCHECK, CONFIGS, SEARCH, SEARCH_9, GRID = (
+    "gradcheck",
+    "configs",
+    "lambda-search",
+    "lambda-9layer",
+    "init-sensitivity",
+)
+# In the order the study runs them and the report tells them.
+PARTS = (
+    Part(GRADCHECK, GRADCHECK_COMMAND, "Gradient check", run_gradcheck_part),
+    Part(
+        CONFIGS,
+        CONFIG_SWEEP,
+        "The four configs: 3 and 9 layers, with and without batch norm",
+        run_configs_part,
+    ),
+    Part(SEARCH, LAMBDA_SEARCH, "Lambda search", run_search_part),
+    Part(SEARCH_9, CONFIG_SWEEP, "Lambda search: the 9-layer retrain", run_search_9layer_part),
+    Part(GRID, INIT_SENSITIVITY, "Sensitivity to initialization", run_grid_part),
+)
+PART_NAMES = tuple(part.name for part in PARTS)
+TITLES = {part.name: part.title for part in PARTS}

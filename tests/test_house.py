@@ -1,0 +1,61 @@
+"""The shape of the package, as the README's Development section describes it: the model's
+modules know nothing of the engine, and every module imports on its own."""
+
+from __future__ import annotations
+
+import ast
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import knn_cli
+
+PACKAGE = Path(knn_cli.__file__).parent
+MODEL_MODULES = ("network", "stack", "layers", "optim")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The package's modules an import statement of the file names, wherever it stands (inside
+    a function or under `if TYPE_CHECKING:` too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module == "knn_cli":
+            found |= {f"knn_cli.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return {name for name in found if name.split(".")[0] == "knn_cli"}
+
+
+def test_the_model_imports_nothing_from_the_engine() -> None:
+    """Not even lazily or for type hints; and only from the model itself (so nothing of the
+    engine comes in through another module either)."""
+    model = {f"knn_cli.{name}" for name in MODEL_MODULES}
+    for name in MODEL_MODULES:
+        assert imported_modules(PACKAGE / f"{name}.py") <= model, name
+
+
+def test_every_module_imports_on_its_own_and_the_model_without_the_engine() -> None:
+    """In a fresh interpreter, each module alone (the package's modules forgotten in between),
+    so that no import works only because another module was imported first."""
+    modules = sorted(
+        info.name
+        for info in pkgutil.walk_packages([str(PACKAGE)], prefix="knn_cli.")
+        if info.name != "knn_cli.__main__"
+    )
+    script = f"""
+import importlib, sys
+for name in {modules!r}:
+    for loaded in [m for m in sys.modules if m == "knn_cli" or m.startswith("knn_cli.")]:
+        del sys.modules[loaded]
+    importlib.import_module(name)
+    if name in {[f"knn_cli.{m}" for m in MODEL_MODULES]!r}:
+        engine = [m for m in sys.modules if m.startswith("knn_cli.engine")]
+        assert not engine, (name, engine)
+print(len({modules!r}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == len(modules) > 40

@@ -75,9 +75,9 @@ def compare(folders: Sequence[Path], out: Path | None, runs_dir: Path) -> None:
         check_folder_can_be_made(out.parent, f"--out {out}")
     runs = read_compared(folders)  # bad input fails here, before any folder is made
     figure = out if out is not None else new_run_dir(runs_dir, "compare") / "compare.png"
-    table, markdown = write_comparison(runs, figure)
+    table, written = write_comparison(runs, figure)
     click.echo(table, nl=False)
-    click.echo(f"written: {figure}, {markdown}")
+    click.echo(f"written: {', '.join(map(str, written))}")
 
 
 def _check_figure_format(path: Path) -> None:

@@ -26,7 +26,13 @@ from knn_cli.listing import (
     run_status,
     sweep_records,
 )
-from knn_cli.runs import METRICS_FILE, atomic_write_text, read_metrics, summary_or_empty
+from knn_cli.runs import (
+    METRICS_FILE,
+    atomic_write_text,
+    read_diagnostics,
+    read_metrics,
+    summary_or_empty,
+)
 
 SPLIT_STYLES = (("train", "training", "--"), ("val", "validation", "-"))
 # Cost and loss above this many times the largest starting value are cut off: a run that
@@ -46,6 +52,7 @@ class Compared:
     config: dict[str, Any]
     summary: dict[str, Any]
     metrics: list[dict[str, Any]]
+    diagnostics: list[dict[str, Any]]  # diagnostics.csv's rows; [] where the run has none
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -93,6 +100,7 @@ def read_compared(paths: Sequence[Path]) -> list[Compared]:
                 config=config,
                 summary=summary_or_empty(folder),
                 metrics=read_metrics(folder),
+                diagnostics=read_diagnostics(folder),
             )
         )
     return compared
@@ -105,12 +113,17 @@ def common_parent(folders: Iterable[Path]) -> Path:
 # -- settings -------------------------------------------------------------------------------------
 
 
+# Sections that watch a run rather than shape it: runs that differ only there trained alike.
+OBSERVING = ("diagnostics",)
+
+
 def flat_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """`section.key` -> value; the name is left out, as it labels a run rather than shapes it."""
+    """`section.key` -> value; the name is left out, as it labels a run rather than shapes it,
+    and so are the sections that only watch it."""
     return {
         f"{section}.{key}": value
         for section, values in config.items()
-        if isinstance(values, Mapping)
+        if isinstance(values, Mapping) and section not in OBSERVING
         for key, value in values.items()
     }
 
@@ -199,7 +212,7 @@ def comparison_table(runs: Sequence[Compared]) -> str:
     return markdown_table(headers, rows)
 
 
-def comparison_text(runs: Sequence[Compared], figure_name: str) -> str:
+def comparison_text(runs: Sequence[Compared], figure_name: str, layers: bool = False) -> str:
     """compare.md: what was compared, what the runs share, the table and the figure."""
     keys = differing_settings([r.config for r in runs])
     parent = common_parent([run.folder.resolve() for run in runs])
@@ -209,10 +222,15 @@ def comparison_text(runs: Sequence[Compared], figure_name: str) -> str:
         notes.append(f"The same in all: {shared}.")
     if not keys:
         notes.append("Their configs are the same, the seed included.")
-    return (
+    text = (
         f"# {len(runs)} runs compared\n\n{' '.join(notes)}\n\n{comparison_table(runs)}\n"
         f"![cost, loss and accuracy of each run]({figure_name})\n"
     )
+    if layers:
+        name = layers_figure_path(Path(figure_name)).name
+        what = "gradient norm and activation scale by layer, at step 0 and at the end"
+        text += f"\n![{what}]({name})\n"
+    return text
 
 
 # -- the figure -----------------------------------------------------------------------------------
@@ -323,12 +341,42 @@ def _limit_y(ax: Any, runs: Sequence[Compared], key: str, *, cap: bool) -> float
     return cut
 
 
-def write_comparison(runs: Sequence[Compared], figure: Path) -> tuple[str, Path]:
-    """The figure at `figure` and the table beside it (same name, .md); returns the table."""
+def layers_figure_path(figure: Path) -> Path:
+    """Where the layers' comparison goes, beside the curves' figure."""
+    return figure.with_name(f"{figure.stem}_layers{figure.suffix}")
+
+
+def draw_layer_comparison(runs: Sequence[Compared]) -> Any | None:
+    """Gradient norm and activation scale by layer, at step 0 and at the end, a colour per run,
+    for the runs that measured their layers (None if none did): for instance 9 layers with
+    batch norm against 9 without."""
+    from knn_cli.plots import draw_layer_profiles, has_activations
+
+    keys = differing_settings([r.config for r in runs])
+    labels = difference_labels(runs, keys)
+    measured = [
+        (label, _colour(index, len(runs)), run.diagnostics)
+        for index, (label, run) in enumerate(zip(labels, runs, strict=True))
+        if has_activations(run.diagnostics)
+    ]
+    if not measured:
+        return None
+    shared = shared_text(runs, keys)
+    title = f"What the layers see, {len(measured)} runs" + (f"; all: {shared}" if shared else "")
+    return draw_layer_profiles(measured, title, steps=(0, None))
+
+
+def write_comparison(runs: Sequence[Compared], figure: Path) -> tuple[str, list[Path]]:
+    """The figure at `figure`, the layers' figure beside it where the runs measured their
+    layers, and the table (same name, .md); returns the table and the files written."""
     from knn_cli.sweeps.figures import save_figure
 
     figure.parent.mkdir(parents=True, exist_ok=True)
     save_figure(draw_comparison(runs), figure)
+    written = [figure]
+    layers = draw_layer_comparison(runs)
+    if layers is not None:
+        written.append(save_figure(layers, layers_figure_path(figure)))
     markdown = figure.with_suffix(".md")
-    atomic_write_text(markdown, comparison_text(runs, figure.name))
-    return comparison_table(runs), markdown
+    atomic_write_text(markdown, comparison_text(runs, figure.name, layers is not None))
+    return comparison_table(runs), [*written, markdown]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import yaml
 
 from knn_cli.augment import PADDINGS
@@ -110,6 +111,28 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DiagnosticsConfig:
+    """What is measured of the layers at every evaluation point, on a fixed probe batch
+    (`knn_cli/diagnostics.py`); observation only, it never changes what training computes."""
+
+    layers: bool = True  # per-layer activations, dead units, weight and gradient norms
+    probe_size: int = 1000  # training rows, chosen once from the run's seed
+    landscape: bool = False  # the loss and gradient along the gradient (extra passes)
+    landscape_steps: tuple[float, ...] | None = None  # step sizes; null: the schedule's rates
+    percentile_layer: int | None = None  # hidden layer of layers.png's percentiles; null: last
+
+    def steps_for(self, eta_min: float, eta_max: float) -> tuple[float, ...]:
+        """The landscape's step sizes: as set, else five spanning the schedule's rates."""
+        if self.landscape_steps is not None:
+            return self.landscape_steps
+        low = eta_min if eta_min > 0 else eta_max / 1e4
+        return tuple(float(t) for t in np.geomspace(low, eta_max, LANDSCAPE_STEPS))
+
+
+LANDSCAPE_STEPS = 5
+
+
+@dataclass(frozen=True, slots=True)
 class RunConfig:
     """Everything one training run needs; saved with the run so it can be reproduced."""
 
@@ -118,6 +141,7 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
 
@@ -259,6 +283,15 @@ def _rate_or_rates(key: str, value: Any) -> float | tuple[float, ...]:
     return rate(key, value)
 
 
+def _step_sizes_or_null(key: str, value: Any) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or not value:
+        raise _invalid(key, value, "a non-empty list of step sizes > 0, or null")
+    step = _number(0, low_open=True)
+    return tuple(step(f"{key}[{i}]", v) for i, v in enumerate(value))
+
+
 def _folder_or_null(key: str, value: Any) -> str | None:
     # A NUL byte would only fail later, inside os calls, with a ValueError.
     if value is not None and (not isinstance(value, str) or not value or "\0" in value):
@@ -335,6 +368,16 @@ _SECTIONS: dict[str, tuple[type, tuple[_Field, ...]]] = {
         (
             _Field("precise_bn", _boolean),
             _Field("test_time_flip", _boolean),
+        ),
+    ),
+    "diagnostics": (
+        DiagnosticsConfig,
+        (
+            _Field("layers", _boolean),
+            _Field("probe_size", _integer(1)),
+            _Field("landscape", _boolean),
+            _Field("landscape_steps", _step_sizes_or_null),
+            _Field("percentile_layer", _integer(1, nullable=True)),
         ),
     ),
     "data": (
@@ -456,6 +499,18 @@ def _check_together(cfg: RunConfig) -> None:
         )
     which = f"training images left after data.validation_size ({cfg.data.validation_size})"
     check_batch_size(train.batch_size, n_train, which)
+    diagnostics = cfg.diagnostics
+    if diagnostics.probe_size > n_train:
+        raise ConfigError(
+            f"diagnostics.probe_size must be <= the {n_train} training images left after "
+            f"data.validation_size ({cfg.data.validation_size}), got {diagnostics.probe_size}"
+        )
+    layer = diagnostics.percentile_layer
+    if layer is not None and layer > len(hidden):
+        raise ConfigError(
+            f"diagnostics.percentile_layer must name a hidden layer, 1 to {len(hidden)} "
+            f"(model.hidden {list(hidden)}), got {layer}"
+        )
     if train.n_s is None:
         steps = train.n_s_factor * n_train / train.batch_size
         if not math.isfinite(steps) or round(steps) < 1:
@@ -552,6 +607,7 @@ def config_from_dict(
         training=_parse_section("training", doc.get("training")),
         augment=_parse_section("augment", doc.get("augment")),
         evaluation=_parse_section("evaluation", doc.get("evaluation")),
+        diagnostics=_parse_section("diagnostics", doc.get("diagnostics")),
         data=_parse_section("data", doc.get("data")),
     )
     _check_together(cfg)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from knn_cli.augment import Augmentation
 from knn_cli.config import RunConfig, dump_config, load_config
 from knn_cli.data import load_cifar10
 from knn_cli.data.cifar10 import N_CLASSES, Dataset
+from knn_cli.diagnostics import Probe
 from knn_cli.errors import RunFolderError
 from knn_cli.interrupts import StopRequests
 from knn_cli.memory import check_memory
@@ -62,6 +63,24 @@ def build_network(config: RunConfig, input_dim: int) -> Network:
 
 def build_update_rule(config: RunConfig) -> UpdateRule:
     return make_update_rule(config.training.optimizer, config.training.optimizer_settings)
+
+
+def build_probe(config: RunConfig, dataset: Dataset) -> Probe | None:
+    """The batch the run's layers are measured on, and what to measure (None: nothing). The
+    config refuses a probe larger than CIFAR-10's training split; data with fewer training
+    rows (a small test set) is probed whole."""
+    settings, training = config.diagnostics, config.training
+    steps = settings.steps_for(training.eta_min, training.eta_max) if settings.landscape else None
+    if not settings.layers and steps is None:
+        return None
+    return Probe.of(
+        dataset.X_train,
+        dataset.y_train,
+        settings.probe_size,
+        training.seed,
+        layers=settings.layers,
+        landscape_steps=steps,
+    )
 
 
 def saved_state(network: Network, rule: UpdateRule) -> dict[str, np.ndarray]:
@@ -135,6 +154,8 @@ def train_run(
         data=dataset.source,
         memory_estimate_mb=memory.to_dict(),
     )
+    probe = build_probe(config, dataset)
+    facts = replace(facts, probe_rows=None if probe is None else len(probe.X))
     recorder = RunRecorder(
         run_dir,
         lambda: saved_state(network, rule),
@@ -143,6 +164,7 @@ def train_run(
         earlier_seconds=earlier_seconds,
         earlier_records=earlier_records,
         progress=progress,
+        measuring=probe is not None,
     )
     minutes = config.training.checkpoint_minutes
     stop_context = StopRequests() if stop_between_steps else nullcontext(lambda: False)
@@ -156,6 +178,8 @@ def train_run(
                 schedule,
                 on_evaluation=recorder.on_evaluation,
                 on_step=recorder.on_step,
+                probe=probe,
+                on_diagnostics=recorder.on_diagnostics,
                 optimizer=rule,
                 augmentation=Augmentation(**asdict(config.augment)),
                 start_step=start_step,

@@ -156,6 +156,15 @@ class Network:
         clone.moving_averages = {k: v.copy() for k, v in self.moving_averages.items()}
         return clone
 
+    def astype(self, dtype: str) -> Network:
+        """An independent copy computing in `dtype` (e.g. float64 for a measurement whose
+        differences float32 would drown in rounding)."""
+        clone = self.snapshot()
+        clone.dtype = np.dtype(dtype)
+        clone.params = {name: value.astype(dtype) for name, value in clone.params.items()}
+        clone.moving_averages = {k: v.astype(dtype) for k, v in clone.moving_averages.items()}
+        return clone
+
     def state(self) -> dict[str, np.ndarray]:
         """Everything needed to restore the network: parameters and moving averages."""
         return {**self.get_params(), **{k: v.copy() for k, v in self.moving_averages.items()}}
@@ -182,12 +191,19 @@ class Network:
             caches.append(cache)
         return H, caches
 
-    def backward_pass(self, dscores: np.ndarray, caches: Sequence[Any]) -> dict[str, np.ndarray]:
-        """dL/d(every parameter), from dL/dscores, layer by layer from the last."""
+    def backward_pass(
+        self,
+        dscores: np.ndarray,
+        caches: Sequence[Any],
+        params: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """dL/d(every parameter), from dL/dscores, layer by layer from the last (at `params`
+        where the forward pass was taken at other parameters than the network's)."""
+        p = self.params if params is None else params
         grads: dict[str, np.ndarray] = {}
         G = dscores
         for layer, cache in zip(reversed(self.layers), reversed(caches), strict=True):
-            G, layer_grads = layer.backward(G, cache, self.params)
+            G, layer_grads = layer.backward(G, cache, p)
             grads.update(layer_grads)
         return {name: grads[name] for name in self.params}
 

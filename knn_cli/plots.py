@@ -1,4 +1,8 @@
-"""Figures drawn from the files of a run folder, so any run can be re-plotted later."""
+"""Figures drawn from the files of a run folder, so any run can be re-plotted later: the curves
+of metrics.csv (cost.png, loss.png, accuracy.png), and of diagnostics.csv what the layers saw:
+layers.png (gradient norm, activation scale and update ratio per layer against the step, and
+the 15/50/85th percentiles of one layer's pre-activation, the picture of Ioffe and Szegedy,
+2015, Figure 1) and landscape.png (Santurkar et al., 2018, Figure 4's three measures)."""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from knn_cli.diagnostics import ACTIVATION, GRAD_NORM, LANDSCAPE, UPDATE_RATIO, WHOLE
 from knn_cli.errors import KnnError
-from knn_cli.runs import CONFIG_FILE, read_metrics, read_summary
+from knn_cli.runs import CONFIG_FILE, read_diagnostics, read_metrics, read_summary
 
 CURVES = (("cost", "Cost"), ("loss", "Loss"), ("accuracy", "Accuracy"))
 SPLIT_LABELS = {"train": "training", "val": "validation"}
@@ -23,7 +28,8 @@ MIN_RELATIVE_SPAN = 0.1
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """Draw cost.png, loss.png and accuracy.png (training and validation against update step)."""
+    """Draw cost.png, loss.png and accuracy.png (training and validation against update step),
+    and layers.png and landscape.png where the run measured its layers."""
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir)
     name, settings = run_description(run_dir)
@@ -39,7 +45,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
-    return written
+    return written + plot_layers(run_dir, f"{name}\n{settings}".rstrip())
 
 
 def run_description(run_dir: Path) -> tuple[str, str]:
@@ -129,3 +135,194 @@ def draw_curves(
     ax.grid(alpha=0.3)
     if legend:
         ax.legend()
+
+
+Row = Mapping[str, Any]
+Series = dict[str, tuple[list[int], list[float]]]  # layer -> (steps, values)
+
+LAYER_PANELS = (
+    (GRAD_NORM, "Gradient norm ||dL/dW_l|| (loss, no L2)"),
+    ("activation_std", "Activation scale: std of layer l's output"),
+    (UPDATE_RATIO, "Update ratio ||W_l change|| / ||W_l|| over the last step"),
+)
+HEALTHY_UPDATE_RATIO = 1e-3  # the practitioners' rule of thumb
+LANDSCAPE_TITLES = {
+    "loss_range": "Loss range along -g",
+    "grad_change": "Largest gradient change ||g(w - t g) - g||",
+    "beta_smoothness": "Effective beta-smoothness",
+}
+
+
+def series(rows: Sequence[Row], quantity: str) -> Series:
+    """One quantity's values by layer, in step order; layers numbered in their order."""
+    found: Series = {}
+    for row in rows:
+        if row["quantity"] == quantity:
+            steps, values = found.setdefault(str(row["layer"]), ([], []))
+            steps.append(int(row["step"]))
+            values.append(float(row["value"]))
+    return dict(sorted(found.items(), key=lambda item: _layer_order(item[0])))
+
+
+def _layer_order(layer: str) -> tuple[int, str]:
+    return (int(layer), "") if layer.isdigit() else (10**9, layer)
+
+
+def layer_colours(layers: Sequence[str]) -> dict[str, Any]:
+    """A colour scale from the first layer (dark) to the last (light)."""
+    cmap = plt.get_cmap("viridis")
+    count = max(1, len(layers) - 1)
+    return {layer: cmap(0.9 * index / count) for index, layer in enumerate(layers)}
+
+
+def hidden_layers(rows: Sequence[Row]) -> list[str]:
+    """The hidden layers measured (those with a ReLU: a dead fraction)."""
+    return list(series(rows, "dead_fraction"))
+
+
+def draw_layers(rows: Sequence[Row], title: str, percentile_layer: int | None = None) -> Any:
+    """layers.png: three quantities per layer against the step (log scales), and the
+    percentiles of one hidden layer's pre-activation (the last unless set)."""
+    fig, axes = plt.subplots(2, 2, figsize=(12.0, 8.0), dpi=DPI)
+    for ax, (quantity, panel_title) in zip(axes.flat, LAYER_PANELS, strict=False):
+        found = series(rows, quantity)
+        colours = layer_colours(list(found))
+        for layer, (steps, values) in found.items():
+            ax.plot(steps, values, color=colours[layer], label=f"layer {layer}", lw=1.3)
+        if quantity == UPDATE_RATIO and found:
+            ax.axhline(HEALTHY_UPDATE_RATIO, color="grey", ls=":", lw=1, label="1e-3")
+        _log_axis(ax, [v for _, values in found.values() for v in values])
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_xlabel("update step")
+        ax.grid(alpha=0.3)
+        if found:
+            ax.legend(fontsize=7, ncol=2 if len(found) > 5 else 1)
+    hidden = hidden_layers(rows)
+    layer = (
+        str(percentile_layer) if percentile_layer is not None else (hidden[-1] if hidden else "1")
+    )
+    draw_percentiles(axes.flat[3], rows, layer)
+    fig.suptitle(title, fontsize=11)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.07, hspace=0.32, wspace=0.18)
+    return fig
+
+
+def draw_percentiles(ax: Any, rows: Sequence[Row], layer: str) -> None:
+    """15th, 50th and 85th percentiles of one layer's output over training, as Ioffe and
+    Szegedy draw a layer's input distribution."""
+    p15, p50, p85 = (series(rows, f"activation_p{p}").get(layer) for p in (15, 50, 85))
+    if p15 and p50 and p85:
+        ax.fill_between(p15[0], p15[1], p85[1], alpha=0.25, color="tab:blue", label="15th-85th")
+        ax.plot(p50[0], p50[1], color="tab:blue", lw=1.5, label="median")
+        for steps, values in (p15, p85):
+            ax.plot(steps, values, color="tab:blue", lw=0.8)
+        ax.legend(fontsize=8)
+    ax.set_title(f"Layer {layer}'s pre-activation: 15th, 50th, 85th percentiles", fontsize=10)
+    ax.set_xlabel("update step")
+    ax.grid(alpha=0.3)
+
+
+def draw_landscape(rows: Sequence[Row], title: str) -> Any:
+    """landscape.png: each of the three measures along the gradient against the step."""
+    fig, axes = plt.subplots(1, 3, figsize=(13.0, 4.2), dpi=DPI)
+    for ax, quantity in zip(axes, LANDSCAPE, strict=True):
+        found = series(rows, quantity).get(WHOLE)
+        if found:
+            ax.plot(*found, color="tab:purple", lw=1.5)
+            _log_axis(ax, found[1])
+        ax.set_title(LANDSCAPE_TITLES[quantity], fontsize=10)
+        ax.set_xlabel("update step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.8, bottom=0.13, wspace=0.25)
+    return fig
+
+
+def _log_axis(ax: Any, values: Sequence[float]) -> None:
+    """Log scale where the values allow one (positive, finite)."""
+    if any(v > 0 for v in values if v == v and v != float("inf")):
+        ax.set_yscale("log")
+
+
+def has_activations(rows: Sequence[Row]) -> bool:
+    return any(row["quantity"] == ACTIVATION[0] for row in rows)
+
+
+def has_landscape(rows: Sequence[Row]) -> bool:
+    return any(row["quantity"] in LANDSCAPE for row in rows)
+
+
+def plot_layers(run_dir: Path, title: str) -> list[Path]:
+    """layers.png and landscape.png from diagnostics.csv, where the run has them."""
+    rows = read_diagnostics(run_dir)
+    written = []
+    if has_activations(rows):
+        written.append(
+            _save(draw_layers(rows, title, percentile_layer(run_dir)), run_dir / "layers.png")
+        )
+    if has_landscape(rows):
+        written.append(_save(draw_landscape(rows, title), run_dir / "landscape.png"))
+    return written
+
+
+def percentile_layer(run_dir: Path) -> int | None:
+    from knn_cli.config import load_config
+
+    try:
+        return load_config(run_dir / CONFIG_FILE).diagnostics.percentile_layer
+    except KnnError:
+        return None
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+PROFILE_PANELS = (
+    (GRAD_NORM, "Gradient norm ||dL/dW_l|| by layer"),
+    ("activation_std", "Activation scale (std of layer l's output) by layer"),
+)
+
+
+def profile(rows: Sequence[Row], quantity: str, step: int | None) -> tuple[list[int], list[float]]:
+    """A quantity by layer at one step (None: the last step measured)."""
+    found = series(rows, quantity)
+    layers, values = [], []
+    for layer, (steps, measured) in found.items():
+        if not layer.isdigit() or not steps:
+            continue
+        at = len(steps) - 1 if step is None else (steps.index(step) if step in steps else None)
+        if at is not None:
+            layers.append(int(layer))
+            values.append(measured[at])
+    return layers, values
+
+
+def draw_layer_profiles(
+    runs: Sequence[tuple[str, Any, Sequence[Row]]], title: str, steps: Sequence[int | None]
+) -> Any:
+    """Gradient norm and activation scale against the layer, a colour per run (label, colour,
+    rows), at each of `steps` (None: the end): what depth does to each run, side by side."""
+    styles = dict(zip(steps, ("--", "-", ":"), strict=False))
+    fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.8), dpi=DPI)
+    for ax, (quantity, panel_title) in zip(axes, PROFILE_PANELS, strict=True):
+        drawn = []
+        for label, colour, rows in runs:
+            for step in steps:
+                layers, values = profile(rows, quantity, step)
+                if layers:
+                    when = "at the end" if step is None else f"at step {step}"
+                    ax.plot(layers, values, styles[step], color=colour, marker="o", ms=3,
+                            label=f"{label}, {when}")  # fmt: skip
+                    drawn += values
+        _log_axis(ax, drawn)
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_xlabel("layer l")
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.86, bottom=0.11, wspace=0.2)
+    return fig

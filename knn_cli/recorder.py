@@ -1,8 +1,9 @@
 """What a training run leaves in its folder, recorded as it goes: the metrics of every evaluation
-point (metrics.csv, appended as they come), the progress bar, checkpoints, and at the end the
-model, the summary and the plots.
+point (metrics.csv) and the layers' measurements (diagnostics.csv), appended as they come, the
+progress bar, checkpoints, and at the end the model, the summary and the plots.
 
-The recorder only watches: the trainer calls `on_evaluation` and `on_step`, and `save_checkpoint`
+The recorder only watches: the trainer calls `on_evaluation`, `on_diagnostics` and `on_step`,
+and `save_checkpoint`
 between two steps; `finish` writes the end of a run that ended as training said (finished or
 diverged), `finish_despite` the end of one that an error or an interrupt cut short, never
 letting a failure of its own hide the error that ended the run.
@@ -25,9 +26,10 @@ from knn_cli.runs import (
     CHECKPOINT_FILE,
     MODEL_FILE,
     SUMMARY_FILE,
-    MetricsLog,
     atomic_save_npz,
     atomic_write_json,
+    diagnostics_log,
+    metrics_log,
     provenance,
     write_checkpoint,
 )
@@ -47,6 +49,7 @@ class RunFacts:
     seed: int
     data: str  # where the data came from
     memory_estimate_mb: Mapping[str, float]
+    probe_rows: int | None = None  # training rows the layers are measured on (None: not)
 
 
 class RunRecorder:
@@ -63,6 +66,7 @@ class RunRecorder:
         earlier_seconds: float = 0.0,
         earlier_records: Sequence[Record] = (),
         progress: bool = False,
+        measuring: bool = False,
     ) -> None:
         self.run_dir = run_dir
         self.state = state
@@ -72,7 +76,8 @@ class RunRecorder:
         self.earlier_seconds = earlier_seconds
         self.latest: dict[str, Record] = {}
         self.best_val: tuple[float, int] | None = None  # (accuracy, step)
-        self.log = MetricsLog(run_dir)
+        self.log = metrics_log(run_dir)
+        self.diagnostics = diagnostics_log(run_dir) if measuring else None
         self.bar = TrainingBar(
             facts.total_steps, initial=start_step, desc=facts.name, enabled=progress
         )
@@ -84,6 +89,10 @@ class RunRecorder:
     def on_evaluation(self, records: Sequence[Record]) -> None:
         self.log.append(records)
         self._note(records)
+
+    def on_diagnostics(self, rows: Sequence[Record]) -> None:
+        if self.diagnostics is not None:
+            self.diagnostics.append(rows)
 
     def on_step(self, step: int, eta: float) -> None:
         self.steps_done = step
@@ -141,6 +150,8 @@ class RunRecorder:
     def _close(self) -> None:
         self.bar.close()
         self.log.close()
+        if self.diagnostics is not None:
+            self.diagnostics.close()
 
     def summary(self, outcome: TrainingOutcome, measured: Mapping[str, Any]) -> dict[str, Any]:
         """summary.json: how the run ended, its accuracies, its cost, what reproduces it."""
@@ -163,6 +174,7 @@ class RunRecorder:
             "wall_seconds": round(self.seconds(), 3),
             "peak_memory_mb": peak_memory_mb(),
             "memory_estimate_mb": dict(facts.memory_estimate_mb),
+            "probe_rows": facts.probe_rows,
             "seed": facts.seed,
             "data": facts.data,
             "versions": provenance(),

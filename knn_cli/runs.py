@@ -32,6 +32,8 @@ MODEL_FILE = "model.npz"
 CHECKPOINT_FILE = "checkpoint.npz"
 _CHECKPOINT_INFO = "checkpoint_info"  # a JSON string among the checkpoint's arrays
 METRIC_FIELDS = ("step", "epoch", "eta", "split", "cost", "loss", "accuracy")
+DIAGNOSTICS_FILE = "diagnostics.csv"
+DIAGNOSTIC_FIELDS = ("step", "layer", "quantity", "value")
 MIN_FREE_BYTES = 50 * 1024 * 1024
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -126,24 +128,54 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-class MetricsLog:
-    """Append-only CSV of evaluation points, flushed per record."""
+class CsvLog:
+    """Append-only CSV of records (one file of a run folder), flushed per evaluation point."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / METRICS_FILE
+    def __init__(self, path: Path, fields: Sequence[str]) -> None:
+        self.path, self.fields = path, tuple(fields)
         is_new = not self.path.exists()
         self._handle = self.path.open("a", newline="")
-        self._writer = csv.DictWriter(self._handle, fieldnames=METRIC_FIELDS)
+        self._writer = csv.DictWriter(self._handle, fieldnames=self.fields)
         if is_new:
             self._writer.writeheader()
 
     def append(self, records: Sequence[Mapping[str, Any]]) -> None:
         for record in records:
-            self._writer.writerow({key: record[key] for key in METRIC_FIELDS})
+            self._writer.writerow({key: record[key] for key in self.fields})
         self._handle.flush()
 
     def close(self) -> None:
         self._handle.close()
+
+
+def metrics_log(run_dir: Path) -> CsvLog:
+    return CsvLog(run_dir / METRICS_FILE, METRIC_FIELDS)
+
+
+def diagnostics_log(run_dir: Path) -> CsvLog:
+    return CsvLog(run_dir / DIAGNOSTICS_FILE, DIAGNOSTIC_FIELDS)
+
+
+def read_diagnostics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """diagnostics.csv's rows (step, layer, quantity, value); [] for a run without it."""
+    path = Path(run_dir) / DIAGNOSTICS_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                rows.append(
+                    {
+                        "step": int(row["step"]),
+                        "layer": row["layer"],
+                        "quantity": row["quantity"],
+                        "value": float(row["value"]),
+                    }
+                )
+            except (KeyError, TypeError, ValueError):
+                continue  # a line cut short by a crash mid-write
+    return rows
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -202,15 +234,19 @@ def read_checkpoint(run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any
 
 
 def keep_metrics_through(run_dir: Path, last_step: int) -> list[dict[str, Any]]:
-    """Rewrite metrics.csv (atomically) without the records after `last_step`, which a run
-    continued from a checkpoint at that step computes again; the lines kept are kept as they
-    were, byte for byte. Returns the records kept."""
-    path = run_dir / METRICS_FILE
-    with path.open(newline="") as handle:  # "\r\n" as the csv module wrote it
-        header, *lines = handle.read().splitlines(keepends=True)
-    kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= last_step]
-    with _atomic_file(path, "w") as handle:
-        handle.write(header + "".join(kept))
+    """Rewrite metrics.csv and diagnostics.csv (atomically) without the records after
+    `last_step`, which a run continued from a checkpoint at that step computes again; the lines
+    kept are kept as they were, byte for byte. Returns the metrics records kept."""
+    for path in (run_dir / METRICS_FILE, run_dir / DIAGNOSTICS_FILE):
+        if not path.is_file():
+            continue
+        with path.open(newline="") as handle:  # "\r\n" as the csv module wrote it
+            header, *lines = handle.read().splitlines(keepends=True)
+        kept = [
+            line for line in lines if (step := _step_of(line)) is not None and step <= last_step
+        ]
+        with _atomic_file(path, "w") as handle:
+            handle.write(header + "".join(kept))
     return [record for record in read_metrics(run_dir) if record["step"] <= last_step]
 
 

@@ -26,6 +26,8 @@ import numpy as np
 
 from knn_cli.augment import Augmentation, Draws, draw, mirror
 from knn_cli.blas import may_use_two_cores, one_thread_limit
+from knn_cli.diagnostics import Probe
+from knn_cli.diagnostics import rows as diagnostic_rows
 from knn_cli.engine import Engine
 from knn_cli.engine.batches import AugmentedBatch, Batch
 from knn_cli.engine.evaluations import Record, run_evaluations
@@ -129,6 +131,8 @@ def train(
     *,
     on_evaluation: Callable[[list[Record]], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    probe: Probe | None = None,
+    on_diagnostics: Callable[[list[Record]], None] | None = None,
     optimizer: UpdateRule | None = None,
     augmentation: Augmentation | None = None,
     start_step: int = 0,
@@ -141,6 +145,10 @@ def train(
     and seed give the same metrics. `optimizer` is the update rule (plain SGD when None); it
     keeps its state, so a caller can save it with the network. `augmentation` changes each
     training batch as it is drawn, with choices seeded by the schedule's seed and the step.
+
+    With a `probe`, the layers are measured on it at every evaluation point too (on the same
+    copy of the network the evaluation reads, `knn_cli/diagnostics.py`), and the rows handed to
+    `on_diagnostics`: observation only, nothing training computes changes.
 
     `start_step` continues a run saved by `checkpointing` after that many steps (network and
     optimizer restored by the caller): the batches, dropout masks and augmentation of the
@@ -179,6 +187,24 @@ def train(
         draws = epoch_draws[epoch].rows(slice(position * batch_size, (position + 1) * batch_size))
         return AugmentedBatch(X_train, rows, augmentation, draws)
 
+    def evaluation_point(
+        snapshot: Network, step: int, eta: float, before: dict[str, np.ndarray] | None
+    ) -> tuple[list[Record], list[Record]]:
+        """The metrics of both splits, and the probe's measurements."""
+        measured = []
+        if measuring:
+            assert probe is not None
+            with np.errstate(all="ignore"):  # per thread: a diverging net measures inf, not warns
+                measured = diagnostic_rows(step, probe.measure(snapshot, before))
+        return (records(snapshot, step, eta) if on_evaluation is not None else []), measured
+
+    def deliver(point: tuple[list[Record], list[Record]]) -> None:
+        metrics, measured = point
+        if on_evaluation is not None:
+            on_evaluation(metrics)
+        if measured and on_diagnostics is not None:
+            on_diagnostics(measured)
+
     def records(snapshot: Network, step: int, eta: float) -> list[Record]:
         rows: list[Record] = []
         for split, X, y in (
@@ -203,16 +229,21 @@ def train(
     rule = optimizer or SGD()
     blas_limit = one_thread_limit()
     background = background_evaluation and blas_limit is not None
+    measuring = probe is not None and probe.active and on_diagnostics is not None
+    listening = deliver if on_evaluation is not None or measuring else None
     with (
         blas_limit or nullcontext(),
         Engine(network, two_lanes=two_lanes and may_use_two_cores(blas_limit)) as engine,
         np.errstate(over="ignore", invalid="ignore"),  # divergence is reported, not warned
-        run_evaluations(on_evaluation, records, background) as evaluations,
+        run_evaluations(listening, evaluation_point, background) as evaluations,
     ):
 
-        def evaluate_after(done: int) -> None:
+        def evaluates(done: int) -> bool:
+            return done % schedule.eval_every == 0 or done == schedule.total_steps
+
+        def evaluate_after(done: int, before: dict[str, np.ndarray] | None = None) -> None:
             engine.write_back()  # the network whole, for the snapshot the evaluation takes
-            evaluations.request(network, done, rate(done))
+            evaluations.request(network, done, rate(done), before)
 
         if start_step == 0:
             evaluate_after(0)
@@ -226,6 +257,11 @@ def train(
             following = batch(step + 1, next(batches)) if step + 1 < schedule.total_steps else None
             eta = rate(step)
             engine.helping = not evaluations.in_flight()
+            # The weights before the step just before an evaluation point, for its update ratio.
+            before = None
+            if measuring and evaluates(step + 1):
+                assert probe is not None
+                before = probe.weights(network)
             cost = engine.step(
                 current,
                 y_train[current.rows],
@@ -245,8 +281,8 @@ def train(
             done = step + 1
             if on_step is not None:
                 on_step(done, eta)
-            if done % schedule.eval_every == 0 or done == schedule.total_steps:
-                evaluate_after(done)
+            if evaluates(done):
+                evaluate_after(done, before)
             else:
                 evaluations.deliver_ready()
             if checkpointing is not None and done < schedule.total_steps:

@@ -321,10 +321,13 @@ def test_compare_prints_the_differences_and_writes_figure_and_table(
     markdown = out.with_suffix(".md").read_text()
     assert table_rows(markdown) == rows
     assert "![cost, loss and accuracy of each run](two.png)" in markdown
-    assert f"written: {out}, {out.with_suffix('.md')}" in result.output
+    layers = out.with_name("two_layers.png")  # both runs measured their layers (the default)
+    assert "by layer, at step 0 and at the end](two_layers.png)" in markdown
+    assert f"written: {out}, {layers}, {out.with_suffix('.md')}" in result.output
     import matplotlib.image
 
-    assert matplotlib.image.imread(out).shape[2] in (3, 4)
+    for figure in (out, layers):
+        assert matplotlib.image.imread(figure).shape[2] in (3, 4)
 
 
 def test_compare_figure_has_a_line_per_run_and_split(zoo: Zoo) -> None:
@@ -378,7 +381,7 @@ def test_compare_writes_into_a_new_folder_that_knn_runs_passes_over(
     result = run("compare", parent / zoo.bn.name, "--runs-dir", parent)
     assert result.exit_code == 0, result.output
     (made,) = [p for p in parent.iterdir() if p.name.endswith("_compare")]
-    assert sorted(os.listdir(made)) == ["compare.md", "compare.png"]
+    assert sorted(os.listdir(made)) == ["compare.md", "compare.png", "compare_layers.png"]
     assert "same, the seed included" in (made / "compare.md").read_text()
     listing = run("runs", parent)
     assert list(table_rows(listing.output)) == [zoo.bn.name]

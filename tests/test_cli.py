@@ -356,18 +356,18 @@ def test_disk_error_mid_run_is_one_line_and_keeps_what_was_written(
 ) -> None:
     import errno
 
-    from knn_cli.runs import MetricsLog
+    from knn_cli.runs import CsvLog
 
-    original = MetricsLog.append
+    original = CsvLog.append
     calls = {"n": 0}
 
     def failing_append(self, records):
-        calls["n"] += 1
+        calls["n"] += self.path.name == "metrics.csv"
         if calls["n"] == 3:
             raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
         original(self, records)
 
-    monkeypatch.setattr(MetricsLog, "append", failing_append)
+    monkeypatch.setattr(CsvLog, "append", failing_append)
     runs = tmp_path / "runs"
     result = train_on_fake(tmp_path, fake_cifar_dir, runs, "--set", "training.eval_every=2")
     assert_one_line_error(result, 1, "No space left on device")

@@ -73,6 +73,13 @@ NON_DEFAULT = {
     },
     "augment": {"flip": True, "translate": 3, "padding": "edge"},
     "evaluation": {"precise_bn": True, "test_time_flip": True},
+    "diagnostics": {
+        "layers": False,
+        "probe_size": 500,
+        "landscape": True,
+        "landscape_steps": [0.001, 0.01],
+        "percentile_layer": 1,
+    },
     "data": {"dir": "/data/cifar-10-batches-py", "validation_size": 1000},
 }
 
@@ -201,7 +208,7 @@ def test_round_trip_through_dict_and_yaml(tmp_path: Path) -> None:
 def test_dump_keeps_schema_order() -> None:
     text = dump_config(RunConfig())
     keys = [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")]
-    assert keys == ["name", "model", "training", "augment", "evaluation", "data"]
+    assert keys == ["name", "model", "training", "augment", "evaluation", "diagnostics", "data"]
 
 
 # --- derived values ----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from knn_cli.config import config_from_dict, config_to_dict, dump_config, load_c
 from knn_cli.experiment import train_run
 from knn_cli.plots import draw_curves, plot_run, run_description
 from knn_cli.progress import TrainingBar
-from knn_cli.runs import MetricsLog, atomic_write_json, new_run_dir, read_metrics
+from knn_cli.runs import atomic_write_json, metrics_log, new_run_dir, read_metrics
 from knn_cli.sweeps.figures import draw_lambda_search, draw_loss_curves
 from knn_cli.sweeps.folder import TrialRecord, load_sweep, start_sweep
 from knn_cli.sweeps.plan import (
@@ -114,7 +114,7 @@ def test_lambda_figure_shows_the_final_retrains_and_the_chosen_lambda() -> None:
 
 def fake_run(folder: Path, losses: Sequence[float]) -> Path:
     folder.mkdir()
-    log = MetricsLog(folder)
+    log = metrics_log(folder)
     for split in ("train", "val"):
         log.append(
             [

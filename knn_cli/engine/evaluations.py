@@ -15,35 +15,36 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from knn_cli.network import Network
+from knn_cli.network import Network
 
 Record = dict[str, float | int | str]
+# What an evaluation point computes, from the network at that step (a snapshot), the step, its
+# rate and what the trainer kept for it (the weights before the step); and who receives it.
+Compute = Callable[[Network, int, float, Any], Any]
+Deliver = Callable[[Any], None]
 
 
 class Evaluations:
     """Evaluation points in flight, delivered in the order they were requested."""
 
     def __init__(
-        self,
-        on_evaluation: Callable[[list[Record]], None],
-        records: Callable[[Network, int, float], list[Record]],
-        executor: ThreadPoolExecutor | None,
+        self, deliver: Deliver, compute: Compute, executor: ThreadPoolExecutor | None
     ) -> None:
-        self._on_evaluation = on_evaluation
-        self._records = records
+        self._on_evaluation = deliver
+        self._compute = compute
         self._executor = executor
-        self._pending: deque[Future[list[Record]]] = deque()
+        self._pending: deque[Future[Any]] = deque()
         self._failed = False
 
-    def request(self, network: Network, step: int, eta: float) -> None:
+    def request(self, network: Network, step: int, eta: float, kept: Any = None) -> None:
         if self._executor is None:
-            self._deliver(lambda: self._records(network, step, eta))
+            self._deliver(lambda: self._compute(network, step, eta, kept))
             return
         # A snapshot, so the evaluation sees the parameters of `step` while training goes on.
-        self._pending.append(self._executor.submit(self._records, network.snapshot(), step, eta))
+        snapshot = network.snapshot()
+        self._pending.append(self._executor.submit(self._compute, snapshot, step, eta, kept))
         self.deliver_ready()
 
     def deliver_ready(self) -> None:
@@ -59,7 +60,7 @@ class Evaluations:
         while self._pending:
             self._deliver(self._pending.popleft().result)
 
-    def _deliver(self, rows: Callable[[], list[Record]]) -> None:
+    def _deliver(self, rows: Callable[[], Any]) -> None:
         """Once an evaluation or its callback has failed, later ones are not delivered: the
         caller stopped where the failure was, as it would have without the second thread."""
         if self._failed:
@@ -77,7 +78,7 @@ class NoEvaluations(Evaluations):
     def __init__(self) -> None:
         pass
 
-    def request(self, network: Network, step: int, eta: float) -> None:
+    def request(self, network: Network, step: int, eta: float, kept: Any = None) -> None:
         pass
 
     def deliver_ready(self) -> None:
@@ -92,9 +93,7 @@ class NoEvaluations(Evaluations):
 
 @contextmanager
 def run_evaluations(
-    on_evaluation: Callable[[list[Record]], None] | None,
-    records: Callable[[Network, int, float], list[Record]],
-    background: bool,
+    on_evaluation: Deliver | None, compute: Compute, background: bool
 ) -> Iterator[Evaluations]:
     """Evaluations for one training run; on leaving, however, everything requested is delivered.
 
@@ -105,7 +104,7 @@ def run_evaluations(
         yield NoEvaluations()
         return
     executor = ThreadPoolExecutor(1, thread_name_prefix="knn-eval") if background else None
-    pending = Evaluations(on_evaluation, records, executor)
+    pending = Evaluations(on_evaluation, compute, executor)
     try:
         yield pending
     finally:

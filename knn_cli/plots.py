@@ -239,9 +239,15 @@ def draw_landscape(rows: Sequence[Row], title: str) -> Any:
 
 
 def _log_axis(ax: Any, values: Sequence[float]) -> None:
-    """Log scale where the values allow one (positive, finite)."""
+    """Log scale where the values allow one (positive, finite), its ticks in plain text (1e-05,
+    0.1, 10): the default's typeset powers of ten took most of a figure's drawing time, which
+    every run pays."""
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
     if any(v > 0 for v in values if v == v and v != float("inf")):
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_locator(NullLocator())
 
 
 def has_activations(rows: Sequence[Row]) -> bool:
@@ -304,25 +310,34 @@ def draw_layer_profiles(
     runs: Sequence[tuple[str, Any, Sequence[Row]]], title: str, steps: Sequence[int | None]
 ) -> Any:
     """Gradient norm and activation scale against the layer, a colour per run (label, colour,
-    rows), at each of `steps` (None: the end): what depth does to each run, side by side."""
+    rows), a line style per step of `steps` (None: the end): what depth does to each run, side
+    by side. A value of exactly 0 (a layer whose units all died) has no place on the log scale
+    and is left out."""
+    from matplotlib.lines import Line2D
+
     styles = dict(zip(steps, ("--", "-", ":"), strict=False))
-    fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.8), dpi=DPI)
+    fig, axes = plt.subplots(1, 2, figsize=(12.0, 5.2), dpi=DPI)
     for ax, (quantity, panel_title) in zip(axes, PROFILE_PANELS, strict=True):
         drawn = []
-        for label, colour, rows in runs:
+        for _, colour, rows in runs:
             for step in steps:
                 layers, values = profile(rows, quantity, step)
-                if layers:
-                    when = "at the end" if step is None else f"at step {step}"
-                    ax.plot(layers, values, styles[step], color=colour, marker="o", ms=3,
-                            label=f"{label}, {when}")  # fmt: skip
-                    drawn += values
+                ax.plot(layers, values, styles[step], color=colour, marker="o", ms=3)
+                drawn += values
         _log_axis(ax, drawn)
         ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel("layer l")
         ax.grid(alpha=0.3)
-        if drawn:
-            ax.legend(fontsize=7)
+    handles = [Line2D([], [], color=colour, label=label) for label, colour, _ in runs]
+    handles += [
+        Line2D([], [], color="0.4", ls=styles[step],
+               label="at the end" if step is None else f"at step {step}")
+        for step in steps
+    ]  # fmt: skip
+    columns = min(len(handles), 4)
+    fig.legend(handles=handles, loc="lower center", ncols=columns, fontsize=8)
     fig.suptitle(title, fontsize=11)
-    fig.subplots_adjust(left=0.07, right=0.98, top=0.86, bottom=0.11, wspace=0.2)
+    rows_of_legend = -(-len(handles) // columns)
+    bottom = 0.15 + 0.05 * rows_of_legend
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.87, bottom=bottom, wspace=0.2)
     return fig

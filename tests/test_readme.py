@@ -9,12 +9,32 @@ from pathlib import Path
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
 
-def test_python_api_example_runs() -> None:
-    (example,) = re.findall(r"```python\n(.*?)```", README, re.S)[:1]
+def python_examples() -> dict[str, str]:
+    """Each ```python block of the README, by the heading it stands under."""
+    found = {}
+    for section in re.split(r"\n## ", README):
+        for example in re.findall(r"```python\n(.*?)```", section, re.S):
+            found[section.splitlines()[0]] = example
+    return found
+
+
+def run_example(heading: str) -> dict:
     namespace: dict = {}
-    exec(compile(example, "README.md", "exec"), namespace)
+    exec(compile(python_examples()[heading], "README.md", "exec"), namespace)
+    return namespace
+
+
+def test_python_api_example_runs() -> None:
+    namespace = run_example("Python API")
     assert namespace["probs"].shape == (100, 10)
     assert set(namespace["grads"]) == set(namespace["net"].params)
+
+
+def test_the_diagnostics_example_runs_and_says_what_its_comment_says() -> None:
+    namespace = run_example("What the layers see: diagnostics in every run")
+    measured = namespace["measured"]
+    assert all(measured[(str(layer), "grad_norm")] < 1e-15 for layer in (1, 9))
+    assert measured[("1", "grad_norm")] > 1e-25
 
 
 def test_quick_start_has_exactly_two_command_lines_and_ci_runs_the_test_line() -> None:

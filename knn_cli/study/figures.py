@@ -15,6 +15,7 @@ from typing import Any
 
 from knn_cli.plots import DPI, SPLIT_LABELS, training_settings
 from knn_cli.study.contents import Grid, LambdaSearch
+from knn_cli.study.why import Watched
 from knn_cli.sweeps.figures import (
     draw_lambda_search,
     draw_loss_curves,
@@ -113,6 +114,60 @@ def draw_lambda_comparison(
         ax.xaxis.set_minor_locator(LogLocator(subs="auto"))
         set_lambda_axis(ax, min(lambdas), max(lambdas))
     ax.legend(fontsize=9)
+    return fig
+
+
+def draw_why_gradients(watched: Sequence[Watched]) -> Any:
+    """Gradient norm and activation scale by layer, at step 0 (dashed) and at the end, for the
+    9-layer runs with and without batch norm."""
+    from knn_cli.plots import draw_layer_profiles
+
+    colours = {("He", False): "tab:blue", ("He", True): "tab:orange"}
+    spare = iter(["tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"])
+    runs = [
+        (w.label, colours.get((w.init, w.batch_norm)) or next(spare, "black"), w.rows)
+        for w in watched
+    ]
+    return draw_layer_profiles(
+        runs, "9 layers: what each layer sees, with and without BN", (0, None)
+    )
+
+
+def draw_why_percentiles(pair: Mapping[bool, Watched], layer: int) -> Any:
+    """The percentile picture of one hidden layer over training, without and with BN."""
+    import matplotlib.pyplot as plt
+
+    from knn_cli.plots import draw_percentiles
+
+    fig, axes = plt.subplots(1, len(pair), figsize=BN_FIGSIZE, dpi=DPI, squeeze=False)
+    for ax, (_, watched) in zip(axes[0], sorted(pair.items()), strict=True):
+        draw_percentiles(ax, watched.rows, str(layer))
+        ax.set_title(f"{watched.label}: layer {layer}'s pre-activation, 15/50/85th", fontsize=10)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.12, wspace=0.2)
+    return fig
+
+
+def draw_why_landscape(by_bn: Mapping[bool, Sequence[Mapping[str, Any]]]) -> Any:
+    """The three landscape measures against the step, without and with BN."""
+    import matplotlib.pyplot as plt
+
+    from knn_cli.diagnostics import LANDSCAPE, WHOLE
+    from knn_cli.plots import LANDSCAPE_TITLES, series
+
+    fig, axes = plt.subplots(1, 3, figsize=(13.0, 4.2), dpi=DPI)
+    for ax, quantity in zip(axes, LANDSCAPE, strict=True):
+        for batch_norm, rows in sorted(by_bn.items()):
+            found = series(rows, quantity).get(WHOLE)
+            if found:
+                label = "BN" if batch_norm else "no BN"
+                ax.plot(*found, color=BN_COLORS[batch_norm], label=label, lw=1.5)
+        ax.set_yscale("log")
+        ax.set_title(LANDSCAPE_TITLES[quantity], fontsize=10)
+        ax.set_xlabel("update step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("9 layers, He init: along the gradient, with and without BN", fontsize=11)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.82, bottom=0.13, wspace=0.25)
     return fig
 
 

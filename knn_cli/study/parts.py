@@ -93,12 +93,24 @@ def _run_configs(
 def run_configs_part(
     folder: Path, settings: StudySettings, executor: Executor, progress: bool, earlier: Any
 ) -> PartRun:
-    """The four configs, each with the study's seeds."""
+    """The four configs, each with the study's seeds; the 9-layer ones measure the landscape
+    along the gradient too, for the report's section on what batch norm does."""
     runs = tuple(
-        {"config": config_to_dict(study_config(settings, name)), "seeds": settings.seeds}
+        {
+            "config": config_to_dict(study_config(settings, name, *watched(name))),
+            "seeds": settings.seeds,
+        }
         for name in CONFIG_NAMES
     )
     return _run_configs(folder, ConfigSweepSpec(name=CONFIGS, runs=runs), executor, progress)
+
+
+LANDSCAPE_CONFIGS = ("9layer", "9layer_bn")
+
+
+def watched(name: str) -> tuple[str, ...]:
+    """The overrides that make a config's runs measure the landscape (observation only)."""
+    return ("diagnostics.landscape=true",) if name in LANDSCAPE_CONFIGS else ()
 
 
 def search_spec(settings: StudySettings) -> LambdaSearchSpec:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from knn_cli.estimate import PlannedRun, Speeds, runs_seconds
 from knn_cli.memory import check_memory
-from knn_cli.study.parts import CONFIGS, GRADCHECK, GRID, SEARCH, SEARCH_9
+from knn_cli.study.parts import CONFIGS, GRADCHECK, GRID, SEARCH, SEARCH_9, watched
 from knn_cli.study.settings import CONFIG_NAMES, GRADCHECK_DEPTHS, StudySettings, study_config
 from knn_cli.sweeps.plan import FINAL_HOLD_OUT
 
@@ -31,7 +31,7 @@ def plan_study(settings: StudySettings, n_images: int) -> list[PlannedPart]:
     def run(config, cycles=None, n_s=None) -> PlannedRun:  # type: ignore[no-untyped-def]
         return PlannedRun.of(config, n_images - config.data.validation_size, cycles, n_s)
 
-    four = [study_config(settings, name) for name in CONFIG_NAMES]
+    four = [study_config(settings, name, *watched(name)) for name in CONFIG_NAMES]
     search = study_config(settings, "3layer_bn")
     hold_out = f"data.validation_size={FINAL_HOLD_OUT}"
     final = study_config(settings, "3layer_bn", hold_out)

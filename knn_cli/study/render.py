@@ -18,6 +18,7 @@ from knn_cli.formatting import markdown_table
 from knn_cli.plots import DPI
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+NOT_RUN = "not run"  # what the report says of anything a study has not done (yet)
 # Figures are shown in proportion to the size they were drawn in inches, so that their lettering
 # reads at about one size (a little above a CSS inch of 96 px: a figure's 9-point legend should
 # read like the page's text); a narrower window scales them down.

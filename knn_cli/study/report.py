@@ -26,6 +26,9 @@ from knn_cli.study.figures import (
     draw_bn_comparison,
     draw_grid,
     draw_lambda_comparison,
+    draw_why_gradients,
+    draw_why_landscape,
+    draw_why_percentiles,
     save_png,
 )
 from knn_cli.study.parts import PART_NAMES, TITLES
@@ -53,6 +56,13 @@ from knn_cli.study.sections import (
     init_section,
     lambda_section,
     status_word,
+)
+from knn_cli.study.why import (
+    DEPTH,
+    FIGURE_INITS,
+    landscape_rows,
+    watched_runs,
+    why_section,
 )
 from knn_cli.sweeps.folder import TrialRecord
 
@@ -101,6 +111,34 @@ def draw_figures(study: Study) -> dict[str, Figure]:
             "Validation accuracy against lambda, coarse and fine trials marked apart, the "
             "chosen lambda and its retrains' test accuracy; the study's own trials in grey.",
         )
+    watched = watched_runs(study)
+    if watched:
+        shown = [w for w in watched if w.init in FIGURE_INITS]
+        add(
+            "why-gradients",
+            draw_why_gradients(shown or watched),
+            "9 layers at He init and from sigma 0.001: the norm of each layer's loss gradient "
+            "(left) and the spread of its output (right), at step 0 (dashed) and at the end "
+            "(solid), on the probe batch; a gradient of exactly 0 (every unit dead) is not drawn "
+            "on the log scale. The table above has every init.",
+        )
+        he = {w.batch_norm: w for w in watched if w.init == "He"}
+        if he:
+            add(
+                "why-percentiles",
+                draw_why_percentiles(he, DEPTH - 1),
+                f"9 layers at He init: the 15th, 50th and 85th percentiles of layer {DEPTH - 1}'s "
+                "output over training (Ioffe and Szegedy, 2015, Figure 1), without and with BN.",
+            )
+    by_bn = landscape_rows(study.configs)
+    if by_bn:
+        add(
+            "why-landscape",
+            draw_why_landscape(by_bn),
+            "9 layers at He init: stepping along -g from each evaluation point by the schedule's "
+            "rates, the range of the loss, the largest change of the gradient and the effective "
+            "beta-smoothness (Santurkar et al., 2018, Figure 4), without and with BN.",
+        )
     if study.grid is not None and any(r.folder is not None for r in study.grid.records):
         add(
             "init-sensitivity",
@@ -139,6 +177,7 @@ def build_report(
         configs_section(study, figures, found),
         lambda_section(study, figures, found, tables),
         init_section(study, figures, found),
+        why_section(study, figures, 5),
     ]
     return Document(
         title="Study report: k-layer networks with and without batch normalization on CIFAR-10"

@@ -29,17 +29,18 @@ from knn_cli.study.published import (
     format_value,
 )
 from knn_cli.study.render import (
+    NOT_RUN,
     Block,
     Figure,
     Section,
     Table,
     Text,
 )
+from knn_cli.study.why import grid_reason
 from knn_cli.sweeps.folder import TrialRecord
 from knn_cli.sweeps.init_grid import CHANCE_MARGIN
 from knn_cli.sweeps.plan import bn_label
 
-NOT_RUN = "not run"
 # Our search trial is set beside the study's trial nearest in lambda when that is this close.
 NEAREST_FACTOR = 1.5
 # Columns every comparison ends with.
@@ -433,6 +434,9 @@ def retrain_table(
     return blocks
 
 
+GRID_HEADERS = ("layers", "batch norm", "sigma", "test accuracy", "val accuracy",
+                *PUBLISHED_HEADERS, "what the layers say")  # fmt: skip
+
 # -- 4. init sensitivity --------------------------------------------------------------------------
 
 
@@ -457,6 +461,7 @@ def init_section(study: Study, figures: Mapping[str, Figure], found: Comparisons
                 record_word(record),
                 percent(record.get("final_val_accuracy")) if record.finished else "-",
                 *found.cells(key, ours, record_word(record)),
+                grid_reason(record),
             )
         )
     schedule = ", ".join(
@@ -476,7 +481,7 @@ def init_section(study: Study, figures: Mapping[str, Figure], found: Comparisons
         blocks.append(figures["init-sensitivity"])
     blocks.append(
         Table(
-            ("layers", "batch norm", "sigma", "test accuracy", "val accuracy", *PUBLISHED_HEADERS),
+            GRID_HEADERS,
             tuple(rows),
             "Final test accuracy per cell",
         )

@@ -153,6 +153,20 @@ def _search_base(config_path: Path | None, overrides: Sequence[str]) -> dict[str
     default=None,
     help="Steps per half cycle of the final retrain, to shorten it for a quick try [the config's].",
 )
+@click.option(
+    "--choose",
+    type=click.Choice(["best", "fit"]),
+    default=None,
+    help="What --final retrains: the best trial's lambda (the study's protocol), or the peak of "
+    "a fit of validation accuracy against log10 lambda through the trials near it [best].",
+)
+@click.option(
+    "--stratified",
+    is_flag=True,
+    default=None,
+    help="Draw the coarse trials one in each of --trials equal parts of the range, so that few "
+    "draws cannot bunch together [uniform draws, as the study].",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Sweep seed [0].")
 @executor_options
 @dry_run_option
@@ -172,6 +186,8 @@ def lambda_search(
     final_seeds: int | None,
     final_validation_size: int | None,
     final_n_s: int | None,
+    choose: str | None,
+    stratified: bool | None,
     seed: int | None,
     workers: int | None,
     scheduler: str | None,
@@ -202,6 +218,7 @@ def lambda_search(
         final_options = {"--final-cycles": final_cycles, "--final-seeds": final_seeds}
         final_options["--final-validation-size"] = final_validation_size
         final_options["--final-n-s"] = final_n_s
+        final_options["--choose"] = choose
         given = [name for name, value in final_options.items() if value is not None]
         if given and not final:
             raise click.UsageError(f"{', '.join(given)} set(s) the final retrain; add --final")
@@ -221,6 +238,8 @@ def lambda_search(
             final_seeds=final_seeds,
             final_validation_size=final_validation_size,
             final_n_s=final_n_s,
+            choose=choose,
+            stratified=stratified,
             seed=seed,
             source=str(source.resolve()) if source is not None else None,
         )
@@ -245,6 +264,8 @@ def lambda_search(
             f"best lambda {result.best.trial.lambda_:.5g}: validation accuracy "
             f"{result.best.score:.2%}"
         )
+    if result.fit is not None:
+        click.echo(result.fit.summary())
     if result.finals:
         _echo_finals(result.finals)
     click.echo(f"written: {sweep_dir}/trials.csv, table.md, lambda_vs_accuracy.png")
@@ -326,6 +347,13 @@ def _echo_finals(records: Sequence[Any]) -> None:
     help="Steps per half cycle [the study's: 5 epochs, 2250 on CIFAR-10].",
 )
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Sweep seed [0].")
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Seeds per cell, the same for every cell (seed, seed + 1, ...); each cell shows each "
+    "and their mean +- sd [1].",
+)
 @set_option
 @executor_options
 @dry_run_option
@@ -337,6 +365,7 @@ def init_sensitivity(
     cycles: int | None,
     n_s: int | None,
     seed: int | None,
+    seeds: int | None,
     overrides: tuple[str, ...],
     workers: int | None,
     scheduler: str | None,
@@ -384,6 +413,7 @@ def init_sensitivity(
             cycles=cycles or defaults.cycles,
             n_s=n_s,
             seed=seed if seed is not None else defaults.seed,
+            seeds=seeds or defaults.seeds,
         )
         if dry_run:
             from knn_cli.dry_run import planned_sweep

@@ -127,7 +127,12 @@ def lambda_search_plan(spec: LambdaSearchSpec, workers: int) -> str:
         known = stage == "coarse" or bool(refined)
         log_range = fine_range(refined) if stage == "fine" and refined else spec.log_range
         indices = range(index, index + spec.trials)
-        options = {"seed": spec.seed, "cycles": spec.cycles, "n_s": spec.n_s}
+        options = {
+            "seed": spec.seed,
+            "cycles": spec.cycles,
+            "n_s": spec.n_s,
+            "stratified": spec.stratified and stage == "coarse",
+        }
         for trial in lambda_trials(spec.base, stage, log_range, indices, **options):
             label = f"{trial.folder} {trial.label}" if known else trial.folder
             trials.append(PlannedTrial(label, _planned(trial).run))

@@ -22,6 +22,7 @@ from knn_cli.runs import CONFIG_FILE, read_diagnostics, read_metrics, read_summa
 
 CURVES = (("cost", "Cost"), ("loss", "Loss"), ("accuracy", "Accuracy"))
 SPLIT_LABELS = {"train": "training", "val": "validation"}
+SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange"}
 FIGSIZE = (8.0, 5.0)  # inches; at DPI, 1200 x 750 pixels: readable on a laptop screen
 DPI = 150
 MIN_RELATIVE_SPAN = 0.1
@@ -110,7 +111,7 @@ def training_settings(
 
 
 def draw_curves(
-    ax: Any, metrics: Sequence[dict[str, Any]], key: str, *, legend: bool = True
+    ax: Any, metrics: Sequence[dict[str, Any]], key: str, *, legend: bool = True, width: float = 1.5
 ) -> None:
     """Training and validation curves, on a y scale no narrower than a tenth of their size: a
     loss that stays at ln 10 = 2.3026 to the third decimal must look flat, not fill the axes."""
@@ -118,7 +119,7 @@ def draw_curves(
         points = [(m["step"], m[key]) for m in metrics if m["split"] == split]
         if points:
             steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, label=label)
+            ax.plot(steps, values, label=label, color=SPLIT_COLOURS[split], lw=width)
     finite = [m[key] for m in metrics if math.isfinite(m[key])]
     if finite:
         low, high = min(finite), max(finite)

@@ -128,6 +128,8 @@ def search_spec(settings: StudySettings) -> LambdaSearchSpec:
         final_seeds=settings.seeds,
         final_n_s=sizes.final_n_s,
         seed=settings.seed,
+        # Three uniform draws can bunch together; the study's own ten are left uniform.
+        stratified=settings.quick,
     )
 
 
@@ -142,7 +144,7 @@ def run_search_part(
     if result.best is not None and result.finals:
         seeds = [r.trial.config["training"]["seed"] for r in result.finals]
         run.notes = {
-            "chosen_lambda": result.best.trial.lambda_,
+            "chosen_lambda": result.finals[0].trial.lambda_,
             "final_seeds": seeds,
             "final_validation_size": spec.final_validation_size,
             "final_cycles": spec.final_cycles,
@@ -183,7 +185,13 @@ def run_grid_part(
     """Depth x batch norm x sigma from a normal(0, sigma) init."""
     base = config_to_dict(config_from_dict({"name": "init"}, settings.overrides))
     sizes = settings.sizes
-    spec = GridSpec(base=base, cycles=sizes.grid_cycles, n_s=sizes.grid_n_s, seed=settings.seed)
+    spec = GridSpec(
+        base=base,
+        cycles=sizes.grid_cycles,
+        n_s=sizes.grid_n_s,
+        seed=settings.seed,
+        seeds=settings.seeds,
+    )
     spec = resume_or_start(folder, INIT_SENSITIVITY, spec)
     with folder_lock(folder):
         return _sweep_status(run_init_sensitivity(spec, folder, executor, progress=progress))

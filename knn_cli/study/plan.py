@@ -60,8 +60,8 @@ def plan_study(settings: StudySettings, n_images: int) -> list[PlannedPart]:
         ),
         PlannedPart(
             GRID,
-            "init sensitivity: 3 and 9 layers, BN on and off, 3 sigmas",
-            [run(c, sizes.grid_cycles, sizes.grid_n_s) for c in four for _ in range(3)],
+            f"init sensitivity: 3 and 9 layers, BN on and off, 3 sigmas, {seeds} seeds each",
+            [run(c, sizes.grid_cycles, sizes.grid_n_s) for c in four for _ in range(3 * seeds)],
         ),
     ]
 

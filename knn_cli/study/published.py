@@ -62,34 +62,57 @@ class Check:
     miss: float
     unit: str
     scale: str = "linear"
+    spread: float | None = None  # the result's standard deviation over seeds, where it has one
 
     @property
     def inside(self) -> bool:
         return self.where == "inside"
 
+    @property
+    def verdict(self) -> str:
+        """inside | within the seed spread | outside: a result over seeds that misses the range
+        by at most two of its standard deviations is not told apart from one inside it."""
+        if self.inside:
+            return INSIDE
+        if self.spread is not None and self.scale != "log" and abs(self.miss) <= 2 * self.spread:
+            return WITHIN_SPREAD
+        return OUTSIDE
+
     def text(self) -> str:
-        """'inside', 'below by 0.30 points', 'above by a factor of 2.1'."""
+        """'inside', 'below by 0.30 points', 'above by a factor of 2.1', and for a result over
+        seeds whether the miss is within two standard deviations."""
         if self.inside:
             return "inside"
         if self.scale == "log":
             return f"{self.where} by a factor of {self.miss:.2g}"
         if self.unit == PERCENT:
-            return f"{self.where} by {abs(self.miss):.2f} points"
-        return f"{self.where} by {abs(self.miss):.2g}"
+            text = f"{self.where} by {abs(self.miss):.2f} points"
+        else:
+            text = f"{self.where} by {abs(self.miss):.2g}"
+        if self.spread is None:
+            return text
+        two_sd = f"{text}; 2 sd = {2 * self.spread:.2f}"
+        if self.verdict == WITHIN_SPREAD:
+            return f"outside, but within the seed spread ({two_sd})"
+        return f"outside by more than two standard deviations ({two_sd})"
 
 
-def check(value: float, published: Published) -> Check:
-    """Whether `value` (in the entry's unit: percent for accuracies) is inside the published
-    bounds, and by how much it misses them."""
+INSIDE, WITHIN_SPREAD, OUTSIDE = "inside", "within the seed spread", "outside"
+
+
+def check(value: float, published: Published, spread: float | None = None) -> Check:
+    """Whether `value` (in the entry's unit: percent for accuracies; a mean over seeds with
+    standard deviation `spread`, if given) is inside the published bounds, and by how much it
+    misses them."""
     low, high = published.bounds
     if low <= value <= high:
-        return Check("inside", 0.0, published.unit, published.scale)
+        return Check("inside", 0.0, published.unit, published.scale, spread)
     where, edge = ("below", low) if value < low else ("above", high)
     if published.scale == "log":
         miss = max(value, edge) / min(value, edge) if value > 0 and edge > 0 else math.inf
     else:
         miss = value - edge
-    return Check(where, miss, published.unit, published.scale)
+    return Check(where, miss, published.unit, published.scale, spread)
 
 
 def format_value(value: float, unit: str) -> str:

@@ -11,6 +11,7 @@ reader (or a test) can find it again in the CSV it came from.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from knn_cli.study.figures import (
 )
 from knn_cli.study.parts import PART_NAMES, TITLES
 from knn_cli.study.published import (
+    INSIDE,
+    WITHIN_SPREAD,
     Published,
     PublishedTable,
     published_numbers,
@@ -220,9 +223,15 @@ def summary_section(found: Sequence[Comparison]) -> Section:
     if not found:
         blocks: list[Block] = [Text(f"Nothing to compare yet: no part has results ({NOT_RUN}).")]
     else:
-        inside = sum(c.verdict.startswith("inside") for c in found)
+        counts = Counter(c.category for c in found)
+        said = f"{counts[INSIDE]} of {len(found)} numbers are inside their published range"
+        if counts[WITHIN_SPREAD]:
+            said += (
+                f"; {counts[WITHIN_SPREAD]} more are outside it by no more than two standard "
+                "deviations of their seeds"
+            )
         blocks = [
-            Text(f"{inside} of {len(found)} numbers are inside their published range."),
+            Text(f"{said}."),
             Table(
                 ("what", "ours", "published", "ours against published"),
                 tuple((c.what, c.ours, c.published, c.verdict) for c in found),

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from knn_cli.formatting import in_points, mean_and_spread, percent
+from knn_cli.formatting import in_points, mean_and_spread, percent, seed_statistics
 from knn_cli.plots import training_settings
 from knn_cli.study.contents import (
     Gradcheck,
@@ -39,7 +39,10 @@ from knn_cli.study.render import (
 from knn_cli.study.why import grid_reason
 from knn_cli.sweeps.folder import TrialRecord
 from knn_cli.sweeps.init_grid import CHANCE_MARGIN
+from knn_cli.sweeps.lambda_fit import LambdaFit
+from knn_cli.sweeps.lambda_search import search_fit
 from knn_cli.sweeps.plan import bn_label
+from knn_cli.sweeps.tables import by_cell
 
 # Our search trial is set beside the study's trial nearest in lambda when that is this close.
 NEAREST_FACTOR = 1.5
@@ -55,6 +58,7 @@ class Comparison:
     ours: str
     published: str
     verdict: str
+    category: str = ""  # inside | within the seed spread | outside (published.check)
 
 
 class Comparisons:
@@ -64,15 +68,28 @@ class Comparisons:
         self.numbers = numbers
         self.found: list[Comparison] = []
 
-    def cells(self, key: str, ours: float | None, shown: str, suffix: str = "") -> list[str]:
+    def cells(
+        self,
+        key: str,
+        ours: float | None,
+        shown: str,
+        suffix: str = "",
+        spread: float | None = None,
+        noted: bool = True,
+    ) -> list[str]:
         """The study's number, the published range, and the verdict for `ours` (in the entry's
-        unit; None when not run), noted for the summary."""
+        unit; None when not run; a mean over seeds with standard deviation `spread`, if
+        given), noted for the summary unless not `noted` (a second look at a number)."""
         entry = self.numbers.get(key)
         if entry is None:
             return ["-", "-", "-"]
-        verdict = NOT_RUN if ours is None else check(ours, entry).text() + suffix
+        verdict = NOT_RUN
         if ours is not None:
-            self.found.append(Comparison(entry.what, shown, format_published(entry), verdict))
+            found = check(ours, entry, spread)
+            verdict = found.text() + suffix
+            comparison = Comparison(entry.what, shown, format_published(entry), verdict)
+            if noted:
+                self.found.append(replace(comparison, category=found.verdict))
         study = "-" if entry.value is None else format_value(entry.value, entry.unit)
         return [study, range_text(entry), verdict]
 
@@ -228,9 +245,12 @@ def seed_cells(records: Sequence[TrialRecord], key: str, found: Comparisons) -> 
     if entry is not None and len(accuracies) > 1:
         inside = sum(check(a, entry).inside for a in accuracies)
         suffix = f" ({inside} of {len(accuracies)} seeds inside)"
-    spread = mean_and_spread([r.get("test_accuracy") for r in finished])
-    shown = spread if mean is not None else "-"
-    return [seeds, each, spread, *found.cells(key, mean, shown, suffix)]
+    shown = mean_and_spread([r.get("test_accuracy") for r in finished])
+    stats = seed_statistics([r.get("test_accuracy") for r in finished])
+    # Rounded as shown, like the mean: the verdict is about the numbers the reader sees.
+    sd = round(100 * stats[1], 2) if stats is not None and stats[2] > 1 else None
+    verdict = found.cells(key, mean, shown if mean is not None else "-", suffix, spread=sd)
+    return [seeds, each, shown, *verdict]
 
 
 def configs_section(study: Study, figures: Mapping[str, Figure], found: Comparisons) -> Section:
@@ -332,10 +352,38 @@ def lambda_section(
             ),
         ),
     ]
+    fit = search_fit(search.search)
+    if fit is not None:
+        low, high = fit.tied_lambdas
+        outcome.append(
+            (
+                "the fit's peak (lambdas tied with it)",
+                f"{fit.peak_lambda:.3g} ({low:.3g} to {high:.3g})",
+                *found.cells("lambda-search.chosen_lambda", fit.peak_lambda, "", noted=False),
+            )
+        )
     blocks.append(Table(("the search", "ours", *PUBLISHED_HEADERS), tuple(outcome)))
+    if fit is not None:
+        blocks.append(Text(fit_sentence(fit, search.chosen_lambda, spec.choose)))
     blocks += retrain_table(study, found, tables)
     blocks += unfinished(study, "lambda-search")
     return Section(title, "lambda-search", tuple(blocks))
+
+
+def fit_sentence(fit: LambdaFit, retrained: float | None, choose: str) -> str:
+    """Both choices of lambda, and which was retrained."""
+    low, high = fit.tied_lambdas
+    which = (
+        "the fit's peak" if choose == "fit" else "the best trial's lambda (the study's protocol)"
+    )
+    retrain = f" The retrains below took {which}, {retrained:.3g}." if retrained else ""
+    return (
+        f"Beside the best single trial, a quadratic through the {fit.trials} trials within a "
+        f"decade of it, validation accuracy against log10 lambda, peaks at lambda "
+        f"{fit.peak_lambda:.3g} ({100 * fit.peak_accuracy:.2f}%); the trials scatter about it "
+        f"by {100 * fit.spread:.2f} points (sd), and every lambda from {low:.3g} to {high:.3g} "
+        f"is within that of the peak: tied with it, as far as these trials can tell.{retrain}"
+    )
 
 
 def search_table(records: Sequence[TrialRecord], study_trials: PublishedTable) -> Table:
@@ -434,8 +482,8 @@ def retrain_table(
     return blocks
 
 
-GRID_HEADERS = ("layers", "batch norm", "sigma", "test accuracy", "val accuracy",
-                *PUBLISHED_HEADERS, "what the layers say")  # fmt: skip
+GRID_HEADERS = ("layers", "batch norm", "sigma", *SEED_HEADERS, *PUBLISHED_HEADERS,
+                "what the layers say (lowest seed)")  # fmt: skip
 
 # -- 4. init sensitivity --------------------------------------------------------------------------
 
@@ -447,21 +495,15 @@ def init_section(study: Study, figures: Mapping[str, Figure], found: Comparisons
         return Section(title, "init-sensitivity", (not_run(study, "init-sensitivity"),))
     spec = grid.spec
     rows = []
-    for record in grid.records:
-        model = record.trial.config["model"]
-        depth, batch_norm = len(model["hidden"]) + 1, bool(model["batch_norm"])
-        sigma = float(model["sigma"])
+    for (depth, batch_norm, sigma), records in by_cell(grid.records).items():
         key = f"init-sensitivity.k{depth}.{'bn' if batch_norm else 'no-bn'}.sigma{sigma:g}"
-        ours = in_points(record.get("test_accuracy")) if record.finished else None
         rows.append(
             (
                 str(depth),
                 bn_label(batch_norm),
                 f"{sigma:g}",
-                record_word(record),
-                percent(record.get("final_val_accuracy")) if record.finished else "-",
-                *found.cells(key, ours, record_word(record)),
-                grid_reason(record),
+                *seed_cells(records, key, found),
+                grid_reason(records[0]),
             )
         )
     schedule = ", ".join(
@@ -469,10 +511,15 @@ def init_section(study: Study, figures: Mapping[str, Figure], found: Comparisons
             spec.base | {"training": {**spec.base["training"], "cycles": spec.cycles}}, spec.n_s
         )
     )
+    seeds = (
+        f"the same seed ({spec.seed}) for every cell" if spec.seeds == 1
+        else f"the same {spec.seeds} seeds ({spec.seed}-{spec.seed + spec.seeds - 1}) for "
+        "every cell, its curves the seeds' lines"
+    )  # fmt: skip
     blocks: list[Block] = [
         Text(
             "Each cell trains from a normal(0, sigma) init at every layer instead of He's, "
-            f"the same seed ({spec.seed}) for every cell ({schedule}), and is tested at its end. "
+            f"{seeds} ({schedule}), and is tested at its end. "
             "The study: without batch norm only sigma = 0.1 learns, and at 9 layers not even "
             "that; with batch norm every sigma learns."
         ),
@@ -492,17 +539,18 @@ def init_section(study: Study, figures: Mapping[str, Figure], found: Comparisons
 
 
 def init_claims(records: Sequence[TrialRecord]) -> str:
-    """The study's two claims, counted over our cells."""
+    """The study's two claims, counted over our cells (a cell: the mean of its finished
+    seeds)."""
     learned: dict[bool, list[bool]] = {False: [], True: []}
-    for record in records:
-        model = record.trial.config["model"]
-        if not record.finished or (not model["batch_norm"] and model["sigma"] >= 0.1):
+    for (_, batch_norm, sigma), cell in by_cell(records).items():
+        accuracies = [r.get("test_accuracy") for r in cell if r.finished]
+        if not accuracies or (not batch_norm and sigma >= 0.1):
             continue
-        learned[bool(model["batch_norm"])].append(record.get("test_accuracy") > CHANCE_MARGIN)
+        learned[batch_norm].append(float(np.mean(accuracies)) > CHANCE_MARGIN)
     chance = learned[False].count(False)
     return (
         f"Without batch norm, sigma below 0.1: {chance} of {len(learned[False])} finished cells "
-        f"stayed near chance (test accuracy at most {100 * CHANCE_MARGIN:.0f}%). With batch "
-        f"norm: {sum(learned[True])} of {len(learned[True])} finished cells learned (above "
-        f"{100 * CHANCE_MARGIN:.0f}%). The study: all of them, both times."
+        f"stayed near chance (mean test accuracy at most {100 * CHANCE_MARGIN:.0f}%). With "
+        f"batch norm: {sum(learned[True])} of {len(learned[True])} finished cells learned "
+        f"(above {100 * CHANCE_MARGIN:.0f}%). The study: all of them, both times."
     )

@@ -26,6 +26,7 @@ from knn_cli.study.contents import Study, first_seed_runs
 from knn_cli.study.render import NOT_RUN, Block, Figure, Section, Table, Text
 from knn_cli.sweeps.folder import TrialRecord
 from knn_cli.sweeps.init_grid import CHANCE_MARGIN
+from knn_cli.sweeps.tables import by_cell
 
 DEPTH = 9
 # Test accuracy at most this is chance for 10 classes (10%, give or take the test set's noise).
@@ -101,10 +102,10 @@ def watched_runs(study: Study) -> list[Watched]:
         model = record.trial.config["model"]
         if len(model["hidden"]) + 1 == DEPTH and model["init"] == "he":
             found.append(_watched(record, bool(model["batch_norm"]), "He"))
-    for record in study.grid.records if study.grid else ():
-        model = record.trial.config["model"]
-        if len(model["hidden"]) + 1 == DEPTH:
-            found.append(_watched(record, bool(model["batch_norm"]), f"sigma {model['sigma']:g}"))
+    cells = by_cell(study.grid.records) if study.grid else {}
+    for (depth, batch_norm, sigma), records in cells.items():
+        if depth == DEPTH:  # a cell's lowest seed, as for the configs
+            found.append(_watched(records[0], batch_norm, f"sigma {sigma:g}"))
     return sorted((w for w in found if w.rows), key=lambda w: (-_init_scale(w.init), w.batch_norm))
 
 

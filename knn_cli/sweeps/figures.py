@@ -14,8 +14,9 @@ from typing import Any
 from knn_cli.errors import RunFolderError
 from knn_cli.runs import read_metrics
 from knn_cli.sweeps.folder import TrialRecord
+from knn_cli.sweeps.lambda_fit import LambdaFit
 from knn_cli.sweeps.plan import GridSpec, LambdaSearchSpec, bn_label
-from knn_cli.sweeps.tables import cell_key, grid_cell
+from knn_cli.sweeps.tables import by_cell, grid_cell
 
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
 LOSS_CAP = 1.5 * CHANCE_LOSS  # the grid's shared scale stops here: above it nothing learns
@@ -30,10 +31,10 @@ def lambda_figure(
     records: Sequence[TrialRecord],
     best: TrialRecord | None,
     finals: Sequence[TrialRecord] = (),
+    fit: LambdaFit | None = None,
 ) -> Path:
-    return save_figure(
-        draw_lambda_search(spec, records, best, finals), sweep_dir / "lambda_vs_accuracy.png"
-    )
+    figure = draw_lambda_search(spec, records, best, finals, fit)
+    return save_figure(figure, sweep_dir / "lambda_vs_accuracy.png")
 
 
 def draw_lambda_search(
@@ -41,9 +42,11 @@ def draw_lambda_search(
     records: Sequence[TrialRecord],
     best: TrialRecord | None,
     finals: Sequence[TrialRecord] = (),
+    fit: LambdaFit | None = None,
 ) -> Any:
     """Validation accuracy of the search trials against lambda, coarse and fine marked apart,
-    the chosen lambda, and the final retrains' test accuracy at it: the whole search on one
+    the best trial, the fit through the trials near it with its peak and the lambdas tied with
+    it, and the final retrains' test accuracy at the lambda retrained: the whole search on one
     page. The finals' validation accuracy is left out, as it is on a smaller hold-out."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import PercentFormatter
@@ -61,11 +64,15 @@ def draw_lambda_search(
             lambdas += xs
     if best is not None and best.score is not None:
         ax.scatter([best.trial.lambda_], [best.score], s=180, facecolors="none", edgecolors="red")
+        chosen = " (retrained)" if spec.choose == "best" and finals else ""
         ax.axvline(
             best.trial.lambda_, color="red", linestyle="--", linewidth=1,
-            label=f"chosen: lambda {best.trial.lambda_:.3g}",
+            label=f"best trial: lambda {best.trial.lambda_:.3g}{chosen}",
         )  # fmt: skip
         lambdas.append(best.trial.lambda_)
+    if fit is not None:
+        draw_fit(ax, fit, retrained=spec.choose == "fit" and bool(finals))
+        lambdas += [10.0 ** fit.span[0], 10.0 ** fit.span[1]]
     tested = [
         (r.trial.lambda_, r.get("test_accuracy"))
         for r in finals
@@ -89,6 +96,22 @@ def draw_lambda_search(
     if ax.get_legend_handles_labels()[0]:  # nothing to label when every trial failed
         ax.legend(fontsize=9)
     return fig
+
+
+def draw_fit(ax: Any, fit: LambdaFit, *, retrained: bool = False) -> None:
+    """The fitted curve over the trials it was fitted to, its peak, and the lambdas tied with it
+    (within the trials' spread) shaded."""
+    import numpy as np
+
+    u = np.linspace(*fit.span, 200)
+    ax.plot(10.0**u, fit.accuracy(u), color="tab:green", linewidth=1.5,
+            label=f"fit (sd {100 * fit.spread:.2f} points about it)")  # fmt: skip
+    low, high = fit.tied_lambdas
+    ax.axvspan(low, high, color="tab:green", alpha=0.12,
+               label=f"tied with the peak: {low:.3g} to {high:.3g}")  # fmt: skip
+    ax.axvline(fit.peak_lambda, color="tab:green", linestyle=":", linewidth=1.2,
+               label=f"fit's peak: lambda {fit.peak_lambda:.3g}"
+               + (" (retrained)" if retrained else ""))  # fmt: skip
 
 
 def _schedule(records: Sequence[TrialRecord]) -> str:
@@ -168,7 +191,7 @@ def draw_loss_curves(spec: GridSpec, records: Sequence[TrialRecord]) -> Any:
 
     from knn_cli.plots import DPI, training_settings
 
-    by_cell = {cell_key(r.trial): r for r in records}
+    cells = by_cell(records)
     rows = [(k, bn) for k in spec.depths for bn in spec.batch_norms]
     width, height = PANEL_SIZE
     fig, axes = plt.subplots(
@@ -176,16 +199,23 @@ def draw_loss_curves(spec: GridSpec, records: Sequence[TrialRecord]) -> Any:
         figsize=(max(width * len(spec.sigmas), 8.0), height * len(rows) + 1.2),
         dpi=DPI, squeeze=False, sharex=True, sharey=True, layout="constrained",
     )  # fmt: skip
-    metrics = {key: trial_metrics(record) for key, record in by_cell.items()}
-    finite = [m["loss"] for ms in metrics.values() for m in ms if math.isfinite(m["loss"])]
+    metrics = {key: [trial_metrics(r) for r in found] for key, found in cells.items()}
+    finite = [
+        m["loss"]
+        for runs in metrics.values()
+        for ms in runs
+        for m in ms
+        if math.isfinite(m["loss"])
+    ]
     top = min(max(finite, default=CHANCE_LOSS), LOSS_CAP)
     for (depth, batch_norm), row_axes in zip(rows, axes, strict=True):
         for sigma, ax in zip(spec.sigmas, row_axes, strict=True):
             key = (depth, batch_norm, float(sigma))
             _loss_panel(ax, metrics.get(key, []))
             ax.set_title(
-                f"k={depth}, {bn_label(batch_norm)}, sigma={sigma:g}: {_outcome(by_cell.get(key))}",
-                fontsize=9,
+                f"k={depth}, {bn_label(batch_norm)}, sigma={sigma:g}\n"
+                f"{_outcome(cells.get(key, []))}",
+                fontsize=8,
             )
     axes[0][0].set_ylim(0.0, 1.05 * top)
     for ax in axes.flat:
@@ -199,18 +229,22 @@ def draw_loss_curves(spec: GridSpec, records: Sequence[TrialRecord]) -> Any:
     config = records[0].trial.config if records else spec.base
     n_s = next((r.get("n_s") for r in records if r.get("n_s")), None)
     cut = f"; loss above {LOSS_CAP:.2f} is cut off" if max(finite, default=0) > LOSS_CAP else ""
+    seeds = f"seed {spec.seed}" if spec.seeds == 1 else (
+        f"seeds {spec.seed}-{spec.seed + spec.seeds - 1}, a line each"
+    )  # fmt: skip
     fig.suptitle(
         "Init sensitivity: loss from a normal(0, sigma) init, one y scale for all cells"
-        f"{cut}\n{', '.join(training_settings(config, n_s))}, seed {spec.seed}",
+        f"{cut}\n{', '.join(training_settings(config, n_s))}, {seeds}",
         fontsize=11,
     )
     return fig
 
 
-def _outcome(record: TrialRecord | None) -> str:
-    if record is None or record.status == "pending":
+def _outcome(records: Sequence[TrialRecord]) -> str:
+    shown = grid_cell(records)
+    if shown is None:
         return "not run"
-    return f"test acc {grid_cell(record) or '-'}" if record.finished else record.status
+    return f"test acc {shown}" if any(r.finished for r in records) else shown
 
 
 def trial_metrics(record: TrialRecord) -> list[dict[str, Any]]:
@@ -223,11 +257,14 @@ def trial_metrics(record: TrialRecord) -> list[dict[str, Any]]:
         return []
 
 
-def _loss_panel(ax: Any, metrics: Sequence[dict[str, Any]]) -> None:
+def _loss_panel(ax: Any, runs: Sequence[Sequence[dict[str, Any]]]) -> None:
+    """Each seed's training and validation loss (the seeds' lines alike, thinner when several)."""
     from knn_cli.plots import draw_curves
 
-    if not metrics:
+    runs = [metrics for metrics in runs if metrics]
+    if not runs:
         ax.text(0.5, 0.5, "no metrics", ha="center", va="center", transform=ax.transAxes)
         return
-    draw_curves(ax, metrics, "loss", legend=False)
+    for metrics in runs:
+        draw_curves(ax, metrics, "loss", legend=False, width=1.5 if len(runs) == 1 else 0.9)
     ax.axhline(CHANCE_LOSS, color="gray", linestyle=":", linewidth=1, label="chance (ln 10)")

@@ -24,6 +24,7 @@ def grid_plan(spec: GridSpec) -> list[Trial]:
         seed=spec.seed,
         cycles=spec.cycles,
         n_s=spec.n_s,
+        seeds=spec.seeds,
     )
 
 

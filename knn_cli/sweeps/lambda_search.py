@@ -20,6 +20,7 @@ from knn_cli.sweeps.folder import (
     recorded_stage,
     trial_record,
 )
+from knn_cli.sweeps.lambda_fit import LambdaFit, fit_lambda
 from knn_cli.sweeps.plan import (
     LAMBDA_SEARCH,
     SEARCH_STAGES,
@@ -62,8 +63,23 @@ def ranked_records(records: Iterable[TrialRecord]) -> list[TrialRecord]:
 class LambdaSearchResult:
     records: list[TrialRecord]  # every search trial (those refined --from included), plan order
     best: TrialRecord | None  # best search trial by validation accuracy
-    finals: list[TrialRecord]  # the best lambda retrained, one per seed; empty without --final
+    finals: list[TrialRecord]  # the chosen lambda retrained, one per seed; [] without --final
     fine_log_range: tuple[float, float] | None
+    fit: LambdaFit | None = None  # validation accuracy against log10 lambda, near the top
+
+
+def search_fit(records: Sequence[TrialRecord]) -> LambdaFit | None:
+    """The fit through the finished search trials (coarse and fine)."""
+    points = [(r.trial.lambda_, r.score) for r in records if r.trial.stage in SEARCH_STAGES]
+    return fit_lambda([(lam, score) for lam, score in points if score is not None])
+
+
+def chosen_lambda(choose: str, best: TrialRecord | None, fit: LambdaFit | None) -> float | None:
+    """The lambda `--choose` picks: the best trial's (the study's protocol), or the fit's peak
+    (the best trial's where there is no fit)."""
+    if choose == "fit" and fit is not None:
+        return fit.peak_lambda
+    return None if best is None else best.trial.lambda_
 
 
 def run_lambda_search(
@@ -94,16 +110,19 @@ def run_lambda_search(
             seed=spec.seed,
             cycles=spec.cycles,
             n_s=spec.n_s,
+            stratified=spec.stratified and stage == "coarse",
         )
         records += run_stage(trials)
         next_index += len(trials)
 
     ranked = ranked_records(records)
     best = ranked[0] if ranked else None
-    finals = run_stage(_final_plan(spec, sweep_dir, best, next_index)) if spec.final else []
-    write_lambda_tables(sweep_dir, [*records, *finals])
-    lambda_figure(sweep_dir, spec, records, best, finals)
-    return LambdaSearchResult(records, best, finals, fine)
+    fit = search_fit(records)
+    chosen = chosen_lambda(spec.choose, best, fit)
+    finals = run_stage(_final_plan(spec, sweep_dir, chosen, next_index)) if spec.final else []
+    write_lambda_tables(sweep_dir, [*records, *finals], fit)
+    lambda_figure(sweep_dir, spec, records, best, finals, fit)
+    return LambdaSearchResult(records, best, finals, fine, fit)
 
 
 def _fine_log_range(sweep_dir: Path, records: Sequence[TrialRecord]) -> tuple[float, float]:
@@ -117,17 +136,17 @@ def _fine_log_range(sweep_dir: Path, records: Sequence[TrialRecord]) -> tuple[fl
 
 
 def _final_plan(
-    spec: LambdaSearchSpec, sweep_dir: Path, best: TrialRecord | None, index: int
+    spec: LambdaSearchSpec, sweep_dir: Path, chosen: float | None, index: int
 ) -> list[Trial]:
     recorded = recorded_stage(sweep_dir, "final")
     if recorded:
         return recorded
-    if best is None:
+    if chosen is None:
         raise KnnError("no search trial finished, so there is no lambda to retrain")
     return final_trials(
         spec.base,
         range(index, index + spec.final_seeds),
-        best.trial.lambda_,
+        chosen,
         seed=spec.seed,
         cycles=spec.final_cycles,
         validation_size=spec.final_validation_size,

@@ -18,6 +18,7 @@ INIT_SENSITIVITY = "init-sensitivity"
 CONFIG_SWEEP = "sweep"
 STAGE_CODES = {"coarse": 1, "fine": 2, "final": 3, "grid": 4, "runs": 5}
 SEARCH_STAGES = ("coarse", "fine")
+CHOICES = ("best", "fit")  # the lambda the final retrain takes: the best trial's, or the fit's
 # Images the final retrain holds out: the course's protocol for the final model.
 FINAL_HOLD_OUT = 1000
 
@@ -74,13 +75,27 @@ def trial_config(base: Mapping[str, Any], name: str, settings: Mapping[str, Any]
     return config_to_dict(config_from_dict(doc))
 
 
-def sample_log_lambda(seed: int, stage: str, index: int, low: float, high: float) -> float:
-    """lambda = 10^u, u ~ Uniform(low, high), from a generator seeded by (seed, stage, index).
+def sample_log_lambda(
+    seed: int,
+    stage: str,
+    index: int,
+    low: float,
+    high: float,
+    stratum: tuple[int, int] | None = None,
+) -> float:
+    """lambda = 10^u, u ~ Uniform(low, high), from a generator seeded by (seed, stage, index);
+    with `stratum` (k, n), u ~ Uniform over the k-th of n equal parts of [low, high].
 
     Seeding by index alone means trial 7 gets the same lambda whether the sweep has 8 trials or
-    80, whichever worker runs it, and in whatever order trials complete.
+    80, whichever worker runs it, and in whatever order trials complete. Strata keep a few
+    draws from bunching together (three uniform draws land within a third of the range of each
+    other one time in three).
     """
     rng = np.random.default_rng([seed, STAGE_CODES[stage], index])
+    if stratum is not None:
+        k, n = stratum
+        width = (high - low) / n
+        low, high = low + k * width, low + (k + 1) * width
     return float(10.0 ** rng.uniform(low, high))
 
 
@@ -93,11 +108,15 @@ def lambda_trials(
     seed: int,
     cycles: int,
     n_s: int | None,
+    stratified: bool = False,
 ) -> list[Trial]:
-    """Search trials of one stage: a sampled lambda each, on the short search schedule."""
+    """Search trials of one stage: a sampled lambda each (the k-th of n trials in the k-th of
+    n parts of the range when `stratified`), on the short search schedule."""
     trials = []
-    for index in indices:
-        value = sample_log_lambda(seed, stage, index, *log_range)
+    indices = list(indices)
+    for k, index in enumerate(indices):
+        stratum = (k, len(indices)) if stratified else None
+        value = sample_log_lambda(seed, stage, index, *log_range, stratum=stratum)
         trials.append(_lambda_trial(base, stage, index, value, seed=seed, cycles=cycles, n_s=n_s))
     return trials
 
@@ -165,33 +184,41 @@ def grid_trials(
     seed: int,
     cycles: int,
     n_s: int | None,
+    seeds: int = 1,
 ) -> list[Trial]:
-    """depth x batch norm x sigma, each from a normal(0, sigma) init, tested at the end."""
+    """depth x batch norm x sigma, each from a normal(0, sigma) init, tested at the end, each
+    with `seeds` seeds (seed, seed + 1, ...), a cell's seeds one after the other."""
     trials = []
     cells = [(k, bn, s) for k in depths for bn in batch_norms for s in sigmas]
-    for index, (depth, batch_norm, sigma) in enumerate(cells):
-        folder = f"{index:03d}-k{depth}-{'bn' if batch_norm else 'nobn'}-sigma{sigma:g}"
-        settings = {
-            "model.hidden": list(default_hidden(depth)),
-            "model.batch_norm": batch_norm,
-            "model.init": "normal",
-            "model.sigma": sigma,
-            "training.cycles": cycles,
-            "training.n_s": n_s,
-            # One seed for every cell: the cells then differ by depth, BN and sigma alone (a
-            # paired comparison), not also by their draw of the initial weights and batches.
-            "training.seed": seed,
-        }
-        trials.append(
-            Trial(
-                index=index,
-                stage="grid",
-                label=f"k={depth} {bn_label(batch_norm)} sigma={sigma:g}",
-                config=trial_config(base, f"init-{folder}", settings),
-                folder=folder,
-                evaluate_test=True,
+    for depth, batch_norm, sigma in cells:
+        for offset in range(seeds):
+            index = len(trials)
+            folder = f"{index:03d}-k{depth}-{'bn' if batch_norm else 'nobn'}-sigma{sigma:g}"
+            label = f"k={depth} {bn_label(batch_norm)} sigma={sigma:g}"
+            if seeds > 1:  # one seed: the names of sweeps planned before there were seeds
+                folder += f"-s{seed + offset}"
+                label += f" seed {seed + offset}"
+            settings = {
+                "model.hidden": list(default_hidden(depth)),
+                "model.batch_norm": batch_norm,
+                "model.init": "normal",
+                "model.sigma": sigma,
+                "training.cycles": cycles,
+                "training.n_s": n_s,
+                # The same seeds for every cell: the cells then differ by depth, BN and sigma
+                # alone (a paired comparison), not also by their draw of weights and batches.
+                "training.seed": seed + offset,
+            }
+            trials.append(
+                Trial(
+                    index=index,
+                    stage="grid",
+                    label=label,
+                    config=trial_config(base, f"init-{folder}", settings),
+                    folder=folder,
+                    evaluate_test=True,
+                )
             )
-        )
     return trials
 
 
@@ -217,6 +244,8 @@ class LambdaSearchSpec:
     final_n_s: int | None = None  # None: the base config's (sweeps planned without it: the same)
     seed: int = 0
     source: str | None = None  # an earlier sweep whose trials --fine refines
+    choose: str = "best"  # what --final retrains: the best trial, or the fit's peak
+    stratified: bool = False  # coarse draws one per equal part of the range
 
     @classmethod
     def plan(cls, base: dict[str, Any], **given: Any) -> LambdaSearchSpec:
@@ -250,3 +279,4 @@ class GridSpec:
     cycles: int = 2
     n_s: int | None = None
     seed: int = 0
+    seeds: int = 1  # per cell, the same for every cell (grids planned before: one)

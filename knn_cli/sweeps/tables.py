@@ -6,9 +6,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from knn_cli.formatting import csv_text, markdown_table, percent, seed_statistics
+from knn_cli.formatting import (
+    csv_text,
+    markdown_table,
+    mean_and_spread,
+    percent,
+    seed_statistics,
+)
 from knn_cli.runs import atomic_write_text
 from knn_cli.sweeps.folder import TrialRecord
+from knn_cli.sweeps.lambda_fit import LambdaFit
 from knn_cli.sweeps.plan import GridSpec, Trial, bn_label
 
 
@@ -46,8 +53,11 @@ LAMBDA_CSV_HEADERS = (
 LAMBDA_TABLE_HEADERS = ("lambda", "stage", "val accuracy", "best val accuracy", "test", "status")
 
 
-def write_lambda_tables(sweep_dir: Path, records: Sequence[TrialRecord]) -> str:
-    """trials.csv (all fields) and table.md (sorted by validation accuracy, as in the study)."""
+def write_lambda_tables(
+    sweep_dir: Path, records: Sequence[TrialRecord], fit: LambdaFit | None = None
+) -> str:
+    """trials.csv (all fields) and table.md (sorted by validation accuracy, as in the study;
+    then the fit's peak and tied range, and the finals' mean +- sd)."""
     rows = [
         [
             r.trial.index,
@@ -65,6 +75,8 @@ def write_lambda_tables(sweep_dir: Path, records: Sequence[TrialRecord]) -> str:
     ]
     atomic_write_text(sweep_dir / "trials.csv", csv_text(LAMBDA_CSV_HEADERS, rows))
     table = lambda_table(records)
+    if fit is not None:
+        table += f"\n{fit.summary()}\n"
     summary = final_test_summary(records)
     if summary is not None:
         table += f"\n{final_summary_line(summary)}\n"
@@ -106,6 +118,7 @@ GRID_CSV_HEADERS = (
     "hidden",
     "batch_norm",
     "sigma",
+    "seed",
     "status",
     "final_val_accuracy",
     "test_accuracy",
@@ -132,6 +145,7 @@ def write_grid_tables(sweep_dir: Path, spec: GridSpec, records: Sequence[TrialRe
                 " ".join(map(str, r.trial.config["model"]["hidden"])),
                 batch_norm,
                 f"{sigma:g}",
+                r.trial.config["training"]["seed"],
                 r.status,
                 r.get("final_val_accuracy"),
                 r.get("test_accuracy"),
@@ -146,20 +160,36 @@ def write_grid_tables(sweep_dir: Path, spec: GridSpec, records: Sequence[TrialRe
     return table
 
 
+def by_cell(records: Sequence[TrialRecord]) -> dict[tuple[int, bool, float], list[TrialRecord]]:
+    """The grid's records by cell (depth, batch norm, sigma), each cell's seeds in order."""
+    cells: dict[tuple[int, bool, float], list[TrialRecord]] = {}
+    for record in records:
+        cells.setdefault(cell_key(record.trial), []).append(record)
+    return cells
+
+
 def grid_table(spec: GridSpec, records: Sequence[TrialRecord]) -> str:
-    by_cell = {cell_key(r.trial): r for r in records}
+    cells = by_cell(records)
     headers = ["layers", "batch norm", *(f"sigma={s:g}" for s in spec.sigmas)]
     rows = []
     for depth in spec.depths:
         for batch_norm in spec.batch_norms:
-            cells = [by_cell.get((depth, batch_norm, float(s))) for s in spec.sigmas]
-            rows.append([depth, bn_label(batch_norm), *(grid_cell(r) for r in cells)])
+            found = [cells.get((depth, batch_norm, float(s)), []) for s in spec.sigmas]
+            rows.append([depth, bn_label(batch_norm), *(grid_cell(r) for r in found)])
     return markdown_table(headers, rows)
 
 
-def grid_cell(record: TrialRecord | None) -> str | None:
-    if record is None or record.status == "pending":
+def grid_cell(records: Sequence[TrialRecord]) -> str | None:
+    """A cell's test accuracy: its one seed's, or mean +- sd and each seed's (a seed that did
+    not finish by its status)."""
+    started = [r for r in records if r.status != "pending"]
+    if not started:
         return None
-    if record.finished:
-        return percent(record.get("test_accuracy"))
-    return record.status
+    if len(records) == 1:
+        record = records[0]
+        return percent(record.get("test_accuracy")) if record.finished else record.status
+    each = ", ".join(
+        f"{100 * r.get('test_accuracy'):.2f}" if r.finished else r.status for r in records
+    )
+    finished = [r.get("test_accuracy") for r in records if r.finished]
+    return f"{mean_and_spread(finished)} ({each})" if finished else each

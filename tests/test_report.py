@@ -22,7 +22,13 @@ from knn_cli.cli import cli
 from knn_cli.errors import RunFolderError
 from knn_cli.study.folder import start_study
 from knn_cli.study.parts import PART_NAMES
-from knn_cli.study.published import Published, check, published_numbers
+from knn_cli.study.published import (
+    Published,
+    check,
+    parse_published,
+    published_numbers,
+    published_sources,
+)
 from knn_cli.study.report import write_report
 from knn_cli.study.settings import StudySettings
 
@@ -152,7 +158,9 @@ def test_verdicts_follow_from_the_published_numbers(reported: Path) -> None:
     not."""
     rows = table_with(section((reported / "report.md").read_text(), "2."), "each seed")
     for row in rows:
-        low, high = (float(v) for v in row["published range"].rstrip("%").split("-"))
+        low, high = (
+            float(v) for v in re.match(r"([\d.]+)-([\d.]+)%", row["published range"]).groups()
+        )
         mean, sd = (float(v) for v in row["mean +- sd"].replace("%", "").split(" +- "))
         if low <= mean <= high:
             expected = "inside"
@@ -307,18 +315,46 @@ def test_knn_report_prints_the_two_paths(study_copy: Path) -> None:
 
 
 def test_published_numbers_are_complete_and_well_formed() -> None:
+    """Every range spans the solutions it cites (peers.md's, compiled 2026-12-06): those that
+    follow the protocol, at least two, and apart every solution reporting the number."""
     numbers, published_tables = published_numbers()
+    assert len(numbers) == 21
     assert {entry.part for entry in numbers.values()} <= set(PART_NAMES)
-    ranges = {key: entry.range for key, entry in numbers.items()}
-    assert ranges["configs.3layer"] == (52.9, 54.0)
-    assert ranges["configs.3layer_bn"] == (53.4, 54.0)
-    assert ranges["configs.9layer"] == (45.2, 47.8)
-    assert ranges["configs.9layer_bn"] == (50.8, 52.5)
-    assert ranges["lambda-search.final"] == (53.6, 54.3)
+    cited = {key: (entry.range, entry.range_from) for key, entry in numbers.items()}
+    assert cited["configs.3layer"] == ((52.57, 53.36), ("1", "5", "7"))
+    assert cited["configs.3layer_bn"] == ((52.08, 53.76), ("1", "2", "5", "7"))
+    assert cited["configs.9layer"] == ((31.99, 49.43), ("1", "2", "4", "5"))
+    assert cited["configs.9layer_bn"] == ((43.76, 51.21), ("1", "2", "4", "5"))
+    assert cited["lambda-search.final"] == ((52.87, 54.04), ("2", "4", "5"))
+    assert numbers["configs.3layer_bn"].wider == (51.45, 53.95)
+    assert len(numbers["configs.3layer_bn"].wider_from) == 8
+    # One solution or none follows the protocol: judged against the study's number alone.
+    assert cited["lambda-search.best_val_accuracy"] == (None, ())
+    assert numbers["lambda-search.best_val_accuracy"].bounds == (55.5, 55.5)
     assert numbers["configs.9layer_bn"].value == 53.6  # the study's own
     cells = [key for key in numbers if key.startswith("init-sensitivity.")]
     assert len(cells) == 12
     assert len(published_tables["lambda-search.trials"].rows) == 14
+    sources = published_sources()
+    assert list(sources) == ["study", *map(str, range(1, 9))]
+    assert sources["3"].who == "alexcosta13/dd2424-deep-learning-in-data-science"
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"range_from": ["1"]}, "two sources that follow the protocol"),
+        ({"range_from": ["1", "9"]}, "unknown sources ['9']"),
+        ({"range_from": []}, "a range needs its sources"),
+        ({"range": [54.0, 53.0]}, "upside down"),
+    ],
+)
+def test_a_published_range_must_cite_what_it_spans(change: dict, fragment: str) -> None:
+    entry = {"part": "configs", "what": "x", "unit": "%", "value": 53.0,
+             "range": [53.0, 54.0], "range_from": ["1", "2"], **change}  # fmt: skip
+    sources = {key: {"who": key, "file": "f", "differs": "-"} for key in ("study", "1", "2")}
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        parse_published({"sources": sources, "numbers": {"k": entry}})
 
 
 def test_the_published_file_ships_with_the_package() -> None:
@@ -330,6 +366,20 @@ def test_the_published_file_ships_with_the_package() -> None:
         for package, patterns in package_data.items()
         for pattern in patterns
     )
+
+
+def test_the_three_verdicts_of_a_result_over_seeds() -> None:
+    """Inside; outside by at most two standard deviations of the seeds; outside by more."""
+    ranged = Published("k", "configs", "x", "%", 48.0, (52.9, 54.0), ("1", "2"))
+    assert check(53.0, ranged, spread=0.4).verdict == "inside"
+    near = check(52.3, ranged, spread=0.4)  # 0.6 below, 2 sd = 0.8
+    assert near.verdict == "within the seed spread"
+    assert near.text() == "outside, but within the seed spread (below by 0.60 points; 2 sd = 0.80)"
+    far = check(51.9, ranged, spread=0.4)  # 1.0 below
+    assert far.verdict == "outside"
+    assert far.text().startswith("outside by more than two standard deviations (below by 1.00")
+    assert check(51.9, ranged).verdict == "outside"  # one seed: no spread to be within
+    assert check(51.9, ranged).text() == "below by 1.00 points"
 
 
 def test_check_says_inside_or_by_how_much_it_misses() -> None:

@@ -1,9 +1,11 @@
-"""The published numbers (published.yaml, shipped with the package) and how a result of ours
-compares with them.
+"""The published numbers (published.yaml, shipped with the package), who published them, and how
+a result of ours compares with them.
 
-A result is judged against the published range where several published results exist, and
-against the study's own value where it alone was published: a single number is a range of one
-point, so "inside" then means "equal", and the miss says how far off we are.
+A result is judged against the range of the public solutions that follow the study's protocol,
+where at least two do, and else against the study's own value: a single number is a range of
+one point, so "inside" then means "equal", and the miss says how far off we are. The range of
+every solution that reports the number, protocols differing, is shown beside it, never judged
+against.
 """
 
 from __future__ import annotations
@@ -22,9 +24,20 @@ PERCENT = "%"
 
 
 @dataclass(frozen=True)
+class Source:
+    """Who published numbers we compare with: the study, or a public solution (by number)."""
+
+    key: str
+    who: str
+    file: str
+    differs: str  # where its protocol differs from the default one
+
+
+@dataclass(frozen=True)
 class Published:
-    """One published number: the study's own `value`, the `range` of several published results
-    where they exist, and which part of the study it belongs to."""
+    """One published number: the study's own `value`, the `range` of the solutions that follow
+    the protocol (at least two) and which (`range_from`), the `wider` range of every solution
+    reporting it and which, and which part of the study it belongs to."""
 
     key: str
     part: str
@@ -32,7 +45,9 @@ class Published:
     unit: str
     value: float | None
     range: tuple[float, float] | None = None
-    range_from: str = ""
+    range_from: tuple[str, ...] = ()
+    wider: tuple[float, float] | None = None
+    wider_from: tuple[str, ...] = ()
     scale: str = "linear"
     note: str = ""
 
@@ -129,22 +144,47 @@ def format_published(published: Published) -> str:
     low, high = published.range
     if low == 0:  # a bound, such as a largest error
         return f"at most {format_value(high, published.unit)}"
-    if published.unit == PERCENT:
+    return format_range(low, high, published.unit)
+
+
+def format_range(low: float, high: float, unit: str) -> str:
+    """'52.90-54.00%', '0.0041-0.0093'; one number where low and high are one."""
+    if low == high:
+        return format_value(low, unit)
+    if unit == PERCENT:
         return f"{low:.2f}-{high:.2f}%"
-    return f"{format_value(low, published.unit)}-{format_value(high, published.unit)}"
+    return f"{format_value(low, unit)}-{format_value(high, unit)}"
 
 
 @cache
 def published_numbers() -> tuple[dict[str, Published], dict[str, PublishedTable]]:
     """The numbers and tables of the packaged published.yaml, read once."""
+    return parse_published(_document())
+
+
+@cache
+def published_sources() -> dict[str, Source]:
+    """Who published the numbers, by key, in the file's order."""
+    return parse_sources(_document())
+
+
+def _document() -> Any:
     text = resources.files(__package__).joinpath(PUBLISHED_FILE).read_text(encoding="utf-8")
-    return parse_published(yaml.safe_load(text))
+    return yaml.safe_load(text)
+
+
+def parse_sources(doc: Mapping[str, Any]) -> dict[str, Source]:
+    return {
+        str(key): Source(str(key), entry["who"], entry["file"], entry["differs"])
+        for key, entry in doc["sources"].items()
+    }
 
 
 def parse_published(
     doc: Mapping[str, Any],
 ) -> tuple[dict[str, Published], dict[str, PublishedTable]]:
     """Entries checked here, once: a typo in the data file should fail its test, not a report."""
+    sources = parse_sources(doc)
     numbers = {}
     for key, entry in doc["numbers"].items():
         number = Published(
@@ -154,14 +194,34 @@ def parse_published(
             unit=entry["unit"],
             value=_number(entry.get("value")),
             range=_range(entry.get("range")),
-            range_from=entry.get("range_from", ""),
+            range_from=tuple(str(s) for s in entry.get("range_from", ())),
+            wider=_range(entry.get("wider")),
+            wider_from=tuple(str(s) for s in entry.get("wider_from", ())),
             scale=entry.get("scale", "linear"),
             note=entry.get("note", ""),
         )
         if number.value is None and number.range is None:
             raise ValueError(f"{PUBLISHED_FILE}: {key} has neither a value nor a range")
-        if number.range is not None and number.range[0] > number.range[1]:
-            raise ValueError(f"{PUBLISHED_FILE}: {key} has its range upside down")
+        for bounds in (number.range, number.wider):
+            if bounds is not None and bounds[0] > bounds[1]:
+                raise ValueError(f"{PUBLISHED_FILE}: {key} has a range upside down")
+        if (number.range is None) != (not number.range_from) or (
+            (number.wider is None) != (not number.wider_from)
+        ):
+            raise ValueError(
+                f"{PUBLISHED_FILE}: {key}: a range needs its sources, and sources a range"
+            )
+        if (
+            number.range is not None
+            and len(number.range_from) < 2
+            and number.range_from != ("study",)
+        ):
+            raise ValueError(
+                f"{PUBLISHED_FILE}: {key}: a range needs two sources that follow the protocol"
+            )
+        unknown = set(number.range_from + number.wider_from) - set(sources)
+        if unknown:
+            raise ValueError(f"{PUBLISHED_FILE}: {key} cites unknown sources {sorted(unknown)}")
         numbers[key] = number
     tables = {
         key: PublishedTable(

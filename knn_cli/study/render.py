@@ -118,8 +118,9 @@ th { background: #f6f8fa; font-weight: 600; }
 tbody tr:nth-child(even) td { background: #fbfbfc; }
 td.num { text-align: right; white-space: nowrap; }
 td.nowrap { white-space: nowrap; }
-td.inside, td.outside { min-width: 9rem; }
+td.inside, td.outside, td.spread { min-width: 9rem; }
 td.inside, tbody tr:nth-child(even) td.inside { background: #e6f4ea; color: #135c2a; }
+td.spread, tbody tr:nth-child(even) td.spread { background: #fff8c5; color: #5c4a00; }
 td.outside, tbody tr:nth-child(even) td.outside { background: #fdecd8; color: #7a3e00; }
 td.muted { color: #6e7781; font-style: italic; }
 figure { margin: 1.25rem 0 1.75rem; }
@@ -138,7 +139,8 @@ figcaption { color: #57606a; font-size: 0.9rem; margin-top: 0.35rem; }
   th, td { padding: 0.15rem 0.35rem; }
   td.nowrap { white-space: normal; }
   .table { overflow: visible; }
-  td.inside, td.outside, p.warning { print-color-adjust: exact; -webkit-print-color-adjust: exact; }
+  td.inside, td.outside, td.spread, p.warning {
+    print-color-adjust: exact; -webkit-print-color-adjust: exact; }
 }
 """
 
@@ -152,7 +154,9 @@ BOUND = re.compile(rf"at most {_NUMBER}")
 def cell_class(cell: str) -> str:
     if cell.startswith("inside"):
         return "inside"
-    if cell.startswith(("below by", "above by")):
+    if cell.startswith("outside, but within the seed spread"):
+        return "spread"
+    if cell.startswith(("below by", "above by", "outside by")):
         return "outside"
     if cell in ("not run", "-", ""):
         return "muted"
@@ -221,5 +225,6 @@ def _html_cell(cell: str) -> str:
 
 
 def _inline(text: str) -> str:
-    """Escaped text, `backticks` as code."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text, quote=False))
+    """Escaped text, `backticks` as code, [text](#anchor) as a link within the page."""
+    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text, quote=False))
+    return re.sub(r"\[([^\]]+)\]\(#([\w-]+)\)", r'<a href="#\2">\1</a>', escaped)

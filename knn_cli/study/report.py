@@ -39,6 +39,7 @@ from knn_cli.study.published import (
     Published,
     PublishedTable,
     published_numbers,
+    published_sources,
 )
 from knn_cli.study.render import (
     Block,
@@ -186,7 +187,12 @@ def build_report(
         title="Study report: k-layer networks with and without batch normalization on CIFAR-10"
         + (" (quick study)" if study.quick else ""),
         preface=tuple(preface(study)),
-        sections=(summary_section(found.found), *sections, what_ran_section(study)),
+        sections=(
+            summary_section(found.found),
+            *sections,
+            what_ran_section(study),
+            sources_section(),
+        ),
     )
 
 
@@ -238,6 +244,30 @@ def summary_section(found: Sequence[Comparison]) -> Section:
             ),
         ]
     return Section("Where the reproduction agrees, and where not", "summary", tuple(blocks))
+
+
+def sources_section() -> Section:
+    """Who published the numbers compared with: the study, and public solutions of the same
+    assignment, each with where its protocol differs."""
+    rows = tuple(
+        ("the study" if s.key == "study" else f"#{s.key}", s.who, f"`{s.file}`", s.differs)
+        for s in published_sources().values()
+    )
+    return Section(
+        "Sources",
+        "sources",
+        (
+            Text(
+                "The published ranges span the solutions that follow the study's protocol (45,000 "
+                "training and 5,000 validation images, batch 100, eta 1e-5 to 1e-1, n_s 2250, 2 "
+                "cycles, lambda 0.005, He or Xavier init), where at least two do; where one or "
+                "none does, a result is judged against the study's own number, and the other "
+                "solutions' range is shown beside it. Compiled from the solutions' own files on "
+                "2026-12-06."
+            ),
+            Table(("", "who", "file", "where its protocol differs"), rows),
+        ),
+    )
 
 
 def what_ran_section(study: Study) -> Section:

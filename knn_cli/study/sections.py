@@ -26,6 +26,7 @@ from knn_cli.study.published import (
     PublishedTable,
     check,
     format_published,
+    format_range,
     format_value,
 )
 from knn_cli.study.render import (
@@ -95,7 +96,30 @@ class Comparisons:
 
 
 def range_text(entry: Published) -> str:
-    return "-" if entry.range is None else format_published(entry)
+    """The protocol's range and who spans it, then every solution's where that is wider or
+    other: '52.08-53.76% (#1, #2, #5, #7); all 8: 51.45-53.95%', linked to the sources."""
+    said = []
+    if entry.range is not None:
+        said.append(f"{format_published(entry)} ({cited(entry.range_from)})")
+    else:
+        said.append("none follows the protocol")
+    if entry.wider is not None and (entry.wider, entry.wider_from) != (
+        entry.range,
+        entry.range_from,
+    ):
+        span = format_range(*entry.wider, entry.unit)
+        count = len(entry.wider_from)
+        who = f"all {count}" if entry.range is not None else ("one" if count == 1 else f"{count}")
+        said.append(f"{who}: {span} ({cited(entry.wider_from)})")
+    if entry.note and entry.part != "gradcheck":  # the gradient check's note is its intro
+        said.append(entry.note)
+    return "; ".join(said)
+
+
+def cited(keys: Sequence[str]) -> str:
+    """Sources as the report cites them, linked to its list of sources."""
+    names = ", ".join("the study" if key == "study" else f"#{key}" for key in keys)
+    return f"[{names}](#sources)"
 
 
 def not_run(study: Study, name: str) -> Text:

@@ -108,6 +108,10 @@ class EvaluationConfig:
 
     precise_bn: bool = False  # batch-norm statistics of the whole training set, not averages
     test_time_flip: bool = False  # also the accuracy averaging each image with its mirror
+    # Training rows the training-set curve is measured on at every evaluation point but the
+    # last: null, all of them; a number, a fixed sample (the last point measures them all); 0,
+    # no training-set curve (a search trial, whose curve nothing reads).
+    train_curve_rows: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +372,7 @@ _SECTIONS: dict[str, tuple[type, tuple[_Field, ...]]] = {
         (
             _Field("precise_bn", _boolean),
             _Field("test_time_flip", _boolean),
+            _Field("train_curve_rows", _integer(0, nullable=True)),
         ),
     ),
     "diagnostics": (

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from knn_cli.config import CIFAR10_TRAIN_IMAGES, RunConfig, config_from_dict, dump_config
+from knn_cli.config import RunConfig, config_from_dict, dump_config
 from knn_cli.data.cifar10 import N_FEATURES
 from knn_cli.estimate import PlannedRun, Speeds, runs_seconds, train_seconds
 from knn_cli.formatting import duration
@@ -69,7 +69,7 @@ def memory_line(config: RunConfig) -> str:
 def train_plan(config: RunConfig) -> str:
     """`knn train --dry-run`: the resolved config, then the run as planned."""
     run = PlannedRun.of(config, config.data.n_train)
-    seconds = train_seconds(run, Speeds(N_FEATURES), CIFAR10_TRAIN_IMAGES)
+    seconds = train_seconds(run, Speeds(N_FEATURES))
     plan = [
         f"the run as planned ({NOTHING_RAN}):",
         f"schedule: {schedule_line(run)}",
@@ -92,9 +92,7 @@ def sweep_plan(
     for config in configs.values():
         check_memory(config)
     largest = max(configs.values(), key=lambda c: check_memory(c).total, default=None)
-    seconds = runs_seconds(
-        [t.run for t in trials], workers, Speeds(N_FEATURES), CIFAR10_TRAIN_IMAGES
-    )
+    seconds = runs_seconds([t.run for t in trials], workers, Speeds(N_FEATURES))
     lines = [f"the sweep as planned ({NOTHING_RAN}): {len(trials)} runs"]
     lines += [f"  {trial.label}: {schedule_line(trial.run, short=True)}" for trial in trials]
     lines += list(notes)

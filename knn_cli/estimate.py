@@ -61,6 +61,18 @@ class PlannedRun:
         every = self.config.training.resolve_eval_every(self.n_s)
         return 1 + math.ceil(self.steps / every)
 
+    @property
+    def rows_evaluated(self) -> int:
+        """Rows the evaluations pass forward in all: the validation set at every point, and
+        the training set (or its sample, all of it at the last point) where it is measured."""
+        data, curve = self.config.data, self.config.evaluation.train_curve_rows
+        n_train, n_val = data.n_train, data.validation_size
+        if curve == 0:
+            return self.evaluations * n_val
+        if curve is None:
+            return self.evaluations * (n_train + n_val)
+        return (self.evaluations - 1) * (min(curve, n_train) + n_val) + n_train + n_val
+
 
 class Speeds:
     """(seconds a training step takes, seconds an evaluated row takes) per network shape,
@@ -106,28 +118,27 @@ def measure_speed(
     return float(np.median(steps)), float(np.median(evaluations))
 
 
-def run_seconds(run: PlannedRun, speeds: Speeds, evaluated_rows: int) -> float:
-    """One run's seconds on one worker: its steps, its evaluations of `evaluated_rows` rows
-    (training and validation sets) each, and its start."""
+def run_seconds(run: PlannedRun, speeds: Speeds) -> float:
+    """One run's seconds on one worker: its steps, its evaluations, and its start."""
     step_seconds, row_seconds = speeds.of(run.config)
-    return run.steps * step_seconds + run.evaluations * evaluated_rows * row_seconds + START_SECONDS
+    return run.steps * step_seconds + run.rows_evaluated * row_seconds + START_SECONDS
 
 
-def train_seconds(run: PlannedRun, speeds: Speeds, evaluated_rows: int) -> float:
+def train_seconds(run: PlannedRun, speeds: Speeds) -> float:
     """One run as `knn train` runs it on two cores: its steps on two lanes, its evaluations on
-    the second core meanwhile (only the last one is waited for), and its start."""
+    the second core meanwhile (only the last one, of the training and validation sets, is
+    waited for), and its start."""
     step_seconds, row_seconds = speeds.of(run.config)
     steps = run.steps * step_seconds / TWO_LANES_SPEEDUP
-    return steps + evaluated_rows * row_seconds + START_SECONDS
+    last = run.config.data.n_train + run.config.data.validation_size
+    return steps + last * row_seconds + START_SECONDS
 
 
-def runs_seconds(
-    runs: Sequence[PlannedRun], workers: int, speeds: Speeds, evaluated_rows: int
-) -> float:
+def runs_seconds(runs: Sequence[PlannedRun], workers: int, speeds: Speeds) -> float:
     """Wall seconds of runs shared by `workers` in rounds (3 runs on 2 workers take two runs'
     time), with the overhead the timings leave out."""
     if not runs:
         return 0.0
-    total = sum(run_seconds(run, speeds, evaluated_rows) for run in runs)
+    total = sum(run_seconds(run, speeds) for run in runs)
     rounds = math.ceil(len(runs) / max(1, workers))
     return total / len(runs) * rounds * UNMODELLED_OVERHEAD

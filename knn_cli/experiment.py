@@ -187,6 +187,7 @@ def train_run(
                     recorder.save_checkpoint, None if minutes is None else 60.0 * minutes, stopping
                 ),
                 background_evaluation=background_evaluation,
+                train_curve=config.evaluation.train_curve_rows,
             )
             finished = outcome.status == "finished"
             measured = (

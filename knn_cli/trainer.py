@@ -43,6 +43,9 @@ EVAL_BLOCK = 1_000
 # order, and each step's dropout masks and augmentation, seeded by the step so that a continued
 # run draws alike.
 BATCH_STREAM, NOISE_STREAM, AUGMENT_STREAM = 1, 2, 3
+# Beside them, the rows a training-set curve is measured on where not all of them are (4 is the
+# diagnostics' probe, knn_cli/diagnostics.py).
+TRAIN_CURVE_STREAM = 5
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ def train(
     checkpointing: Checkpointing | None = None,
     background_evaluation: bool = True,
     two_lanes: bool = True,
+    train_curve: int | None = None,
 ) -> TrainingOutcome:
     """Train for `schedule.total_steps` updates, evaluating at step 0, every `eval_every` steps and
     at the end. Shuffling draws from a generator seeded by the schedule alone, so the same config
@@ -149,6 +153,11 @@ def train(
     With a `probe`, the layers are measured on it at every evaluation point too (on the same
     copy of the network the evaluation reads, `knn_cli/diagnostics.py`), and the rows handed to
     `on_diagnostics`: observation only, nothing training computes changes.
+
+    `train_curve` sets what the training-set curve is measured on: every training row (None),
+    a fixed sample of that many rows drawn from the schedule's seed at every evaluation point
+    but the last, which measures them all, or nothing at all (0: a search trial, whose
+    training curve nothing reads). The validation set is always measured whole.
 
     `start_step` continues a run saved by `checkpointing` after that many steps (network and
     optimizer restored by the caller): the batches, dropout masks and augmentation of the
@@ -205,12 +214,20 @@ def train(
         if measured and on_diagnostics is not None:
             on_diagnostics(measured)
 
+    sample = None
+    if train_curve:  # the same rows at every point, and in a run continued from a checkpoint
+        rng = np.random.default_rng([schedule.seed, TRAIN_CURVE_STREAM])
+        rows = np.sort(rng.choice(n_train, size=min(train_curve, n_train), replace=False))
+        sample = (np.asarray(splits.X_train[rows]), np.asarray(splits.y_train[rows]))
+
     def records(snapshot: Network, step: int, eta: float) -> list[Record]:
         rows: list[Record] = []
-        for split, X, y in (
-            ("train", splits.X_train, splits.y_train),
-            ("val", splits.X_val, splits.y_val),
-        ):
+        measured = [("val", splits.X_val, splits.y_val)]
+        if train_curve != 0:
+            whole = sample is None or step == schedule.total_steps
+            X, y = (splits.X_train, splits.y_train) if whole else sample
+            measured.insert(0, ("train", X, y))
+        for split, X, y in measured:
             with np.errstate(over="ignore", invalid="ignore"):  # per thread: set it here too
                 cost, loss, accuracy = evaluate(snapshot, X, y, schedule.lambda_)
             rows.append(

@@ -27,7 +27,11 @@ def test_the_estimate_counts_steps_evaluations_and_rounds_of_workers(
     config = study_config(StudySettings(), "3layer_bn")
     run = PlannedRun(config, n_s=250, cycles=2)  # 1000 steps, 10 evaluations a cycle and step 0
     assert (run.steps, run.evaluations) == (1000, 21)
-    one_run = 1000 * 0.001 + 21 * 50_000 * 1e-6 + estimate.START_SECONDS
+    # The study measures its training curve on 5,000 rows but at the last point: 20 points of
+    # 5,000 + 5,000 rows, and one of 45,000 + 5,000.
+    assert config.evaluation.train_curve_rows == 5000
+    assert run.rows_evaluated == 20 * 10_000 + 50_000
+    one_run = 1000 * 0.001 + 250_000 * 1e-6 + estimate.START_SECONDS
     three = PlannedPart("three", "", [run] * 3)
     estimates = estimate_seconds([three], 2, 50_000, 3072)
     # Three runs on two workers take two rounds, whatever the overhead factor.

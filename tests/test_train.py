@@ -408,3 +408,29 @@ def test_a_failure_while_saving_does_not_hide_the_error_that_ended_the_run(
     assert "saving the run after FloatingPointError also failed: OSError: no fonts" in (
         capsys.readouterr().err
     )
+
+
+def test_the_training_curve_on_a_sample_or_not_at_all_changes_no_training_bit() -> None:
+    """A sample of the training rows at every point but the last (which measures them all), or
+    no training curve: the validation records and the weights are those of the whole curve."""
+    data = synthetic_dataset(n_train=300)
+    splits = Splits(data.X_train, data.y_train, data.X_val, data.y_val)
+    schedule = Schedule(0.01, 25, 1e-3, 1e-1, n_s=12, cycles=1, eval_every=6, seed=3)
+    seen, weights = {}, {}
+    for curve in (None, 7, 0):
+        network = Network(32, [16], 10, seed=0)
+        records: list[dict] = []
+        train(network, splits, schedule, on_evaluation=records.extend, train_curve=curve)
+        seen[curve], weights[curve] = records, network.state()
+    val = {curve: [r for r in records if r["split"] == "val"] for curve, records in seen.items()}
+    assert val[None] == val[7] == val[0]
+    for curve in (7, 0):
+        for name, value in weights[None].items():
+            np.testing.assert_array_equal(weights[curve][name], value)
+    assert not [r for r in seen[0] if r["split"] == "train"]
+    sampled = [r for r in seen[7] if r["split"] == "train"]
+    whole = [r for r in seen[None] if r["split"] == "train"]
+    assert [r["step"] for r in sampled] == [r["step"] for r in whole] == [0, 6, 12, 18, 24]
+    # Seven rows: accuracies in sevenths; the last point measures every row, as the whole does.
+    assert all(round(7 * r["accuracy"], 9) % 1 == 0 for r in sampled[:-1])
+    assert sampled[-1] == whole[-1]

@@ -23,6 +23,7 @@ from knn_cli.study.settings import (
     CONFIG_NAMES,
     GRADCHECK_DEPTHS,
     STUDY_LOG_RANGE,
+    STUDY_OVERRIDES,
     StudySettings,
     study_config,
 )
@@ -183,7 +184,8 @@ def run_grid_part(
     folder: Path, settings: StudySettings, executor: Executor, progress: bool, earlier: Any
 ) -> PartRun:
     """Depth x batch norm x sigma from a normal(0, sigma) init."""
-    base = config_to_dict(config_from_dict({"name": "init"}, settings.overrides))
+    overrides = [*STUDY_OVERRIDES, *settings.overrides]
+    base = config_to_dict(config_from_dict({"name": "init"}, overrides))
     sizes = settings.sizes
     spec = GridSpec(
         base=base,

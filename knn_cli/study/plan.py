@@ -74,8 +74,6 @@ def estimate_seconds(
     workers."""
     speeds = Speeds(features)
     return {
-        part.name: runs_seconds(part.runs, workers, speeds, n_images)
-        if part.runs
-        else GRADCHECK_SECONDS
+        part.name: runs_seconds(part.runs, workers, speeds) if part.runs else GRADCHECK_SECONDS
         for part in parts
     }

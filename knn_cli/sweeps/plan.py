@@ -165,6 +165,8 @@ def _lambda_trial(
         "training.seed": seed + index,
         **(extra or {}),
     }
+    if stage in SEARCH_STAGES:  # ranked on validation alone: its training curve is not read
+        settings["evaluation.train_curve_rows"] = 0
     return Trial(
         index=index,
         stage=stage,

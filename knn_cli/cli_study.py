@@ -57,10 +57,11 @@ def study(
 ) -> None:
     """The whole study: gradient check, the four configs, the lambda search, the init grid;
     then report.md and report.html beside the published numbers."""
+    from knn_cli.executors import ProcessExecutor
     from knn_cli.formatting import duration
     from knn_cli.locks import folder_lock
     from knn_cli.study.folder import read_study_file, start_study, study_settings
-    from knn_cli.study.plan import estimate_seconds, plan_study
+    from knn_cli.study.plan import estimate_plan, plan_study
     from knn_cli.study.report import write_report
     from knn_cli.study.runner import run_study, study_data
     from knn_cli.study.settings import StudySettings
@@ -83,7 +84,9 @@ def study(
         )
     images, features, data = study_data(settings)  # the data first: a missing one fails here
     parts = plan_study(settings, images)
-    estimates = estimate_seconds(parts, max(1, executor.workers or 1), images, features)
+    workers = max(1, executor.workers or 1)
+    together = isinstance(executor, ProcessExecutor) and workers > 1
+    estimates, total = estimate_plan(parts, workers, features, together=together)
     quick_kind = "quick study (small sizes: its numbers are not the study's)"
     kind = quick_kind if settings.quick else "study"
 
@@ -93,9 +96,10 @@ def study(
                 f"  {number}. {part.name}: {part.description} "
                 f"(about {duration(estimates[part.name])})"
             )
+        how = "the parts together" if together else "one part after another"
         click.echo(
-            f"  about {duration(sum(estimates.values()))} in all on this machine "
-            f"({executor.workers or 'Dask'} workers)"
+            f"  about {duration(total)} in all on this machine ({executor.workers or 'Dask'} "
+            f"workers, {how})"
         )
 
     if dry_run:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import heapq
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 import sys
@@ -286,3 +288,133 @@ def make_executor(workers: int | None, scheduler: str | None) -> Executor:
         return DaskExecutor(scheduler)
     workers = workers or default_workers()
     return SerialExecutor() if workers == 1 else ProcessExecutor(workers)
+
+
+class _Stopped(Exception):
+    """Handed to a part waiting on the shared pool when the pool stops (an interrupt)."""
+
+
+class SharedProcesses:
+    """One pool of local worker processes shared by several callers at once -- the parts of a
+    study, each on a thread of its own: their jobs wait in one queue, the most urgent first
+    (lowest priority number, then in the order asked), and `workers` run at a time, so that no
+    core waits while any part has a job ready. `view(priority)` is the Executor one caller
+    runs its jobs on.
+
+    Only `workers` jobs are handed to the process pool at any time: the pool's own queue is
+    first come, first served, and would run a long list asked for early before an urgent job
+    asked for later.
+    """
+
+    in_process = False
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._waiting: list[tuple[int, int, Any, Callable[[Any], Any], Any]] = []
+        self._asked = 0
+        self._running = 0
+        self._stopped = False
+        self._condition = threading.Condition()
+        self._dispatcher: threading.Thread | None = None
+        self._before: set[Any] = set()
+
+    def check(self) -> None:
+        pass
+
+    def __enter__(self) -> SharedProcesses:
+        self._before = set(multiprocessing.active_children())
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_start,
+            initargs=(os.getpid(),),
+        )
+        self._dispatcher = threading.Thread(target=self._dispatch, name="knn-queue", daemon=True)
+        self._dispatcher.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: Any, trace: Any) -> None:
+        self.stop(terminate=kind is not None)
+
+    def view(self, priority: int) -> _SharedView:
+        return _SharedView(self, priority)
+
+    def submit(self, priority: int, item: Any, fn: Callable[[Any], Any], results: Any) -> None:
+        with self._condition:
+            if self._stopped:
+                results.put((item, _Stopped()))
+                return
+            heapq.heappush(self._waiting, (priority, self._asked, item, fn, results))
+            self._asked += 1
+            self._condition.notify_all()
+
+    def _dispatch(self) -> None:
+        while True:
+            with self._condition:
+                while not self._stopped and (not self._waiting or self._running >= self.workers):
+                    self._condition.wait()
+                if self._stopped:
+                    return
+                _, _, item, fn, results = heapq.heappop(self._waiting)
+                self._running += 1
+            assert self._pool is not None
+            with one_thread_environment():  # the pool spawns its workers during submit
+                future = self._pool.submit(guarded, fn, item)
+            future.add_done_callback(
+                lambda done, item=item, results=results: self._done(done, item, results)
+            )
+
+    def _done(self, future: Future[Outcome], item: Any, results: Any) -> None:
+        if future.cancelled():
+            results.put((item, _Stopped()))
+        else:
+            results.put((item, _outcome_of(future)))
+        with self._condition:
+            self._running -= 1
+            self._condition.notify_all()
+
+    def stop(self, *, terminate: bool = False) -> None:
+        """Stop taking jobs; tell every caller still waiting; with `terminate` (an interrupt),
+        end the workers now rather than after their jobs."""
+        with self._condition:
+            self._stopped = True
+            waiting, self._waiting = self._waiting, []
+            self._condition.notify_all()
+        for _, _, item, _, results in waiting:
+            results.put((item, _Stopped()))
+        if self._pool is None:
+            return
+        self._pool.shutdown(wait=not terminate, cancel_futures=True)
+        if terminate:
+            workers = set(multiprocessing.active_children()) - self._before
+            for process in workers:
+                process.terminate()
+            for process in workers:
+                process.join(timeout=5)
+                if process.is_alive():
+                    process.kill()
+                    process.join(timeout=5)
+
+
+class _SharedView:
+    """The Executor one caller of a SharedProcesses pool runs its jobs on, at one priority."""
+
+    in_process = False
+
+    def __init__(self, shared: SharedProcesses, priority: int) -> None:
+        self.shared, self.priority = shared, priority
+        self.workers = shared.workers
+
+    def check(self) -> None:
+        pass
+
+    def run(self, items: Sequence[T], fn: Callable[[T], Any]) -> Iterator[tuple[T, Outcome]]:
+        results: queue.SimpleQueue[tuple[T, Any]] = queue.SimpleQueue()
+        for item in items:
+            self.shared.submit(self.priority, item, fn, results)
+        for _ in items:
+            item, outcome = results.get()
+            if isinstance(outcome, _Stopped):
+                raise KeyboardInterrupt  # the pool stopped under us: as if interrupted here
+            yield item, outcome

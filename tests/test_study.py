@@ -88,3 +88,86 @@ def test_list_options_say_what_each_value_must_be() -> None:
     assert result.exit_code == 2 and "positive sigmas" in result.output
     result = CliRunner().invoke(cli, ["gradcheck", "--layers", "3", "--hidden", "5"])
     assert result.exit_code == 2 and "2 comma-separated widths >= 1" in result.output
+
+
+def test_the_shared_queue_runs_the_most_urgent_ready_job_first() -> None:
+    """One worker: while the first job runs, a less urgent part's jobs wait; an urgent part's
+    jobs asked for later still go first."""
+    import threading
+    import time
+
+    from knn_cli.executors import SharedProcesses
+
+    finished: list[tuple[str, float]] = []
+    lock = threading.Lock()
+
+    def consume(view: Any, items: list[float], label: str) -> None:
+        for item, outcome in view.run(items, time.sleep):
+            assert outcome.ok
+            with lock:
+                finished.append((label, item))
+
+    with SharedProcesses(1) as shared:
+        calm = threading.Thread(target=consume, args=(shared.view(5), [0.5, 0.01, 0.02], "calm"))
+        calm.start()
+        time.sleep(0.3)  # the first job handed to the worker, the other two waiting
+        urgent = threading.Thread(target=consume, args=(shared.view(0), [0.03, 0.04], "urgent"))
+        urgent.start()
+        calm.join()
+        urgent.join()
+    assert finished == [
+        ("calm", 0.5), ("urgent", 0.03), ("urgent", 0.04), ("calm", 0.01), ("calm", 0.02)
+    ]  # fmt: skip
+
+
+def test_a_part_runs_after_the_part_it_needs_and_others_run_beside_them() -> None:
+    from knn_cli.study.parts import PARTS
+    from knn_cli.study.runner import chains
+
+    by_name = {part.name: part for part in PARTS}
+    found = [[part.name for part in chain] for chain in chains(list(PARTS))]
+    assert found == [
+        ["gradcheck"], ["configs"], ["lambda-search", "lambda-9layer"], ["init-sensitivity"]
+    ]  # fmt: skip
+    # A resumed study whose search finished: its 9-layer retrain runs alone.
+    rest = [by_name["lambda-9layer"], by_name["init-sensitivity"]]
+    assert [[p.name for p in chain] for chain in chains(rest)] == [
+        ["lambda-9layer"], ["init-sensitivity"]
+    ]  # fmt: skip
+
+
+def test_parts_run_together_on_two_workers_in_order_of_need_and_a_failure_stays_its_own(
+    tmp_path: Path, fake_cifar_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quick study on two workers: every part runs, the 9-layer retrain only after the
+    lambda search has chosen; a part that fails (here the gradient check, made to) fails alone
+    and the others finish."""
+    import dataclasses
+    import json
+
+    import knn_cli.study.runner as runner
+    from knn_cli.errors import KnnError
+
+    def broken(*args: Any) -> Any:
+        raise KnnError("made to fail")
+
+    failing = dataclasses.replace(runner.PARTS[0], run=broken)
+    monkeypatch.setattr(runner, "PARTS", (failing, *runner.PARTS[1:]))
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(
+        cli,
+        ["study", "--quick", "--seeds", "1", "--workers", "2", "--runs-dir", str(runs),
+         "--set", f"data.dir={fake_cifar_dir}", "--set", "data.validation_size=30",
+         "--set", "training.n_s=5", "--set", "training.batch_size=20"],
+    )  # fmt: skip
+    (study,) = runs.glob("*_quick-study")
+    doc = json.loads((study / "study.json").read_text())["parts"]
+    statuses = {name: part["status"] for name, part in doc.items()}
+    assert statuses == {
+        "gradcheck": "failed", "configs": "finished", "lambda-search": "finished",
+        "lambda-9layer": "finished", "init-sensitivity": "finished",
+    }, result.output  # fmt: skip
+    assert "made to fail" in doc["gradcheck"]["message"]
+    assert doc["lambda-9layer"]["started"] >= doc["lambda-search"]["ended"]
+    assert doc["init-sensitivity"]["started"] < doc["lambda-search"]["ended"]  # beside it
+    assert result.exit_code == 1 and "gradcheck" in result.output

@@ -88,4 +88,4 @@ def study_settings(doc: dict[str, Any]) -> StudySettings:
 
 
 def now() -> str:
-    return dt.datetime.now().isoformat(timespec="seconds")
+    return dt.datetime.now().isoformat(timespec="milliseconds")

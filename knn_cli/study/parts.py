@@ -58,9 +58,10 @@ PartRunner = Callable[[Path, StudySettings, Executor, bool, Mapping[str, Any]], 
 def run_gradcheck_part(
     folder: Path, settings: StudySettings, executor: Executor, progress: bool, earlier: Any
 ) -> PartRun:
-    """The gradient check at each depth, without BN and with it before and after the ReLU."""
+    """The gradient check at each depth, without BN and with it before and after the ReLU, a
+    job each on the executor."""
     data_dir = study_config(settings, "3layer_bn").data.dir
-    failed: list[str] = []
+    jobs = []
     for depth in GRADCHECK_DEPTHS:
         run_dir = folder / f"k{depth}"
         if summary_or_empty(run_dir).get("status") == "passed":
@@ -69,10 +70,20 @@ def run_gradcheck_part(
         check = GradcheckSettings(
             layers=depth, bn_position="both", seed=settings.seed, data_dir=data_dir
         )
-        failed += [f"k={depth} {failure}" for failure in run_gradcheck(check, run_dir).failures]
+        jobs.append((check, run_dir))
+    failed: list[str] = []
+    for (check, _), outcome in executor.run(jobs, check_depth):
+        found = outcome.value if outcome.ok else [f"did not run: {outcome.error}"]
+        failed += [f"k={check.layers} {failure}" for failure in found]
     if failed:
         return PartRun("failed", f"gradient check failed for: {', '.join(failed)}")
     return PartRun("finished")
+
+
+def check_depth(job: tuple[GradcheckSettings, Path]) -> list[str]:
+    """One depth's gradient check into its folder (a job on any worker); what failed."""
+    settings, run_dir = job
+    return run_gradcheck(settings, run_dir).failures
 
 
 def _sweep_status(records: Sequence[TrialRecord]) -> PartRun:
@@ -207,6 +218,10 @@ class Part:
     kind: str  # the kind of folder it makes: a sweep's kind, or the gradient check's command
     title: str  # its section's title in the report
     run: PartRunner
+    after: str | None = None  # the part whose result it needs (it runs once that one has)
+    # Where its jobs stand in a shared queue (lowest first): the lambda search's chain of
+    # stages is the longest, so its jobs go first and the independent parts fill the gaps.
+    urgency: int = 2
 
 
 GRADCHECK, CONFIGS, SEARCH, SEARCH_9, GRID = (
@@ -218,16 +233,23 @@ GRADCHECK, CONFIGS, SEARCH, SEARCH_9, GRID = (
 )
 # In the order the study runs them and the report tells them.
 PARTS = (
-    Part(GRADCHECK, GRADCHECK_COMMAND, "Gradient check", run_gradcheck_part),
+    Part(GRADCHECK, GRADCHECK_COMMAND, "Gradient check", run_gradcheck_part, urgency=1),
     Part(
         CONFIGS,
         CONFIG_SWEEP,
         "The four configs: 3 and 9 layers, with and without batch norm",
         run_configs_part,
     ),
-    Part(SEARCH, LAMBDA_SEARCH, "Lambda search", run_search_part),
-    Part(SEARCH_9, CONFIG_SWEEP, "Lambda search: the 9-layer retrain", run_search_9layer_part),
-    Part(GRID, INIT_SENSITIVITY, "Sensitivity to initialization", run_grid_part),
+    Part(SEARCH, LAMBDA_SEARCH, "Lambda search", run_search_part, urgency=0),
+    Part(
+        SEARCH_9,
+        CONFIG_SWEEP,
+        "Lambda search: the 9-layer retrain",
+        run_search_9layer_part,
+        after=SEARCH,
+        urgency=0,
+    ),
+    Part(GRID, INIT_SENSITIVITY, "Sensitivity to initialization", run_grid_part, urgency=3),
 )
 PART_NAMES = tuple(part.name for part in PARTS)
 TITLES = {part.name: part.title for part in PARTS}

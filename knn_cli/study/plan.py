@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from knn_cli.estimate import PlannedRun, Speeds, runs_seconds
+from knn_cli.estimate import UNMODELLED_OVERHEAD, PlannedRun, Speeds, run_seconds, runs_seconds
 from knn_cli.memory import check_memory
 from knn_cli.study.parts import CONFIGS, GRADCHECK, GRID, SEARCH, SEARCH_9, watched
 from knn_cli.study.settings import CONFIG_NAMES, GRADCHECK_DEPTHS, StudySettings, study_config
@@ -69,11 +69,25 @@ def plan_study(settings: StudySettings, n_images: int) -> list[PlannedPart]:
 def estimate_seconds(
     parts: Sequence[PlannedPart], workers: int, n_images: int, features: int
 ) -> dict[str, float]:
-    """Seconds per part on this machine: each run's steps and its evaluations (a forward pass
-    over the training and validation images at every evaluation point), shared by the
-    workers."""
+    """Seconds per part on this machine, were it alone: each run's steps and its evaluations,
+    shared by the workers."""
+    return estimate_plan(parts, workers, features, together=False)[0]
+
+
+def estimate_plan(
+    parts: Sequence[PlannedPart], workers: int, features: int, *, together: bool
+) -> tuple[dict[str, float], float]:
+    """Seconds per part (were it alone), and for the whole study: the parts one after another,
+    or `together` on local workers (their work shared by the workers, but no less than the
+    lambda search's chain of parts, which wait for one another)."""
     speeds = Speeds(features)
-    return {
+    each = {
         part.name: runs_seconds(part.runs, workers, speeds) if part.runs else GRADCHECK_SECONDS
         for part in parts
     }
+    if not together or workers <= 1:
+        return each, sum(each.values())
+    work = sum(run_seconds(run, speeds) for part in parts for run in part.runs)
+    shared = (work + GRADCHECK_SECONDS) / workers * UNMODELLED_OVERHEAD
+    chain = each.get(SEARCH, 0.0) + each.get(SEARCH_9, 0.0)
+    return each, max(shared, chain)

@@ -1,10 +1,18 @@
-"""Running a study: every part not finished yet, in order, each into its own folder of the study
-folder, its status and wall time recorded in study.json as it goes, so that an interrupted study
-resumes where it stopped (a finished part is skipped; an unfinished part's sweep skips its
-finished trials)."""
+"""Running a study: every part not finished yet, each into its own folder of the study folder,
+its status and wall time recorded in study.json as it goes, so that an interrupted study resumes
+where it stopped (a finished part is skipped; an unfinished part's sweep skips its finished
+trials).
+
+On local worker processes the parts run together, each on a thread of its own, their jobs in one
+shared queue (`executors.SharedProcesses`): a part that needs another's result (the 9-layer
+retrain, the lambda search's choice) waits for it, the lambda search's chain of stages goes
+first, and the other parts fill the cores whenever a stage waits for its last trial. On one
+worker, or on Dask, the parts run one after another.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,10 +20,71 @@ from typing import Any
 
 from knn_cli.data import load_cifar10
 from knn_cli.errors import KnnError
-from knn_cli.executors import Executor
+from knn_cli.executors import Executor, ProcessExecutor, SharedProcesses
 from knn_cli.study.folder import now, read_study_file, study_settings, write_study_file
-from knn_cli.study.parts import PARTS, PartRun
+from knn_cli.study.parts import PARTS, Part, PartRun
 from knn_cli.study.settings import StudySettings, study_config
+
+JOIN_SECONDS = 0.2  # how often the main thread wakes while the parts run (to take Ctrl-C)
+
+
+class StudyRun:
+    """One run of a study's unfinished parts: study.json kept up to date from every part's
+    thread, one at a time."""
+
+    def __init__(self, study_dir: Path, say: Callable[[str], None]) -> None:
+        self.study_dir = study_dir
+        self.doc = read_study_file(study_dir)
+        self.settings = study_settings(self.doc)
+        self.say = say
+        self._lock = threading.Lock()
+
+    def pending(self) -> list[Part]:
+        return [part for part in PARTS if self.entry(part)["status"] != "finished"]
+
+    def entry(self, part: Part) -> dict[str, Any]:
+        return self.doc["parts"][part.name]
+
+    def heading(self, part: Part) -> str:
+        return f"[{PARTS.index(part) + 1}/{len(PARTS)}] {part.name}"
+
+    def run_part(self, part: Part, executor: Executor, progress: bool) -> None:
+        """Run one part, recording its start, end, status, wall time and notes."""
+        entry = self.entry(part)
+        with self._lock:
+            self.say(self.heading(part))
+            entry.update(status="running", message="", started=now(), ended=None)
+            write_study_file(self.study_dir, self.doc)
+        started = time.time()
+        earlier = entry.get("seconds") or 0.0
+        try:
+            run = part.run(
+                self.study_dir / entry["folder"],
+                self.settings,
+                executor,
+                progress,
+                self.doc["parts"],
+            )
+        except KeyboardInterrupt:
+            with self._lock:
+                seconds = round(earlier + time.time() - started, 1)
+                entry.update(status="interrupted", seconds=seconds, ended=now())
+                write_study_file(self.study_dir, self.doc)
+            raise
+        except KnnError as error:
+            run = PartRun("failed", str(error))
+        with self._lock:
+            entry.update(status=run.status, message=run.message, ended=now(), **run.notes)
+            entry["seconds"] = round(earlier + time.time() - started, 1)
+            write_study_file(self.study_dir, self.doc)
+            detail = f": {run.message}" if run.message else ""
+            self.say(f"    {self.heading(part)}: {run.status} in {entry['seconds']:.0f} s{detail}")
+
+    def finish(self) -> dict[str, Any]:
+        if all(self.entry(part)["status"] == "finished" for part in PARTS):
+            self.doc["finished"] = self.doc["finished"] or now()
+            write_study_file(self.study_dir, self.doc)
+        return self.doc
 
 
 def run_study(
@@ -25,39 +94,69 @@ def run_study(
     progress: bool = False,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run every part not finished yet, in order, recording each in study.json; return the
-    study document. An interrupt marks the running part and goes on up; a part that fails
-    is recorded as failed and the others still run."""
-    doc = read_study_file(study_dir)
-    settings = study_settings(doc)
-    for number, part in enumerate(PARTS, start=1):
-        entry = doc["parts"][part.name]
-        heading = f"[{number}/{len(PARTS)}] {part.name}"
-        if entry["status"] == "finished":
-            say(f"{heading}: finished before, skipped")
-            continue
-        say(heading)
-        entry.update(status="running", message="")
-        write_study_file(study_dir, doc)
-        started = time.time()
-        earlier = entry.get("seconds") or 0.0
+    """Run every part not finished yet, recording each in study.json; return the study
+    document. An interrupt marks the running parts and goes on up; a part that fails is
+    recorded as failed and the others still run."""
+    study = StudyRun(study_dir, say)
+    for part in PARTS:
+        if part not in study.pending():
+            say(f"{study.heading(part)}: finished before, skipped")
+    if isinstance(executor, ProcessExecutor) and executor.workers > 1:
+        run_together(study, executor.workers)
+    else:
+        for part in study.pending():
+            study.run_part(part, executor, progress)
+    return study.finish()
+
+
+def chains(parts: list[Part]) -> list[list[Part]]:
+    """The parts in chains that run one after another: a part with `after` joins the chain of
+    the part it needs (or runs alone where that one is finished already)."""
+    found: list[list[Part]] = []
+    for part in parts:
+        chain = next((c for c in found if part.after in (p.name for p in c)), None)
+        if chain is None:
+            found.append([part])
+        else:
+            chain.append(part)
+    return found
+
+
+def run_together(study: StudyRun, workers: int) -> None:
+    """Every chain of pending parts on a thread of its own, their jobs in one queue on one
+    pool of `workers` processes. The parts' own progress bars are off: several would fight
+    over the terminal; each part says when it starts and ends."""
+    errors: list[BaseException] = []
+
+    def run_chain(chain: list[Part], shared: SharedProcesses) -> None:
         try:
-            run = part.run(study_dir / entry["folder"], settings, executor, progress, doc["parts"])
+            for part in chain:
+                study.run_part(part, shared.view(part.urgency), progress=False)
+        except BaseException as error:  # handed to the main thread, which raises the first
+            errors.append(error)
+
+    with SharedProcesses(workers) as shared:
+        threads = [
+            threading.Thread(target=run_chain, args=(chain, shared), name=chain[0].name)
+            for chain in chains(study.pending())
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while any(thread.is_alive() for thread in threads):
+                for thread in threads:
+                    thread.join(JOIN_SECONDS)
         except KeyboardInterrupt:
-            entry.update(status="interrupted", seconds=round(earlier + time.time() - started, 1))
-            write_study_file(study_dir, doc)
+            shared.stop(terminate=True)  # the parts' threads raise KeyboardInterrupt in turn
+            for thread in threads:
+                thread.join()
             raise
-        except KnnError as error:
-            run = PartRun("failed", str(error))
-        entry.update(status=run.status, message=run.message, **run.notes)
-        entry["seconds"] = round(earlier + time.time() - started, 1)
-        write_study_file(study_dir, doc)
-        detail = f": {run.message}" if run.message else ""
-        say(f"    {run.status} in {entry['seconds']:.0f} s{detail}")
-    if all(doc["parts"][part.name]["status"] == "finished" for part in PARTS):
-        doc["finished"] = doc["finished"] or now()
-        write_study_file(study_dir, doc)
-    return doc
+    interrupts = [e for e in errors if isinstance(e, KeyboardInterrupt)]
+    others = [e for e in errors if not isinstance(e, KeyboardInterrupt)]
+    if others:
+        raise others[0]
+    if interrupts:
+        raise interrupts[0]
 
 
 def study_data(settings: StudySettings) -> tuple[int, int, str]:

@@ -45,6 +45,9 @@ from knn_cli.errors import DataError
 from knn_cli.experiment import build_network
 from knn_cli.trainer import Schedule, Splits, train
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_protocol import sgd_for, torch_network  # a script beside this one
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ("3layer", "3layer_bn", "9layer", "9layer_bn")
 N_TRAIN = 45_000
@@ -207,38 +210,20 @@ def ours_epoch(config_name: str, data: Data, two_lanes: bool = True) -> Callable
 
 
 def torch_epoch(config_name: str, data: Data) -> Callable[[], float]:
-    """The same epoch in PyTorch: nn.Linear, BatchNorm1d with the same eps and momentum, ReLU,
-    cross-entropy, SGD with 2 lambda weight decay on the weights only (our penalty is lambda
-    times the squared weights), the same cyclical rate and the same shuffled mini-batches."""
+    """The same epoch in PyTorch (`torch_protocol.torch_network`: nn.Linear, BatchNorm1d with
+    the same eps and momentum, ReLU), cross-entropy, SGD with 2 lambda weight decay on the
+    weights only (our penalty is lambda times the squared weights), the same cyclical rate and
+    the same shuffled mini-batches."""
     import torch
     from torch import nn
 
     from knn_cli.schedule import cyclical_learning_rate
 
     config = load_config(ROOT / "configs" / f"{config_name}.yaml")
-    model_config, t = config.model, config.training
-    torch.manual_seed(0)
-    widths = (data.X.shape[1], *model_config.hidden, 10)
-    layers: list[nn.Module] = []
-    for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(widths), 1):
-        linear = nn.Linear(fan_in, fan_out)
-        nn.init.normal_(linear.weight, std=(2.0 / fan_in) ** 0.5)
-        nn.init.zeros_(linear.bias)
-        layers.append(linear)
-        if layer < len(widths) - 1:
-            if model_config.batch_norm:
-                layers.append(
-                    nn.BatchNorm1d(
-                        fan_out, eps=model_config.bn_eps, momentum=1 - model_config.bn_alpha
-                    )
-                )
-            layers.append(nn.ReLU())
-    model = nn.Sequential(*layers).train()
-    weights = [m.weight for m in model if isinstance(m, nn.Linear)]
-    others = [p for p in model.parameters() if all(p is not w for w in weights)]
-    optimizer = torch.optim.SGD(
-        [{"params": weights, "weight_decay": 2 * t.lambda_}, {"params": others}], lr=t.eta_min
-    )
+    t = config.training
+    model, weights = torch_network(config, data.X.shape[1])
+    model.train()
+    optimizer = sgd_for(model, weights, t.lambda_, t.eta_min)
     loss_fn = nn.CrossEntropyLoss()
     X = np.asarray(data.X)
     y = np.asarray(data.y, dtype=np.int64)
@@ -268,10 +253,14 @@ def torch_epoch(config_name: str, data: Data) -> Callable[[], float]:
 # -- whole `knn train` runs ----------------------------------------------------------------------
 
 
-def whole_run(config_name: str, runs_dir: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of `knn train CONFIG` in a child process."""
+def whole_run(config_name: str, runs_dir: Path, torch: bool = False) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of `knn train CONFIG` in a child process, or with `torch`
+    of the same protocol in PyTorch (`torch_protocol.py`)."""
     config = ROOT / "configs" / f"{config_name}.yaml"
     command = [sys.executable, "-m", "knn_cli", "train", str(config), "--runs-dir", str(runs_dir)]
+    if torch:
+        command = [sys.executable, str(Path(__file__).resolve().parent / "torch_protocol.py"),
+                   str(config)]  # fmt: skip
     start = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _pid, status, usage = os.wait4(child.pid, 0)
@@ -279,7 +268,8 @@ def whole_run(config_name: str, runs_dir: Path) -> tuple[float, float]:
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         stderr = child.stderr.read().decode() if child.stderr else ""
-        sys.exit(f"knn train {config_name} failed ({child.returncode}): {stderr[-500:]}")
+        what = "PyTorch" if torch else "knn train"
+        sys.exit(f"{what} {config_name} failed ({child.returncode}): {stderr[-500:]}")
     return seconds, usage.ru_maxrss / 1024
 
 
@@ -379,17 +369,27 @@ def main() -> None:
         print("whole `knn train` runs skipped: they need the real CIFAR-10 (set KNN_DATA_DIR)")
         return
     print(f"Whole `knn train CONFIG` (20 epochs + 21 evaluations); median of {args.repeats}")
-    print(f"{'config':<10} {'seconds':>8} {'peak MB':>8}  runs  load")
+    if torch_note:
+        print("  torch: the same protocol in PyTorch (torch_protocol.py), alternating with ours")
+    header = f"{'config':<10} {'seconds':>8} {'peak MB':>8}"
+    if torch_note:
+        header += f" {'torch':>7} {'torch/ours':>10} {'torch MB':>8}"
+    print(header + "  runs  load")
     with tempfile.TemporaryDirectory() as folder:
         for config_name in args.configs:
-            results = [whole_run(config_name, Path(folder)) for _ in range(args.repeats)]
+            results, theirs = [], []
+            for _ in range(args.repeats):
+                results.append(whole_run(config_name, Path(folder)))
+                if torch_note:
+                    theirs.append(whole_run(config_name, Path(folder), torch=True))
             seconds = [s for s, _ in results]
-            peak = max(m for _, m in results)
+            line = f"{config_name:<10} {median(seconds):8.1f} {max(m for _, m in results):8.0f}"
+            if torch_note:
+                ratios = [t / s for (t, _), s in zip(theirs, seconds, strict=True)]
+                line += f" {median([t for t, _ in theirs]):7.1f} {median(ratios):10.2f}"
+                line += f" {max(m for _, m in theirs):8.0f}"
             runs = " ".join(f"{s:.1f}" for s in seconds)
-            print(
-                f"{config_name:<10} {median(seconds):8.1f} {peak:8.0f}  {runs}  {load()}",
-                flush=True,
-            )
+            print(f"{line}  {runs}  {load()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -110,11 +111,17 @@ def study(
     with folder_lock(study_dir):
         click.echo(f"{kind}: {study_dir}")
         show_plan()
+        started = time.perf_counter()
         doc = run_study(study_dir, executor, progress=progress_wanted(), say=click.echo)
+        elapsed = time.perf_counter() - started
         markdown, html = write_report(study_dir)  # an interrupted study reports when resumed
         click.echo(f"report: {markdown}, {html}")
     failed = [name for name, part in doc["parts"].items() if part["status"] != "finished"]
     seconds = sum(part["seconds"] or 0 for part in doc["parts"].values())
-    click.echo(f"the parts took {duration(seconds)} in all (with any earlier session's)")
+    # Parts run side by side overlap, so their own times add up to more than the wall time.
+    click.echo(
+        f"this session took {duration(elapsed)}; the parts' own times, with any earlier "
+        f"session's, add up to {duration(seconds)}"
+    )
     if failed:
         raise RunFailed(f"parts that did not finish: {', '.join(failed)} (see {study_dir})")

@@ -63,3 +63,27 @@ def test_every_shipped_config_and_plan_loads() -> None:
         else:
             assert load_config(path).name == path.stem
     assert len(paths) >= 15
+
+
+def test_the_configs_full_set_of_keys_is_the_one_the_loader_knows() -> None:
+    """The README promises "the full set, with defaults": a key added or renamed shows here."""
+    import yaml
+
+    from knn_cli.config import config_from_dict, config_to_dict
+
+    configs = README.split("### Configs", 1)[1]
+    documented = yaml.safe_load(re.search(r"```yaml\n(.*?)```", configs, re.S).group(1))
+    defaults = config_to_dict(config_from_dict({}, default_name=documented["name"]))
+
+    def keys(tree: dict, prefix: str = "") -> set[str]:
+        found = set()
+        for key, value in tree.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict) and value:
+                found |= keys(value, path + ".")
+            else:
+                found.add(path)
+        return found
+
+    assert keys(documented) == keys(defaults)
+    assert config_to_dict(config_from_dict(documented)) == defaults

@@ -24,6 +24,7 @@ from knn_cli.sweeps.figures import (
     trial_metrics,
 )
 from knn_cli.sweeps.folder import TrialRecord
+from knn_cli.sweeps.lambda_search import search_fit
 
 BN_FIGSIZE = (12.0, 5.0)  # two panels side by side, each about as wide as a run's own figure
 BN_COLORS = {False: "tab:blue", True: "tab:orange"}
@@ -81,7 +82,8 @@ def draw_lambda_comparison(
     theirs. The study's numbers are in percent, the figure's axis in fractions."""
     from matplotlib.ticker import LogFormatterSciNotation, LogLocator
 
-    fig = draw_lambda_search(search.spec, search.search, search.best, search.finals)
+    fit = search_fit(search.search)
+    fig = draw_lambda_search(search.spec, search.search, search.best, search.finals, fit)
     ax = fig.axes[0]
     lambdas = [r.trial.lambda_ for r in (*search.search, *search.finals) if r.finished]
     if study_search:

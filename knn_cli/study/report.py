@@ -113,7 +113,8 @@ def draw_figures(study: Study) -> dict[str, Figure]:
             "lambda-search",
             draw_lambda_comparison(search, study_search, tables["lambda-search.finals"].rows),
             "Validation accuracy against lambda, coarse and fine trials marked apart, the "
-            "chosen lambda and its retrains' test accuracy; the study's own trials in grey.",
+            "chosen lambda and its retrains' test accuracy, the quadratic fit with the lambdas "
+            "tied with its peak shaded; the study's own trials in grey.",
         )
     watched = watched_runs(study)
     if watched:
@@ -216,10 +217,13 @@ def preface(study: Study) -> list[Block]:
             "A reproduction of L. McCarren's study of k-layer networks with and without batch "
             "normalization on CIFAR-10 (KTH, 2022), one section per experiment as the study "
             f"lays them out; study folder `{study.folder.name}`. Beside every number is the "
-            "study's own and the range of published results where several exist; 'ours against "
-            "published' says whether ours is inside that range (or equal to the study's number "
-            "where it alone was published) and, if not, by how much it misses. Accuracies are "
-            "test accuracies unless the column says otherwise."
+            "study's own and the range of the public solutions that follow the study's protocol "
+            "(each range cites them; they are listed, with where their protocols differ, under "
+            "Sources at the end); 'ours against published' says whether ours is inside that "
+            "range (or equal to the study's number where no two solutions follow the protocol) "
+            "and, if not, by how much it misses: for a mean over seeds, whether by more than two "
+            "standard deviations of its seeds. Accuracies are test accuracies unless the column "
+            "says otherwise."
         )
     )
     return blocks

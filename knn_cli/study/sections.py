@@ -74,7 +74,7 @@ class Comparisons:
         key: str,
         ours: float | None,
         shown: str,
-        suffix: str = "",
+        aside: str = "",
         spread: float | None = None,
         noted: bool = True,
     ) -> list[str]:
@@ -87,7 +87,7 @@ class Comparisons:
         verdict = NOT_RUN
         if ours is not None:
             found = check(ours, entry, spread)
-            verdict = found.text() + suffix
+            verdict = with_aside(found.text(), aside)
             comparison = Comparison(entry.what, shown, format_published(entry), verdict)
             if noted:
                 self.found.append(replace(comparison, category=found.verdict))
@@ -255,6 +255,15 @@ def _by_variant(gradcheck: Gradcheck) -> dict[str, list[dict[str, str]]]:
 SEED_HEADERS = ("seeds", "each seed", "mean +- sd")
 
 
+def with_aside(text: str, aside: str) -> str:
+    """'inside (2 of 3 seeds inside)'; one pair of brackets where the text ends in its own."""
+    if not aside:
+        return text
+    if text.endswith(")"):
+        return f"{text[:-1]}; {aside})"
+    return f"{text} ({aside})"
+
+
 def seed_cells(records: Sequence[TrialRecord], key: str, found: Comparisons) -> list[str]:
     """Seeds, each seed's test accuracy, mean +- sd, and the mean against the published number,
     with how many seeds on their own are inside it."""
@@ -264,16 +273,16 @@ def seed_cells(records: Sequence[TrialRecord], key: str, found: Comparisons) -> 
     accuracies = [float(100 * r.get("test_accuracy")) for r in finished]
     # The mean of the fractions, as mean_and_spread prints it: the verdict is on what is shown.
     mean = in_points(np.mean([r.get("test_accuracy") for r in finished])) if finished else None
-    suffix = ""
+    aside = ""
     entry = found.numbers.get(key)
     if entry is not None and len(accuracies) > 1:
         inside = sum(check(a, entry).inside for a in accuracies)
-        suffix = f" ({inside} of {len(accuracies)} seeds inside)"
+        aside = f"{inside} of {len(accuracies)} seeds inside"
     shown = mean_and_spread([r.get("test_accuracy") for r in finished])
     stats = seed_statistics([r.get("test_accuracy") for r in finished])
     # Rounded as shown, like the mean: the verdict is about the numbers the reader sees.
     sd = round(100 * stats[1], 2) if stats is not None and stats[2] > 1 else None
-    verdict = found.cells(key, mean, shown if mean is not None else "-", suffix, spread=sd)
+    verdict = found.cells(key, mean, shown if mean is not None else "-", aside, spread=sd)
     return [seeds, each, shown, *verdict]
 
 

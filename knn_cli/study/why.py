@@ -268,9 +268,9 @@ def landscape_sentence(by_bn: Mapping[bool, Sequence[Row]]) -> str:
         return ""
     said = []
     if smoother:
-        said.append(f"with batch norm the median {', '.join(smoother)} is smaller")
+        said.append(f"with batch norm the median {_listed(smoother)} {_is(smoother)} smaller")
     if rougher:
-        said.append(f"the median {', '.join(rougher)} is not smaller with batch norm")
+        said.append(f"the median {_listed(rougher)} {_is(rougher)} not smaller with batch norm")
     agrees = "partly agrees with" if smoother and rougher else "agrees with"
     agrees = agrees if smoother else "disagrees with"
     return (
@@ -280,6 +280,15 @@ def landscape_sentence(by_bn: Mapping[bool, Sequence[Row]]) -> str:
         "otherwise, and they stepped by multiples of their learning rate, where we step by the "
         "rates our cyclical schedule takes."
     )
+
+
+def _listed(words: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _is(words: Sequence[str]) -> str:
+    return "is" if len(words) == 1 else "are"
 
 
 def grid_reason(record: TrialRecord) -> str:

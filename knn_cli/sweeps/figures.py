@@ -220,12 +220,13 @@ def draw_loss_curves(spec: GridSpec, records: Sequence[TrialRecord]) -> Any:
     axes[0][0].set_ylim(0.0, 1.05 * top)
     for ax in axes.flat:
         ax.label_outer()
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    labelled: dict[str, Any] = {}  # one entry per label: every seed draws its own lines
     for ax in axes.flat:
-        if len(ax.get_legend_handles_labels()[0]) > len(handles):
-            handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), fontsize=9)
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    if labelled:
+        fig.legend(labelled.values(), labelled.keys(), loc="outside lower center",
+                   ncols=len(labelled), fontsize=9)  # fmt: skip
     config = records[0].trial.config if records else spec.base
     n_s = next((r.get("n_s") for r in records if r.get("n_s")), None)
     cut = f"; loss above {LOSS_CAP:.2f} is cut off" if max(finite, default=0) > LOSS_CAP else ""

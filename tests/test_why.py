@@ -79,9 +79,18 @@ def test_the_landscape_sentence_follows_the_medians() -> None:
         ]
 
     smoother = landscape_sentence({False: measures(2.0), True: measures(1.0)})
-    assert "is smaller" in smoother and "This agrees with Santurkar" in smoother
+    assert "loss range, grad change and beta smoothness are smaller" in smoother
+    assert "This agrees with Santurkar" in smoother
     rougher = landscape_sentence({False: measures(1.0), True: measures(2.0)})
     assert "This disagrees with Santurkar" in rougher
+    mixed = measures(2.0)
+    for row in mixed:
+        if row["quantity"] == "grad_change":
+            row["value"] = 0.5
+    partly = landscape_sentence({False: measures(1.0), True: mixed})
+    assert "the median grad change is smaller" in partly
+    assert "loss range and beta smoothness are not smaller" in partly
+    assert "This partly agrees with Santurkar" in partly
 
 
 def test_a_grid_cell_says_why_from_its_folder(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def evaluate(model, weights, X, y, lambda_: float) -> tuple[float, float, float]
     loss_sum, correct = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(X), 5000):
-            xb = torch.from_numpy(np.ascontiguousarray(X[start : start + 5000]))
+            xb = torch.from_numpy(np.array(X[start : start + 5000]))  # a memmap is read-only
             yb = torch.from_numpy(np.asarray(y[start : start + 5000], dtype=np.int64))
             scores = model(xb)
             loss_sum += float(torch.nn.functional.cross_entropy(scores, yb, reduction="sum"))
@@ -121,7 +121,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     print(
         f"{config.name}: test accuracy {test_accuracy:.2%}, {steps} steps, {evaluations}"
-        f" evaluations, {seconds:.1f} s after start-up of Python"
+        f" evaluations, {seconds:.1f} s from importing torch to the end"
     )
 
 

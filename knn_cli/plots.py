@@ -243,10 +243,14 @@ def _log_axis(ax: Any, values: Sequence[float]) -> None:
     """Log scale where the values allow one (positive, finite), its ticks in plain text (1e-05,
     0.1, 10): the default's typeset powers of ten took most of a figure's drawing time, which
     every run pays."""
-    from matplotlib.ticker import FuncFormatter, NullLocator
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-    if any(v > 0 for v in values if v == v and v != float("inf")):
+    positive = [v for v in values if 0 < v < float("inf")]
+    if positive:
         ax.set_yscale("log")
+        # Under two decades whole powers of ten label one or two ticks at most: add 2 and 5.
+        narrow = math.log10(max(positive) / min(positive)) < 2
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.yaxis.set_minor_locator(NullLocator())
 

@@ -343,15 +343,24 @@ def test_compare_figure_has_a_line_per_run_and_split(zoo: Zoo) -> None:
     try:
         cost, loss, accuracy = fig.axes
         assert [ax.get_title() for ax in fig.axes] == ["Cost", "Loss", "Accuracy"]
+        # Search trials measure no training-set curve (evaluation.train_curve_rows: 0): a run
+        # has a dashed training line only where its metrics have one.
+        splits = [
+            [split for split in ("train", "val") if metric_column(run_.folder, split, "cost")]
+            for run_ in runs
+        ]
+        assert ["train"] not in splits and ["val"] in splits and ["train", "val"] in splits
         for ax, key in ((cost, "cost"), (loss, "loss"), (accuracy, "accuracy")):
-            assert len(ax.lines) == 2 * len(runs)
-            for index, run_ in enumerate(runs):
-                train, val = ax.lines[2 * index], ax.lines[2 * index + 1]
-                assert (train.get_linestyle(), val.get_linestyle()) == ("--", "-")
-                assert train.get_color() == val.get_color()
-                assert list(val.get_ydata()) == metric_column(run_.folder, "val", key)
-                assert list(train.get_ydata()) == metric_column(run_.folder, "train", key)
-            colours = {str(ax.lines[2 * i].get_color()) for i in range(len(runs))}
+            lines = iter(ax.lines)
+            assert len(ax.lines) == sum(map(len, splits))
+            colours = set()
+            for run_, its_splits in zip(runs, splits, strict=True):
+                drawn = {split: next(lines) for split in its_splits}
+                for split, line in drawn.items():
+                    assert line.get_linestyle() == ("--" if split == "train" else "-")
+                    assert list(line.get_ydata()) == metric_column(run_.folder, split, key)
+                assert len({str(line.get_color()) for line in drawn.values()}) == 1
+                colours.add(str(drawn["val"].get_color()))
             assert len(colours) == len(runs)
         legend = [text.get_text() for text in fig.legends[0].get_texts()]
         assert legend[-2:] == ["training", "validation"]

@@ -105,7 +105,7 @@ def test_lambda_figure_shows_the_final_retrains_and_the_chosen_lambda() -> None:
     plt.close(fig)
     assert any(label.startswith("coarse") for label in labels)
     assert any(label.startswith("fine") for label in labels)
-    assert "chosen: lambda 0.008" in labels
+    assert "best trial: lambda 0.008 (retrained)" in labels
     assert any(label.startswith("final retrain (3 seeds") for label in labels)
 
 
@@ -310,3 +310,25 @@ def test_accuracy_is_plotted_in_percent() -> None:
     assert isinstance(accuracy.yaxis.get_major_formatter(), PercentFormatter)
     assert not isinstance(loss.yaxis.get_major_formatter(), PercentFormatter)
     plt.close(fig)
+
+
+@pytest.mark.parametrize(("low", "high", "at_least"), [(0.2, 4.5, 3), (1e-21, 3.0, 4)])
+def test_a_layer_panel_labels_enough_ticks_to_be_read(low: float, high: float, at_least: int):
+    """A log axis over less than two decades once showed a single label ('1')."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from knn_cli.plots import draw_layers
+
+    rows = [
+        {"step": step, "layer": "1", "quantity": "activation_std", "value": value}
+        for step, value in ((0, low), (10, high))
+    ]
+    fig = draw_layers(rows, "title")
+    fig.canvas.draw()
+    ax = fig.axes[1]  # activation scale
+    bottom, top = ax.get_ylim()
+    labelled = [
+        t for t in ax.get_yticks() if bottom <= t <= top and ax.yaxis.get_major_formatter()(t)
+    ]
+    assert len(labelled) >= at_least

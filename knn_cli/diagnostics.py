@@ -17,6 +17,7 @@ dropout masks come from the probe's own noise seed, apart from training's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -72,14 +73,31 @@ def layer_statistics(
 
 def _spread(layer: str, out: np.ndarray) -> Measures:
     values = np.asarray(out, dtype=np.float64)
-    p15, p50, p85 = np.percentile(values, PERCENTILES)
+    p15, p50, p85 = percentiles(out, PERCENTILES)
     return dict(
         zip(
             ((layer, q) for q in ACTIVATION),
-            (float(values.mean()), float(values.std()), float(p15), float(p50), float(p85)),
+            (float(values.mean()), float(values.std()), p15, p50, p85),
             strict=True,
         )
     )
+
+
+def percentiles(values: np.ndarray, ps: Sequence[float]) -> list[float]:
+    """np.percentile's default (linear between the two nearest ranks), from one sort: on the
+    probe's 50,000 values np.percentile's selection takes four times as long as a sort, and
+    this runs for every layer at every evaluation point."""
+    ordered = np.sort(np.ravel(values)).astype(np.float64)
+    if ordered.size == 0 or np.isnan(ordered[-1]):  # a sort puts NaN last; np.percentile: NaN
+        return [math.nan] * len(ps)
+    found = []
+    for p in ps:
+        position = p / 100 * (ordered.size - 1)
+        below = math.floor(position)
+        above = min(below + 1, ordered.size - 1)
+        low, high = ordered[below], ordered[above]
+        found.append(float(low + (high - low) * (position - below)))
+    return found
 
 
 def update_ratios(network: Network, before: Mapping[str, np.ndarray]) -> Measures:

@@ -44,6 +44,15 @@ def affine_backward(
     return dout @ W.T, x.T @ dout, dout.sum(axis=0)
 
 
+def affine_parameter_gradients(
+    dout: np.ndarray, cache: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """dL/dW and dL/db alone: the first layer's input is the data, whose gradient nothing
+    reads, and dL/dx costs as much as dL/dW."""
+    x, _ = cache
+    return x.T @ dout, dout.sum(axis=0)
+
+
 # -- batch normalization (Ioffe and Szegedy, 2015) ------------------------------------------------
 
 

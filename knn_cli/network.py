@@ -202,9 +202,11 @@ class Network:
         p = self.params if params is None else params
         grads: dict[str, np.ndarray] = {}
         G = dscores
-        for layer, cache in zip(reversed(self.layers), reversed(caches), strict=True):
+        for layer, cache in zip(reversed(self.layers[1:]), reversed(caches[1:]), strict=True):
             G, layer_grads = layer.backward(G, cache, p)
             grads.update(layer_grads)
+        # The first layer's input is the data: its gradient is never needed.
+        grads.update(self.layers[0].parameter_gradients(G, caches[0], p))
         return {name: grads[name] for name in self.params}
 
     def cost_and_gradients(

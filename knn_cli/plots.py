@@ -42,10 +42,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         fig.subplots_adjust(
             left=0.1, right=0.97, top=0.88, bottom=0.11
         )  # tight_layout: slower than the drawing
-        path = run_dir / f"{key}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, run_dir / f"{key}.png"))
     return written + plot_layers(run_dir, f"{name}\n{settings}".rstrip())
 
 
@@ -183,28 +180,33 @@ def hidden_layers(rows: Sequence[Row]) -> list[str]:
 
 def draw_layers(rows: Sequence[Row], title: str, percentile_layer: int | None = None) -> Any:
     """layers.png: three quantities per layer against the step (log scales), and the
-    percentiles of one hidden layer's pre-activation (the last unless set)."""
-    fig, axes = plt.subplots(2, 2, figsize=(12.0, 8.0), dpi=DPI)
+    percentiles of one hidden layer's pre-activation (the last unless set). The panels share
+    the step axis and one legend of the layers' colours: every run draws this figure, and its
+    text (tick labels, legend entries) is most of the drawing time."""
+    fig, axes = plt.subplots(2, 2, figsize=(12.0, 8.0), dpi=DPI, sharex=True)
+    legend: dict[str, Any] = {}  # label -> line
     for ax, (quantity, panel_title) in zip(axes.flat, LAYER_PANELS, strict=False):
         found = series(rows, quantity)
         colours = layer_colours(list(found))
         for layer, (steps, values) in found.items():
-            ax.plot(steps, values, color=colours[layer], label=f"layer {layer}", lw=1.3)
+            (line,) = ax.plot(steps, values, color=colours[layer], lw=1.3)
+            legend.setdefault(f"layer {layer}", line)
         if quantity == UPDATE_RATIO and found:
-            ax.axhline(HEALTHY_UPDATE_RATIO, color="grey", ls=":", lw=1, label="1e-3")
+            line = ax.axhline(HEALTHY_UPDATE_RATIO, color="grey", ls=":", lw=1)
+            legend[f"{HEALTHY_UPDATE_RATIO:g} (healthy)"] = line
         _log_axis(ax, [v for _, values in found.values() for v in values])
         ax.set_title(panel_title, fontsize=10)
-        ax.set_xlabel("update step")
         ax.grid(alpha=0.3)
-        if found:
-            ax.legend(fontsize=7, ncol=2 if len(found) > 5 else 1)
     hidden = hidden_layers(rows)
     layer = (
         str(percentile_layer) if percentile_layer is not None else (hidden[-1] if hidden else "1")
     )
     draw_percentiles(axes.flat[3], rows, layer)
+    axes[1, 0].set_xlabel("update step")  # the percentiles' panel labels its own
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="center right", fontsize=8)
     fig.suptitle(title, fontsize=11)
-    fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.07, hspace=0.32, wspace=0.18)
+    fig.subplots_adjust(left=0.07, right=0.87, top=0.9, bottom=0.07, hspace=0.2, wspace=0.18)
     return fig
 
 
@@ -286,7 +288,8 @@ def percentile_layer(run_dir: Path) -> int | None:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    fig.savefig(path)
+    # zlib's fastest level: a sixth of a figure's drawing time at the default, 10% more bytes.
+    fig.savefig(path, pil_kwargs={"compress_level": 1})
     plt.close(fig)
     return path
 

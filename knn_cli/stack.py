@@ -95,6 +95,12 @@ class Layer:
         """dL/dx and dL/d(each parameter), from dL/dout and the forward pass's cache."""
         raise NotImplementedError
 
+    def parameter_gradients(
+        self, dout: np.ndarray, cache: Any, params: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """dL/d(each parameter) without dL/dx, for the first layer (see `Affine`)."""
+        return self.backward(dout, cache, params)[1]
+
     def batch_statistics(self, cache: Any) -> dict[str, np.ndarray]:
         """The statistics a training-mode pass measured, by the names of `statistics()`."""
         return {}
@@ -145,6 +151,10 @@ class Affine(Layer):
     def backward(self, dout, cache, params):
         dx, dW, db = L.affine_backward(dout, cache)
         return dx, {self.W: dW, self.b: db}
+
+    def parameter_gradients(self, dout, cache, params):
+        dW, db = L.affine_parameter_gradients(dout, cache)
+        return {self.W: dW, self.b: db}
 
 
 @dataclass(frozen=True)

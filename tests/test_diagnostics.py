@@ -19,6 +19,7 @@ from knn_cli.diagnostics import (
     landscape,
     layer_statistics,
     network_landscape,
+    percentiles,
     update_ratios,
 )
 from knn_cli.engine import Engine
@@ -60,6 +61,22 @@ def test_layer_statistics_against_a_direct_computation(batch_norm: bool) -> None
         H = out
     assert {layer for layer, _ in found} == {"1", "2", "3"}
     assert ("3", "dead_fraction") not in found  # the output layer has no ReLU
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 1000])
+def test_percentiles_are_numpys_from_one_sort(size: int) -> None:
+    rng = np.random.default_rng(size)
+    ties = rng.integers(0, 5, size).astype(np.float32)  # repeated values, in float32 as trained
+    for values in (rng.standard_normal((size, 3)), ties):
+        expected = np.percentile(values, (0, 15, 50, 85, 100))
+        found = percentiles(values, (0, 15, 50, 85, 100))
+        np.testing.assert_allclose(found, expected, rtol=1e-12, atol=0)
+
+
+def test_percentiles_of_a_diverged_layer_are_nan_as_numpys() -> None:
+    values = np.array([[1.0, np.nan], [3.0, 2.0]])
+    assert np.isnan(np.percentile(values, 50))
+    assert all(np.isnan(p) for p in percentiles(values, (15, 50, 85)))
 
 
 def test_dead_fraction_counts_units_shut_on_every_row() -> None:

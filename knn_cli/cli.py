@@ -110,7 +110,9 @@ def train(
     from knn_cli.memory import check_memory
     from knn_cli.runs import CONFIG_FILE, new_run_dir
 
-    if (config_path is None) == (resume is None):
+    if config_path is not None and resume is not None:
+        raise click.UsageError("give a CONFIG to train or --resume RUN_DIR, not both")
+    if config_path is None and resume is None:
         raise click.UsageError("give a CONFIG to train, or --resume RUN_DIR to continue a run")
     if resume is not None and overrides:
         raise click.UsageError("--resume continues the run as configured; drop --set")

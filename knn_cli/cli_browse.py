@@ -22,8 +22,9 @@ def list_runs(folder: Path | None, as_json: bool) -> None:
 
     DIR defaults to $KNN_RUNS_DIR, else runs. A sweep or study is one line; give its folder as
     DIR to list its trials or parts. Accuracies are the final model's (for a sweep: its best
-    trial's validation accuracy and the final retrain's test accuracy); a sweep's wall time is
-    the sum of its trials', which with several workers is more than the time it took.
+    trial's validation accuracy and the final retrain's test accuracy). A run's time is its wall
+    time; a sweep's or a study's is the sum of its trials' (parts'), which with several workers
+    is more than the time it took.
     """
     from knn_cli.listing import list_rows, rows_json, rows_table
 
@@ -51,7 +52,8 @@ def list_runs(folder: Path | None, as_json: bool) -> None:
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write the figure here (.png, .pdf or .svg) and the table beside it (.md).  "
+    help="Write the figure here (any format matplotlib writes: .png, .pdf, .svg, .jpg, ...; "
+    "missing folders are made) and the table beside it (.md).  "
     "[default: compare.png and compare.md in a new folder RUNS_DIR/<stamp>_compare]",
 )
 @click.option(
@@ -85,4 +87,4 @@ def _check_figure_format(path: Path) -> None:
 
     formats = FigureCanvasBase.get_supported_filetypes()
     if path.suffix.lstrip(".").lower() not in formats:
-        raise KnnError(f"--out {path}: name a figure file, ending in .png, .pdf or .svg")
+        raise KnnError(f"--out {path}: name a figure file, e.g. ending in .png, .pdf or .svg")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from knn_cli.cli_options import dry_run_option, progress_wanted, runs_dir_option, set_option
+from knn_cli.cli_options import progress_wanted, runs_dir_option, set_option
 from knn_cli.cli_sweeps import executor_for, executor_options
 from knn_cli.errors import RunFailed
 
@@ -43,7 +43,13 @@ def report(study_dir: Path) -> None:
     "a minute; its numbers are not the study's.",
 )
 @executor_options
-@dry_run_option
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    default=False,
+    help="Print the plan: each part, its runs and its time on this machine, then stop "
+    "(nothing is trained, no folder is made).",
+)
 @runs_dir_option
 def study(
     overrides: tuple[str, ...],
@@ -65,7 +71,7 @@ def study(
     from knn_cli.study.plan import estimate_plan, plan_study
     from knn_cli.study.report import write_report
     from knn_cli.study.runner import run_study, study_data
-    from knn_cli.study.settings import StudySettings
+    from knn_cli.study.settings import StudySettings, check_overrides
 
     executor = executor_for(workers, scheduler)
     if resume is not None:
@@ -83,6 +89,7 @@ def study(
             seed=seed or 0,
             overrides=tuple(overrides),
         )
+        check_overrides(settings)
     images, features, data = study_data(settings)  # the data first: a missing one fails here
     parts = plan_study(settings, images)
     workers = max(1, executor.workers or 1)

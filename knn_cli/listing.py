@@ -383,7 +383,9 @@ def _iso(text: str) -> str | None:
 
 # -- output ---------------------------------------------------------------------------------------
 
-TABLE_HEADERS = ("name", "kind", "status", "settings", "test", "val", "wall time", "started")
+# A run's time is its wall time; a sweep's or a study's is the sum of its runs' (or parts'),
+# more than the wall time where workers ran side by side: hence not "wall time".
+TABLE_HEADERS = ("name", "kind", "status", "settings", "test", "val", "time", "started")
 
 
 def rows_table(rows: Sequence[Row]) -> str:

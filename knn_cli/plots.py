@@ -193,8 +193,12 @@ def draw_layers(rows: Sequence[Row], title: str, percentile_layer: int | None = 
             legend.setdefault(f"layer {layer}", line)
         if quantity == UPDATE_RATIO and found:
             line = ax.axhline(HEALTHY_UPDATE_RATIO, color="grey", ls=":", lw=1)
-            legend[f"{HEALTHY_UPDATE_RATIO:g} (healthy)"] = line
-        _log_axis(ax, [v for _, values in found.values() for v in values])
+            legend[f"{HEALTHY_UPDATE_RATIO:g} (rule of thumb)"] = line
+        values = [v for _, values in found.values() for v in values]
+        _log_axis(ax, values)
+        if ax.get_yscale() == "log" and 0.0 in values:  # say so, or a dead layer looks unplotted
+            ax.text(0.01, 0.02, "exactly 0 at some steps: not drawn on the log scale",
+                    transform=ax.transAxes, fontsize=8, color="0.3")  # fmt: skip
         ax.set_title(panel_title, fontsize=10)
         ax.grid(alpha=0.3)
     hidden = hidden_layers(rows)
@@ -206,7 +210,7 @@ def draw_layers(rows: Sequence[Row], title: str, percentile_layer: int | None = 
     if legend:
         fig.legend(list(legend.values()), list(legend), loc="center right", fontsize=8)
     fig.suptitle(title, fontsize=11)
-    fig.subplots_adjust(left=0.07, right=0.87, top=0.9, bottom=0.07, hspace=0.2, wspace=0.18)
+    fig.subplots_adjust(left=0.07, right=0.86, top=0.9, bottom=0.07, hspace=0.22, wspace=0.18)
     return fig
 
 
@@ -219,8 +223,9 @@ def draw_percentiles(ax: Any, rows: Sequence[Row], layer: str) -> None:
         ax.plot(p50[0], p50[1], color="tab:blue", lw=1.5, label="median")
         for steps, values in (p15, p85):
             ax.plot(steps, values, color="tab:blue", lw=0.8)
-        ax.legend(fontsize=8)
-    ax.set_title(f"Layer {layer}'s pre-activation: 15th, 50th, 85th percentiles", fontsize=10)
+    # The title says what band and line are: a legend would sit on the band at some steps.
+    title = f"Layer {layer}'s pre-activation: median, 15th-85th percentiles"
+    ax.set_title(title, fontsize=10, pad=14)  # room for a "1e-8" scale above the axis
     ax.set_xlabel("update step")
     ax.grid(alpha=0.3)
 
@@ -294,6 +299,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+PROFILE_LEGEND_CHARACTERS = 150  # characters across the figure's width at fontsize 8
 PROFILE_PANELS = (
     (GRAD_NORM, "Gradient norm ||dL/dW_l|| by layer"),
     ("activation_std", "Activation scale (std of layer l's output) by layer"),
@@ -324,7 +330,20 @@ def draw_layer_profiles(
     from matplotlib.lines import Line2D
 
     styles = dict(zip(steps, ("--", "-", ":"), strict=False))
-    fig, axes = plt.subplots(1, 2, figsize=(12.0, 5.2), dpi=DPI)
+    handles = [Line2D([], [], color=colour, label=label) for label, colour, _ in runs]
+    handles += [
+        Line2D([], [], color="0.4", ls=styles[step],
+               label="at the end" if step is None else f"at step {step}")
+        for step in steps
+    ]  # fmt: skip
+    # As many legend columns as the longest label lets fit across the figure, the legend
+    # outside the axes (a constrained layout makes room for it, whatever its rows).
+    longest = max(len(str(handle.get_label())) for handle in handles) + 8  # sample and gap
+    columns = max(1, min(len(handles), 4, PROFILE_LEGEND_CHARACTERS // longest))
+    legend_rows = math.ceil(len(handles) / columns)
+    fig, axes = plt.subplots(
+        1, 2, figsize=(12.0, 4.6 + 0.22 * legend_rows), dpi=DPI, layout="constrained"
+    )
     for ax, (quantity, panel_title) in zip(axes, PROFILE_PANELS, strict=True):
         drawn = []
         for _, colour, rows in runs:
@@ -336,16 +355,6 @@ def draw_layer_profiles(
         ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel("layer l")
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=colour, label=label) for label, colour, _ in runs]
-    handles += [
-        Line2D([], [], color="0.4", ls=styles[step],
-               label="at the end" if step is None else f"at step {step}")
-        for step in steps
-    ]  # fmt: skip
-    columns = min(len(handles), 4)
-    fig.legend(handles=handles, loc="lower center", ncols=columns, fontsize=8)
+    fig.legend(handles=handles, loc="outside lower center", ncols=columns, fontsize=8)
     fig.suptitle(title, fontsize=11)
-    rows_of_legend = -(-len(handles) // columns)
-    bottom = 0.15 + 0.05 * rows_of_legend
-    fig.subplots_adjust(left=0.07, right=0.98, top=0.87, bottom=bottom, wspace=0.2)
     return fig

@@ -442,7 +442,10 @@ def test_train_resume_continues_an_interrupted_run_to_the_same_metrics(
     "args, fragment",
     [
         (["train"], "give a CONFIG to train, or --resume RUN_DIR"),
-        (["train", "c.yaml", "--resume", "somewhere"], "give a CONFIG to train, or --resume"),
+        (
+            ["train", "c.yaml", "--resume", "somewhere"],
+            "CONFIG to train or --resume RUN_DIR, not both",
+        ),
         (["train", "--resume", "x", "--set", "training.lambda=0.1"], "drop --set"),
     ],
 )

@@ -17,7 +17,7 @@ from knn_cli.executors import Outcome, guarded
 from knn_cli.locks import FolderBusy, folder_lock
 from knn_cli.study.parts import run_configs_part
 from knn_cli.study.plan import PlannedPart, estimate_seconds
-from knn_cli.study.settings import StudySettings, study_config
+from knn_cli.study.settings import QUICK_N_S, StudySettings, study_config
 
 
 def test_the_estimate_counts_steps_evaluations_and_rounds_of_workers(
@@ -81,6 +81,41 @@ def test_the_grid_takes_its_widths_from_its_depths_not_from_set() -> None:
     result = CliRunner().invoke(cli, ["init-sensitivity", "--set", "model.hidden=[5]"])
     assert result.exit_code == 2
     assert "drop --set model.hidden" in result.output
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("training.cycles=x", "--set training.cycles: each part's cycles are the study's"),
+        ("training.seed=5", "use --seed and --seeds"),
+        ("model.hidden=[5]", "--set model.hidden: the study's networks are 3 and 9 layers"),
+        ("training.n_s=abc", "training.n_s must be an integer >= 1 or null, got 'abc'"),
+        ("training.eta_max=-1", "training.eta_max must be a number > 0, got -1"),
+    ],
+)
+@pytest.mark.parametrize("quick", [True, False])
+def test_a_study_refuses_a_bad_set_in_one_line_before_anything_runs(
+    tmp_path: Path, fake_cifar_dir: Path, override: str, said: str, quick: bool
+) -> None:
+    """In a quick study the quick sizes used to hide a bad value from some parts, which then
+    trained, until the init grid failed on it with exit 1."""
+    runs = tmp_path / "runs"
+    args = ["study", "--runs-dir", str(runs), "--set", f"data.dir={fake_cifar_dir}",
+            "--set", override, *(["--quick"] if quick else [])]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: ") and said in line
+    assert not runs.exists()
+
+
+def test_a_quick_study_takes_the_users_half_cycle_in_every_part() -> None:
+    settings = StudySettings(quick=True, overrides=("training.n_s=7",))
+    sizes = settings.sizes
+    assert (sizes.search_n_s, sizes.final_n_s, sizes.grid_n_s) == (None, None, None)
+    assert study_config(settings, "3layer").training.n_s == 7
+    assert study_config(settings, "3layer").training.cycles == 1
+    assert StudySettings(quick=True).sizes.grid_n_s == QUICK_N_S
 
 
 def test_list_options_say_what_each_value_must_be() -> None:

@@ -144,7 +144,10 @@ def draw_why_percentiles(pair: Mapping[bool, Watched], layer: int) -> Any:
     fig, axes = plt.subplots(1, len(pair), figsize=BN_FIGSIZE, dpi=DPI, squeeze=False)
     for ax, (_, watched) in zip(axes[0], sorted(pair.items()), strict=True):
         draw_percentiles(ax, watched.rows, str(layer))
-        ax.set_title(f"{watched.label}: layer {layer}'s pre-activation, 15/50/85th", fontsize=10)
+        ax.set_title(
+            f"{watched.label}: layer {layer}'s pre-activation, 15th-85th band, median",
+            fontsize=10,
+        )
     fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.12, wspace=0.2)
     return fig
 

@@ -130,7 +130,7 @@ def not_run(study: Study, name: str) -> Text:
     why = f"; {part.message}" if part.message else ""
     if part.status == "pending" and not why:
         return Text(f"{TITLES[name]}: {NOT_RUN} yet.")
-    return Text(f"{TITLES[name]}: {NOT_RUN} (the part is {part.status}{why}).")
+    return Text(f"{TITLES[name]}: {NOT_RUN} (status: {part.status}{why}).")
 
 
 def unfinished(study: Study, name: str) -> list[Block]:

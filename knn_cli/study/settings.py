@@ -4,11 +4,11 @@ ships them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from knn_cli.config import RunConfig, load_config
-from knn_cli.errors import KnnError
+from knn_cli.config import RunConfig, config_from_dict, load_config
+from knn_cli.errors import ConfigError, KnnError
 
 CONFIG_NAMES = ("3layer", "3layer_bn", "9layer", "9layer_bn")
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"  # the checkout's configs/
@@ -53,7 +53,45 @@ class StudySettings:
 
     @property
     def sizes(self) -> Sizes:
-        return QUICK if self.quick else FULL
+        if not self.quick:
+            return FULL
+        if self.sets("training.n_s"):  # the user's half cycle, in every part of a quick study
+            quick_cycles = tuple(o for o in QUICK.run_overrides if not o.startswith("training.n_s"))
+            return replace(
+                QUICK, search_n_s=None, final_n_s=None, grid_n_s=None, run_overrides=quick_cycles
+            )
+        return QUICK
+
+    def sets(self, key: str) -> bool:
+        """Whether a --set of the study names `key`."""
+        return any(text.partition("=")[0].strip() == key for text in self.overrides)
+
+
+# Settings the study decides in each part (its protocol): a --set of them would reach some
+# parts and not others, so it is refused.
+DECIDED_BY_THE_STUDY = {
+    "training.seed": "the study seeds its runs itself: use --seed and --seeds",
+    "training.cycles": "each part's cycles are the study's protocol (1 in --quick); "
+    "train another schedule with knn train or knn sweep",
+    "model.hidden": "the study's networks are 3 and 9 layers as its configs say; "
+    "train other widths with knn train",
+    "model.batch_norm": "the study compares each network with and without batch norm itself",
+}
+
+
+def check_overrides(settings: StudySettings) -> None:
+    """Refuse, in one line before anything trains, a --set the study cannot take: a setting it
+    decides itself, or a bad value (which would otherwise fail each part in its turn, and in a
+    quick study be hidden in some parts by the quick sizes)."""
+    for key, why in DECIDED_BY_THE_STUDY.items():
+        if settings.sets(key):
+            raise ConfigError(f"--set {key}: {why}")
+    overrides = [*STUDY_OVERRIDES, *settings.overrides]
+    for name in CONFIG_NAMES:
+        path = Path(settings.configs_dir) / f"{name}.yaml"
+        if path.is_file():  # a missing one is said by study_config, where it is needed
+            load_config(path, overrides)
+    config_from_dict({"name": "init"}, overrides)  # the init grid's base
 
 
 def study_config(settings: StudySettings, name: str, *extra: str) -> RunConfig:

@@ -327,8 +327,9 @@ def why_section(study: Study, figures: Mapping[str, Figure], number: int) -> Sec
     title = f"{number}. Why batch norm helps: what the layers see"
     intro = Text(
         "Every run measures its layers on a probe batch of training images (the same images "
-        "all run long; `diagnostics.csv` in each run folder) at every evaluation point: the "
-        "norm of each weight matrix's loss gradient, the spread of each layer's output, the "
+        "throughout the run; `diagnostics.csv` in each run folder) at every evaluation point: "
+        "the norm of each weight matrix's loss gradient, the spread of each affine layer's "
+        "output (the pre-activation that batch norm or the ReLU receives), the "
         "share of ReLU units that are shut on every probe image. The study's one explanation "
         f'of why the 9-layer network needs batch norm: "{CLAIM}" Here it is tested on the '
         "9-layer networks of the four configs (He init) and of the init grid."
@@ -362,8 +363,10 @@ def why_section(study: Study, figures: Mapping[str, Figure], number: int) -> Sec
         Text(
             f"A gradient counts as vanished below {VANISHED:g}: even the largest rate, 0.1, "
             "times it would move a weight by less than float32 resolves. The percentiles are "
-            "of a whole layer's outputs, all units pooled, where Ioffe and Szegedy (2015) "
-            "followed one typical unit of a sigmoid network on MNIST.",
+            "of a whole affine layer's outputs, all units pooled, before batch norm where "
+            "there is one (so with it their scale does not reach the ReLU), where Ioffe and "
+            "Szegedy (2015) followed the normalized input of one typical unit of a sigmoid "
+            "network on MNIST.",
             "note",
         )
     )

@@ -17,9 +17,11 @@ import click
 from knn_cli import __version__
 from knn_cli.cli_browse import compare, list_runs
 from knn_cli.cli_options import (
+    RESUME_COMMAND,
     dry_run_option,
     parse_list,
     progress_wanted,
+    remember_resume,
     runs_dir_option,
     set_option,
 )
@@ -55,8 +57,10 @@ class KnnGroup(click.Group):
         except KnnError as error:
             raise UserFacingError(str(error), error.exit_code) from None
         except KeyboardInterrupt:
+            resume = ctx.meta.get(RESUME_COMMAND)
+            again = f"; continue with: {resume}" if resume else ""
             raise UserFacingError(
-                "interrupted; what was computed so far is saved", EXIT_INTERRUPTED
+                f"interrupted; what was computed so far is saved{again}", EXIT_INTERRUPTED
             ) from None
         except MemoryError as error:  # a size no estimate caught (train and sweeps check first)
             raise UserFacingError(
@@ -131,6 +135,7 @@ def train(
     dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress_wanted())
     run_dir = resume or new_run_dir(runs_dir, config.name)
     click.echo(f"{'continuing' if resume else 'run folder:'} {run_dir}")
+    remember_resume("train", run_dir)
     with folder_lock(run_dir):  # a second --resume of a run still training must not join it
         if resume is not None:
             resumable(resume)  # again: it may have finished while this process loaded the data

@@ -84,3 +84,11 @@ def with_options(*options: Callable[[Any], Any]) -> Callable[[Any], Any]:
         return command
 
     return decorate
+
+
+RESUME_COMMAND = "knn_resume_command"  # in click's shared context meta
+
+
+def remember_resume(command: str, folder: Path) -> None:
+    """How to continue the work in `folder`, said if it is interrupted (see `KnnGroup`)."""
+    click.get_current_context().meta[RESUME_COMMAND] = f"knn {command} --resume {folder}"

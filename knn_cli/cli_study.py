@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from knn_cli.cli_options import progress_wanted, runs_dir_option, set_option
+from knn_cli.cli_options import progress_wanted, remember_resume, runs_dir_option, set_option
 from knn_cli.cli_sweeps import executor_for, executor_options
 from knn_cli.errors import RunFailed
 
@@ -117,6 +117,7 @@ def study(
     study_dir = resume or start_study(runs_dir, settings, data)
     with folder_lock(study_dir):
         click.echo(f"{kind}: {study_dir}")
+        remember_resume("study", study_dir)
         show_plan()
         started = time.perf_counter()
         doc = run_study(study_dir, executor, progress=progress_wanted(), say=click.echo)

@@ -18,6 +18,7 @@ from knn_cli.cli_options import (
     dry_run_option,
     parse_list,
     progress_wanted,
+    remember_resume,
     runs_dir_option,
     set_option,
     with_options,
@@ -253,6 +254,7 @@ def lambda_search(
         sweep_dir = start_sweep(runs_dir, LAMBDA_SEARCH, spec)
     with folder_lock(sweep_dir):
         click.echo(f"sweep folder: {sweep_dir}")
+        remember_resume("lambda-search", sweep_dir)
         result = run_lambda_search(spec, sweep_dir, executor, progress=progress_wanted())
     # table.md ends with the finals' mean +- sd; here that line comes last, after each final's.
     click.echo(lambda_table([*result.records, *result.finals]))
@@ -425,6 +427,7 @@ def init_sensitivity(
         sweep_dir = start_sweep(runs_dir, INIT_SENSITIVITY, spec)
     with folder_lock(sweep_dir):
         click.echo(f"sweep folder: {sweep_dir}")
+        remember_resume("init-sensitivity", sweep_dir)
         records = run_init_sensitivity(spec, sweep_dir, executor, progress=progress_wanted())
     click.echo("final test accuracy (rows: layers and batch norm; columns: init sigma)")
     click.echo((sweep_dir / "results.md").read_text())
@@ -482,6 +485,7 @@ def sweep(
         sweep_dir = start_sweep(runs_dir, CONFIG_SWEEP, spec, name=spec.name)
     with folder_lock(sweep_dir):
         click.echo(f"sweep folder: {sweep_dir}")
+        remember_resume("sweep", sweep_dir)
         records = run_config_sweep(spec, sweep_dir, executor, progress=progress_wanted())
     click.echo((sweep_dir / "results.md").read_text())
     click.echo(f"written: {sweep_dir}/results.csv, results.md")

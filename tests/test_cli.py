@@ -428,6 +428,7 @@ def test_train_resume_continues_an_interrupted_run_to_the_same_metrics(
         cut = train_on_fake(tmp_path, fake_cifar_dir, tmp_path / "cut", *longer)
     assert_one_line_error(cut, EXIT_INTERRUPTED, "interrupted")
     (run_dir,) = (tmp_path / "cut").iterdir()
+    assert f"continue with: knn train --resume {run_dir}" in cut.output  # the command to type
     assert (run_dir / "checkpoint.npz").is_file()
     result = run("train", "--resume", str(run_dir))
     assert result.exit_code == 0, result.output

@@ -146,7 +146,10 @@ def test_stopping_a_process_pool_sweep_leaks_nothing(tmp_path: Path, fake_cifar_
     sweep.send_signal(signal.SIGTERM)
     _out, err = finish(sweep, 60)
     assert sweep.returncode == 130
-    assert err.strip().splitlines()[-1] == "error: interrupted; what was computed so far is saved"
+    assert err.strip().splitlines()[-1] == (
+        "error: interrupted; what was computed so far is saved; "
+        f"continue with: knn lambda-search --resume {folder}"
+    )
     assert "leaked semaphore" not in err and "Traceback" not in err
     # The workers and the resource tracker, which ends when the sweep's end closes its pipe.
     wait_for(lambda: not any(alive(p) for p in workers), "the workers to end", timeout=10)

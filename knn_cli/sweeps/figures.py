@@ -231,7 +231,7 @@ def draw_loss_curves(spec: GridSpec, records: Sequence[TrialRecord]) -> Any:
     n_s = next((r.get("n_s") for r in records if r.get("n_s")), None)
     cut = f"; loss above {LOSS_CAP:.2f} is cut off" if max(finite, default=0) > LOSS_CAP else ""
     seeds = f"seed {spec.seed}" if spec.seeds == 1 else (
-        f"seeds {spec.seed}-{spec.seed + spec.seeds - 1}, a line each"
+        f"seeds {spec.seed}-{spec.seed + spec.seeds - 1}, a line each, drawn alike"
     )  # fmt: skip
     fig.suptitle(
         "Init sensitivity: loss from a normal(0, sigma) init, one y scale for all cells"

@@ -143,7 +143,8 @@ LAYER_PANELS = (
     ("activation_std", "Activation scale: std of layer l's output"),
     (UPDATE_RATIO, "Update ratio ||W_l change|| / ||W_l|| over the last step"),
 )
-HEALTHY_UPDATE_RATIO = 1e-3  # the practitioners' rule of thumb
+# What practitioners call healthy; a dead layer's weight decay alone can sit there too.
+RULE_OF_THUMB_UPDATE_RATIO = 1e-3
 LANDSCAPE_TITLES = {
     "loss_range": "Loss range along -g",
     "grad_change": "Largest gradient change ||g(w - t g) - g||",
@@ -192,8 +193,8 @@ def draw_layers(rows: Sequence[Row], title: str, percentile_layer: int | None = 
             (line,) = ax.plot(steps, values, color=colours[layer], lw=1.3)
             legend.setdefault(f"layer {layer}", line)
         if quantity == UPDATE_RATIO and found:
-            line = ax.axhline(HEALTHY_UPDATE_RATIO, color="grey", ls=":", lw=1)
-            legend[f"{HEALTHY_UPDATE_RATIO:g} (rule of thumb)"] = line
+            line = ax.axhline(RULE_OF_THUMB_UPDATE_RATIO, color="grey", ls=":", lw=1)
+            legend[f"{RULE_OF_THUMB_UPDATE_RATIO:g} (rule of thumb)"] = line
         values = [v for _, values in found.values() for v in values]
         _log_axis(ax, values)
         if ax.get_yscale() == "log" and 0.0 in values:  # say so, or a dead layer looks unplotted
@@ -219,8 +220,8 @@ def draw_percentiles(ax: Any, rows: Sequence[Row], layer: str) -> None:
     Szegedy draw a layer's input distribution."""
     p15, p50, p85 = (series(rows, f"activation_p{p}").get(layer) for p in (15, 50, 85))
     if p15 and p50 and p85:
-        ax.fill_between(p15[0], p15[1], p85[1], alpha=0.25, color="tab:blue", label="15th-85th")
-        ax.plot(p50[0], p50[1], color="tab:blue", lw=1.5, label="median")
+        ax.fill_between(p15[0], p15[1], p85[1], alpha=0.25, color="tab:blue")
+        ax.plot(p50[0], p50[1], color="tab:blue", lw=1.5)
         for steps, values in (p15, p85):
             ax.plot(steps, values, color="tab:blue", lw=0.8)
     # The title says what band and line are: a legend would sit on the band at some steps.

@@ -133,7 +133,8 @@ def draw_figures(study: Study) -> dict[str, Figure]:
                 "why-percentiles",
                 draw_why_percentiles(he, DEPTH - 1),
                 f"9 layers at He init: the 15th, 50th and 85th percentiles of layer {DEPTH - 1}'s "
-                "output over training (Ioffe and Szegedy, 2015, Figure 1), without and with BN.",
+                "pre-activation (its affine output, before BN where there is one) over training, "
+                "without and with BN: the picture of Ioffe and Szegedy, 2015, Figure 1.",
             )
     by_bn = landscape_rows(study.configs)
     if by_bn:

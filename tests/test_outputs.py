@@ -23,7 +23,7 @@ import knn_cli.progress
 from knn_cli.cli import cli
 from knn_cli.config import config_from_dict, config_to_dict, dump_config, load_config
 from knn_cli.experiment import train_run
-from knn_cli.plots import draw_curves, plot_run, run_description
+from knn_cli.plots import draw_curves, plot_run, run_description, write_figure
 from knn_cli.progress import TrainingBar
 from knn_cli.runs import atomic_write_json, metrics_log, new_run_dir, read_metrics
 from knn_cli.sweeps.figures import draw_lambda_search, draw_loss_curves
@@ -332,3 +332,27 @@ def test_a_layer_panel_labels_enough_ticks_to_be_read(low: float, high: float, a
         t for t in ax.get_yticks() if bottom <= t <= top and ax.yaxis.get_major_formatter()(t)
     ]
     assert len(labelled) >= at_least
+
+
+@pytest.mark.parametrize("suffix", [".png", ".pdf", ".svg"])
+def test_every_figure_is_written_whole_and_png_at_the_fastest_level(
+    tmp_path: Path, suffix: str
+) -> None:
+    """One writer for every figure: renamed into place (no partial file stays), a PNG at zlib
+    level 1, where the default level 6 packs the same picture smaller; other formats take no
+    PNG options."""
+
+    def figure() -> Any:
+        fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
+        ax.plot(range(100), [math.sin(i / 7) for i in range(100)])
+        return fig
+
+    path = write_figure(figure(), tmp_path / f"f{suffix}")
+    assert path.is_file() and [p.name for p in tmp_path.iterdir()] == [path.name]
+    if suffix == ".png":
+        assert matplotlib.image.imread(path).shape[:2] == (300, 400)
+        default = tmp_path / "default.png"
+        fig = figure()
+        fig.savefig(default)
+        plt.close(fig)
+        assert path.stat().st_size > default.stat().st_size

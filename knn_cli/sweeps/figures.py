@@ -6,7 +6,6 @@ matplotlib is imported inside the functions: a sweep command should not pay for 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -167,16 +166,13 @@ def lambda_ticks(low: float, high: float) -> list[float] | None:
 
 
 def save_figure(fig: Any, path: Path) -> Path:
-    """Save beside the target, then rename: a reader never sees a half-written image."""
-    import matplotlib.pyplot as plt
+    """Laid out (tight, unless the figure has its own layout engine), then written as every
+    figure is (`plots.write_figure`)."""
+    from knn_cli.plots import write_figure
 
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     if fig.get_layout_engine() is None:
         fig.tight_layout()
-    fig.savefig(partial)
-    plt.close(fig)
-    os.replace(partial, path)
-    return path
+    return write_figure(fig, path)
 
 
 def loss_curves_figure(sweep_dir: Path, spec: GridSpec, records: Sequence[TrialRecord]) -> Path:

@@ -16,6 +16,7 @@ import argparse
 import os
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from knn_cli.config import load_config
 from knn_cli.engine.batches import AugmentedBatch
 from knn_cli.errors import DataError
 from knn_cli.experiment import build_network
-from knn_cli.trainer import Schedule, Splits, train
+from knn_cli.trainer import Splits, train
 
 ROOT = Path(__file__).resolve().parent.parent
 AUGMENTATION = Augmentation(flip=True, translate=3)
@@ -46,9 +47,8 @@ def training_rows() -> tuple[np.ndarray, np.ndarray]:
 def epoch_runner(X: np.ndarray, y: np.ndarray, augmentation: Augmentation | None, lanes: bool):
     config = load_config(ROOT / "configs" / "3layer_bn.yaml")
     network = build_network(config, X.shape[1])
-    t = config.training
-    schedule = Schedule(t.lambda_, 100, t.eta_min, t.eta_max, n_s=225, cycles=1,
-                        eval_every=10**9, seed=0)  # fmt: skip
+    schedule = replace(config.training, batch_size=100, n_s=225, cycles=1, eval_every=10**9,
+                       seed=0)  # fmt: skip
     splits = Splits(X, y, X[:0], y[:0])
 
     def run() -> float:

@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ import numpy as np
 from knn_cli.config import load_config
 from knn_cli.errors import DataError
 from knn_cli.experiment import build_network
-from knn_cli.trainer import Schedule, Splits, train
+from knn_cli.trainer import Splits, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch_protocol import sgd_for, torch_network  # a script beside this one
@@ -194,10 +194,9 @@ def ours_epoch(config_name: str, data: Data, two_lanes: bool = True) -> Callable
     """One epoch through the real trainer (the gather, the schedule, the step), no evaluation."""
     config = load_config(ROOT / "configs" / f"{config_name}.yaml")
     network = build_network(config, data.X.shape[1])
-    t = config.training
     splits = Splits(data.X, data.y, data.X[:0], data.y[:0])
-    schedule = Schedule(t.lambda_, BATCH, t.eta_min, t.eta_max, n_s=N_TRAIN // BATCH // 2,
-                        cycles=1, eval_every=10**9, seed=0)  # fmt: skip
+    schedule = replace(config.training, batch_size=BATCH, n_s=N_TRAIN // BATCH // 2, cycles=1,
+                       eval_every=10**9, seed=0)  # fmt: skip
 
     def run() -> float:
         start = time.perf_counter()

@@ -39,7 +39,11 @@ import json, sys, time
 import numpy as np
 from knn_cli.config import load_config
 from knn_cli.experiment import build_network
-from knn_cli.trainer import Schedule, Splits, train
+from knn_cli.trainer import Splits, train
+try:  # versions before populations: a Schedule of their own; since, the config's TrainingConfig
+    from knn_cli.trainer import Schedule
+except ImportError:
+    Schedule = None
 try:
     from knn_cli.experiment import build_update_rule
 except ImportError:
@@ -64,9 +68,16 @@ def runner(config_name, rule_name, lanes):
         network = build_network(config, X.shape[1])
         rule = build_update_rule(config) if build_update_rule else None
         t = config.training
-        schedule = Schedule(t.lambda_, 100, t.eta_min, t.eta_max, n_s=225, cycles=1,
-                            eval_every=10**9, seed=0)
-        options = {"two_lanes": lanes == "2"} | ({} if rule is None else {"optimizer": rule})
+        if Schedule is not None:
+            schedule = Schedule(t.lambda_, 100, t.eta_min, t.eta_max, n_s=225, cycles=1,
+                                eval_every=10**9, seed=0)
+            given = {} if rule is None else {"optimizer": rule}
+        else:
+            import dataclasses
+            schedule = dataclasses.replace(t, batch_size=100, n_s=225, cycles=1,
+                                           eval_every=10**9, seed=0)
+            given = {"rule": rule}
+        options = {"two_lanes": lanes == "2"} | given
         runners[key] = lambda: train(network, splits, schedule, **options)
         runners[key]()  # warm: workspaces, pages of the memory map
     return runners[key]

@@ -37,7 +37,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from knn_cli.config import load_config
 from knn_cli.network import Network
-from knn_cli.trainer import Schedule, Splits, train
+from knn_cli.trainer import Splits, train
 
 config_name, steps = sys.argv[1], int(sys.argv[2])
 rng = np.random.default_rng(0)
@@ -47,8 +47,14 @@ config = load_config(f"configs/{config_name}.yaml")
 model, t = config.model, config.training
 network = Network(3072, model.hidden, 10, batch_norm=model.batch_norm, seed=0)
 # One cycle of 2 n_s steps: `steps` steps in all.
-schedule = Schedule(t.lambda_, 100, t.eta_min, t.eta_max, n_s=steps // 2, cycles=1,
-                    eval_every=10**9, seed=0)
+try:  # versions before populations had a Schedule of their own
+    from knn_cli.trainer import Schedule
+    schedule = Schedule(t.lambda_, 100, t.eta_min, t.eta_max, n_s=steps // 2, cycles=1,
+                        eval_every=10**9, seed=0)
+except ImportError:
+    import dataclasses
+    schedule = dataclasses.replace(t, batch_size=100, n_s=steps // 2, cycles=1,
+                                   eval_every=10**9, seed=0)
 with threadpool_limits(1, user_api="blas"):
     outcome = train(network, Splits(X, y, X[:0], y[:0]), schedule, two_lanes=False)
 assert outcome.status == "finished"

@@ -6,9 +6,9 @@ progress bar -- and it is what sweeps call once per trial.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from knn_cli.data.cifar10 import N_CLASSES, Dataset
 from knn_cli.diagnostics import Probe
 from knn_cli.errors import RunFolderError
 from knn_cli.interrupts import StopRequests
-from knn_cli.memory import check_memory
+from knn_cli.memory import check_memory, estimate_memory
 from knn_cli.network import Network
 from knn_cli.optim import UpdateRule, make_update_rule
 from knn_cli.recorder import RunFacts, RunRecorder
@@ -36,13 +36,14 @@ from knn_cli.runs import (
     read_summary,
     require_run_dir,
 )
-from knn_cli.schedule import check_batch_size
+from knn_cli.schedule import check_batch_size, total_steps
 from knn_cli.trainer import (
     Checkpointing,
-    Schedule,
+    Member,
     Splits,
+    Trainer,
+    TrainingOutcome,
     accuracy,
-    train,
 )
 
 OPTIMIZER_PREFIX = "optimizer."
@@ -83,6 +84,11 @@ def build_probe(config: RunConfig, dataset: Dataset) -> Probe | None:
     )
 
 
+def images_of(dataset: Dataset) -> int:
+    """Images in all three splits: what the data takes in memory."""
+    return len(dataset.X_train) + len(dataset.X_val) + len(dataset.X_test)
+
+
 def saved_state(network: Network, rule: UpdateRule) -> dict[str, np.ndarray]:
     """What model.npz holds: parameters and moving averages by name, and the update rule's
     state under `optimizer.` (e.g. `optimizer.velocity.W1`, `optimizer.steps`)."""
@@ -90,20 +96,79 @@ def saved_state(network: Network, rule: UpdateRule) -> dict[str, np.ndarray]:
     return {**network.state(), **optimizer}
 
 
-def resolve_schedule(config: RunConfig, n_train: int) -> Schedule:
-    training = config.training
-    check_batch_size(training.batch_size, n_train, "training images of the data")
-    n_s = training.resolve_n_s(n_train)
-    return Schedule(
-        lambda_=training.lambda_,
-        batch_size=training.batch_size,
-        eta_min=training.eta_min,
-        eta_max=training.eta_max,
-        n_s=n_s,
-        cycles=training.cycles,
-        eval_every=training.resolve_eval_every(n_s),
-        seed=training.seed,
+@dataclass
+class OpenRun:
+    """A run folder opened for training: its config, the network and update rule (restored
+    from its checkpoint when it continues), its recorder, the probe its layers are measured on,
+    and the step it starts at. `summary` is set once the run is finished."""
+
+    config: RunConfig
+    run_dir: Path
+    network: Network
+    rule: UpdateRule
+    recorder: RunRecorder
+    probe: Probe | None
+    start_step: int
+    evaluate_test: bool
+    summary: dict[str, Any] | None = None
+
+    def member(self) -> Member:
+        return Member(self.network, self.config.training, self.rule, self.recorder, self.probe)
+
+
+def open_run(
+    config: RunConfig,
+    run_dir: Path,
+    dataset: Dataset,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    evaluate_test: bool = True,
+    population: int = 1,
+) -> OpenRun:
+    """A run folder ready to train: the config written (a new run) or the checkpoint read (one
+    that continues), the network and rule built, the recorder open. `population` is how many
+    runs train side by side with it, for its summary."""
+    if not resume:
+        atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))
+    n_train = len(dataset.X_train)
+    check_batch_size(config.training.batch_size, n_train, "training images of the data")
+    n_s = config.training.resolve_n_s(n_train)
+    memory = estimate_memory(
+        config,
+        images=images_of(dataset),
+        features=dataset.n_features,
+        train_images=n_train,
+        members=population,
     )
+    network = build_network(config, dataset.n_features)
+    rule = build_update_rule(config)
+    start_step, earlier_seconds, earlier_records = 0, 0.0, []
+    if resume:
+        start_step, earlier_seconds, earlier_records = _restore(run_dir, network, rule)
+    probe = build_probe(config, dataset)
+    facts = RunFacts(
+        name=config.name,
+        total_steps=total_steps(n_s, config.training.cycles),
+        n_s=n_s,
+        n_train=n_train,
+        seed=config.training.seed,
+        data=dataset.source,
+        memory_estimate_mb=memory.to_dict(),
+        probe_rows=None if probe is None else len(probe.X),
+        population=population,
+    )
+    recorder = RunRecorder(
+        run_dir,
+        lambda: saved_state(network, rule),
+        facts,
+        start_step=start_step,
+        earlier_seconds=earlier_seconds,
+        earlier_records=earlier_records,
+        progress=progress,
+        measuring=probe is not None,
+    )
+    return OpenRun(config, run_dir, network, rule, recorder, probe, start_step, evaluate_test)
 
 
 def train_run(
@@ -134,72 +199,95 @@ def train_run(
         atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))
     if dataset is None:
         dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress)
-    schedule = resolve_schedule(config, len(dataset.X_train))
-    images = len(dataset.X_train) + len(dataset.X_val) + len(dataset.X_test)
-    memory = check_memory(
-        config, images=images, features=dataset.X_train.shape[1], train_images=len(dataset.X_train)
+    check_memory(
+        config,
+        images=images_of(dataset),
+        features=dataset.n_features,
+        train_images=len(dataset.X_train),
     )
-    network = build_network(config, dataset.X_train.shape[1])
-    rule = build_update_rule(config)
+    run = open_run(
+        config, run_dir, dataset, resume=resume, progress=progress, evaluate_test=evaluate_test
+    )
+    return train_population(
+        [run],
+        dataset,
+        background_evaluation=background_evaluation,
+        stop_between_steps=stop_between_steps,
+    )[0]
+
+
+def train_population(
+    runs: Sequence[OpenRun],
+    dataset: Dataset,
+    *,
+    background_evaluation: bool = True,
+    stop_between_steps: bool = False,
+) -> list[dict[str, Any]]:
+    """Train open runs side by side, one population per step they start at (a new run at 0, a
+    continued one where its checkpoint was saved), and finish each: its final measurements,
+    model, summary and plots; each run's summary, in order.
+
+    The runs must differ only in what a population's members may: seed, lambda, rates and init
+    (`knn_cli.populations`). A run that diverges is finished at once, the others go on. Stops
+    and interrupts as `train_run`'s; on any, every unfinished run is saved as it stands.
+    """
+    stop_context = StopRequests() if stop_between_steps else nullcontext(lambda: False)
+    # Active until the runs are saved: a stop asked for after the last step, or during the
+    # final measurements, waits for the summaries instead of cutting them short, and is not lost.
+    with stop_context as stopping:
+        for start in dict.fromkeys(run.start_step for run in runs):
+            together = [run for run in runs if run.start_step == start]
+            _train_together(together, dataset, stopping, background_evaluation)
+        if getattr(stopping, "requested", False):
+            raise KeyboardInterrupt  # the runs are saved, finished; the caller still stops
+    return [run.summary or {} for run in runs]
+
+
+def _train_together(
+    runs: Sequence[OpenRun],
+    dataset: Dataset,
+    stopping: Callable[[], bool],
+    background_evaluation: bool,
+) -> None:
+    """Runs that start at the same step, as one population."""
+    config = runs[0].config
     splits = Splits(dataset.X_train, dataset.y_train, dataset.X_val, dataset.y_val)
-    start_step, earlier_seconds, earlier_records = 0, 0.0, []
-    if resume:
-        start_step, earlier_seconds, earlier_records = _restore(run_dir, network, rule)
-    facts = RunFacts(
-        name=config.name,
-        total_steps=schedule.total_steps,
-        n_s=schedule.n_s,
-        n_train=len(dataset.X_train),
-        seed=config.training.seed,
-        data=dataset.source,
-        memory_estimate_mb=memory.to_dict(),
-    )
-    probe = build_probe(config, dataset)
-    facts = replace(facts, probe_rows=None if probe is None else len(probe.X))
-    recorder = RunRecorder(
-        run_dir,
-        lambda: saved_state(network, rule),
-        facts,
-        start_step=start_step,
-        earlier_seconds=earlier_seconds,
-        earlier_records=earlier_records,
-        progress=progress,
-        measuring=probe is not None,
+    for run in runs:
+        run.recorder.on_leaving = _finisher(run)
+    trainer = Trainer(
+        [run.member() for run in runs],
+        splits,
+        augmentation=Augmentation(**asdict(config.augment)),
+        train_curve=config.evaluation.train_curve_rows,
+        background_evaluation=background_evaluation,
     )
     minutes = config.training.checkpoint_minutes
-    stop_context = StopRequests() if stop_between_steps else nullcontext(lambda: False)
-    # Active until the run is saved: a stop asked for after the last step, or during the final
-    # measurements, waits for the summary instead of cutting it short, and is not lost.
-    with stop_context as stopping:
-        try:
-            outcome = train(
-                network,
-                splits,
-                schedule,
-                on_evaluation=recorder.on_evaluation,
-                on_step=recorder.on_step,
-                probe=probe,
-                on_diagnostics=recorder.on_diagnostics,
-                optimizer=rule,
-                augmentation=Augmentation(**asdict(config.augment)),
-                start_step=start_step,
-                checkpointing=Checkpointing(
-                    recorder.save_checkpoint, None if minutes is None else 60.0 * minutes, stopping
-                ),
-                background_evaluation=background_evaluation,
-                train_curve=config.evaluation.train_curve_rows,
-            )
-            finished = outcome.status == "finished"
-            measured = (
-                final_measurements(network, dataset, config, evaluate_test) if finished else {}
-            )
-        except BaseException as error:
-            recorder.finish_despite(error)
-            raise
-        summary = recorder.finish(outcome, measured)
-        if getattr(stopping, "requested", False):
-            raise KeyboardInterrupt  # the run is saved, finished; the caller still stops
-    return summary
+    checkpointing = Checkpointing(None if minutes is None else 60.0 * minutes, stopping)
+    try:
+        trainer.train(runs[0].start_step, checkpointing)
+        measured = [
+            final_measurements(run.network, dataset, run.config, run.evaluate_test)
+            if outcome is not None and outcome.status == "finished"
+            else {}
+            for run, outcome in zip(runs, trainer.outcomes, strict=True)
+        ]
+    except BaseException as error:
+        for run in runs:
+            if run.summary is None:
+                run.recorder.finish_despite(error)
+        raise
+    for run, outcome, found in zip(runs, trainer.outcomes, measured, strict=True):
+        if run.summary is None and outcome is not None:
+            run.summary = run.recorder.finish(outcome, found)
+
+
+def _finisher(run: OpenRun) -> Callable[[TrainingOutcome], None]:
+    """How a run that leaves its population early (it diverged) is finished, at once."""
+
+    def finish(outcome: TrainingOutcome) -> None:
+        run.summary = run.recorder.finish(outcome, {})
+
+    return finish
 
 
 def resumable(run_dir: Path) -> None:

@@ -61,8 +61,11 @@ def estimate_memory(
     images: int = CIFAR_IMAGES,
     features: int = CIFAR_FEATURES,
     train_images: int = CIFAR_TRAIN_IMAGES,
+    members: int = 1,
 ) -> MemoryEstimate:
-    """The run's memory need, from its config and the data's size (CIFAR-10's by default)."""
+    """The run's memory need, from its config and the data's size (CIFAR-10's by default); with
+    `members`, that of a population of so many runs of its shapes, which share the data and
+    hold their parameters and activations side by side."""
     itemsize = 8 if config.training.dtype == "float64" else 4
     widths = (features, *config.model.hidden, 10)
     weights = sum(d_in * d_out for d_in, d_out in itertools.pairwise(widths))
@@ -78,8 +81,8 @@ def estimate_memory(
         # and output for all rows at once.
         evaluation = max(evaluation, 2 * train_images * max(widths[1:]))
     return MemoryEstimate(
-        parameters=parameter_count * copies * itemsize,
-        activations=(LANES * step + evaluation) * itemsize,
+        parameters=members * parameter_count * copies * itemsize,
+        activations=members * (LANES * step + evaluation) * itemsize,
         data=images * features * DATA_ITEMSIZE,
         baseline=BASELINE_BYTES,
     )
@@ -122,13 +125,17 @@ def check_memory(
     images: int = CIFAR_IMAGES,
     features: int = CIFAR_FEATURES,
     train_images: int = CIFAR_TRAIN_IMAGES,
+    members: int = 1,
 ) -> MemoryEstimate:
     """The estimate, or a one-line ConfigError when it cannot fit in the memory available."""
-    estimate = estimate_memory(config, images=images, features=features, train_images=train_images)
+    estimate = estimate_memory(
+        config, images=images, features=features, train_images=train_images, members=members
+    )
     available = available_memory()
     if available is not None and estimate.total > available:
+        who = config.name if members == 1 else f"a population of {members} runs of {config.name}"
         raise ConfigError(
-            f"{config.name} needs about {human(estimate.total)} of memory (parameters "
+            f"{who} needs about {human(estimate.total)} of memory (parameters "
             f"{human(estimate.parameters)}, activations {human(estimate.activations)}, data "
             f"{human(estimate.data)}); {human(available)} is available: make model.hidden or "
             "training.batch_size smaller"

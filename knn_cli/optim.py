@@ -10,7 +10,9 @@ saved with the model (`state_dict`) so a run can be continued where it stopped.
 
 Every rule here works element by element, so an update of a block of rows (w, g and the state
 restricted to those rows) is that of the whole restricted to the block: the engine updates W1
-by halves on two threads this way (`engine/rules.py`).
+by halves on two threads this way (`engine/rules.py`). And so the engine can step a population
+of networks at once: their parameters stacked on a leading axis, eta and lambda given as arrays
+of shape (P, 1, 1), one per member, which `begin` casts to the parameters' dtype (`per_step`).
 
 A new rule is a subclass with its `update` (and `begin` for per-step scalars), its
 hyperparameters declared in `settings`, and one line in `UPDATE_RULES`; the config then takes
@@ -53,6 +55,15 @@ class Setting:
         return "a number " + " and ".join(parts) if parts else "a finite number"
 
 
+def per_step(value: Any, params: Mapping[str, np.ndarray]) -> Any:
+    """A step's coefficient as a rule applies it: a number as it is (NumPy rounds it to the
+    parameters' dtype), one per member of a population cast to the parameters' dtype -- the same
+    rounding, where a float64 array would turn every product into float64 arithmetic."""
+    if isinstance(value, np.ndarray) and params:
+        return value.astype(next(iter(params.values())).dtype)
+    return value
+
+
 FRACTION = {"low": 0.0, "high": 1.0, "high_open": True}  # in [0, 1): momenta, betas
 POSITIVE = {"low": 0.0, "low_open": True}
 
@@ -80,14 +91,15 @@ class UpdateRule:
         self.eta = 0.0
         self.lambda_ = 0.0
 
-    def begin(self, eta: float, lambda_: float, params: Mapping[str, np.ndarray]) -> None:
+    def begin(self, eta: Any, lambda_: Any, params: Mapping[str, np.ndarray]) -> None:
         """Start a step: the rate and L2 strength for it, and state for parameters new to us.
 
         Called before any `update` of the step, on one thread, so that updates running on two
-        threads find their state arrays made.
+        threads find their state arrays made. eta and lambda_ are numbers, or float64 arrays
+        of one per member of a population (shape (P, 1, 1)).
         """
         self.steps += 1
-        self.eta, self.lambda_ = eta, lambda_
+        self.eta, self.lambda_ = per_step(eta, params), per_step(lambda_, params)
         for slot in self.state.values():
             for name, value in params.items():
                 if name not in slot:
@@ -150,12 +162,12 @@ class SGD(UpdateRule):
     hands it eta g ready-made), held to this one by tests/test_engine.py.
     """
 
-    def begin(self, eta: float, lambda_: float, params: Mapping[str, np.ndarray]) -> None:
+    def begin(self, eta: Any, lambda_: Any, params: Mapping[str, np.ndarray]) -> None:
         super().begin(eta, lambda_, params)
-        self.decay = 1.0 - 2.0 * lambda_ * eta
+        self.decay = per_step(1.0 - 2.0 * lambda_ * eta, params)
 
     def update(self, w, g, state, *, decayed):
-        if decayed and self.decay != 1.0:
+        if decayed and np.any(self.decay != 1.0):
             w *= self.decay
         w -= self.eta * g
 
@@ -208,14 +220,15 @@ class Adam(UpdateRule):
     eps: float
     decoupled = False  # AdamW decays the weights apart from the moments
 
-    def begin(self, eta: float, lambda_: float, params: Mapping[str, np.ndarray]) -> None:
+    def begin(self, eta: Any, lambda_: Any, params: Mapping[str, np.ndarray]) -> None:
         super().begin(eta, lambda_, params)
         self.correction1 = 1.0 - self.beta1**self.steps
         self.correction2 = 1.0 - self.beta2**self.steps
+        self.decay = per_step(1.0 - 2.0 * lambda_ * eta, params)  # AdamW's
 
     def update(self, w, g, state, *, decayed):
         if decayed and self.decoupled:
-            w *= 1.0 - 2.0 * self.lambda_ * self.eta
+            w *= self.decay
         elif decayed:
             g = g + 2.0 * self.lambda_ * w
         m, v = state["m"], state["v"]

@@ -33,7 +33,7 @@ from knn_cli.runs import (
     provenance,
     write_checkpoint,
 )
-from knn_cli.trainer import TrainingOutcome
+from knn_cli.trainer import Listener, TrainingOutcome
 
 Record = Mapping[str, Any]
 
@@ -48,13 +48,16 @@ class RunFacts:
     n_train: int
     seed: int
     data: str  # where the data came from
-    memory_estimate_mb: Mapping[str, float]
+    memory_estimate_mb: Mapping[str, float]  # the whole population's, where it trained in one
     probe_rows: int | None = None  # training rows the layers are measured on (None: not)
+    population: int = 1  # runs trained side by side with it in one step, itself included
 
 
-class RunRecorder:
-    """One run's folder while it trains. `state()` gives what model.npz and a checkpoint hold
-    (the network's and the update rule's state, read between two steps)."""
+class RunRecorder(Listener):
+    """One run's folder while it trains: the Listener of its member of the trainer's
+    population. `state()` gives what model.npz and a checkpoint hold (the network's and the
+    update rule's state, read between two steps); `on_leaving` finishes the run when it leaves
+    its population early (it diverged)."""
 
     def __init__(
         self,
@@ -81,6 +84,7 @@ class RunRecorder:
         self.bar = TrainingBar(
             facts.total_steps, initial=start_step, desc=facts.name, enabled=progress
         )
+        self.on_leaving: Callable[[TrainingOutcome], None] | None = None
         if earlier_records:
             self._note(earlier_records)
 
@@ -97,6 +101,10 @@ class RunRecorder:
     def on_step(self, step: int, eta: float) -> None:
         self.steps_done = step
         self.bar.step(step, eta)
+
+    def ended(self, outcome: TrainingOutcome) -> None:
+        if self.on_leaving is not None:
+            self.on_leaving(outcome)
 
     def save_checkpoint(self, done: int) -> None:
         write_checkpoint(self.run_dir, self.state(), {"step": done, "seconds": self.seconds()})
@@ -171,7 +179,10 @@ class RunRecorder:
             "best_val_step": best_step,
             "test_accuracy": measured.pop("test_accuracy", None),
             **measured,
+            # In a population: the time it spent there, trained beside the others in each
+            # step; its share of the worker's time is wall_seconds / population.
             "wall_seconds": round(self.seconds(), 3),
+            "population": facts.population,
             "peak_memory_mb": peak_memory_mb(),
             "memory_estimate_mb": dict(facts.memory_estimate_mb),
             "probe_rows": facts.probe_rows,

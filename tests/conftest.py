@@ -92,23 +92,21 @@ def write_fake_cifar(folder: Path, n_per_batch: int = 30, seed: int = 0) -> Path
 
 
 def interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    """Send this process SIGINT once `step` steps are done, as Ctrl-C would."""
+    """Send this process SIGINT once `step` steps are done, as Ctrl-C would: when a run's
+    folder hears of that step (its recorder is the trainer's listener)."""
     import os
     import signal
 
-    import knn_cli.experiment as experiment
+    from knn_cli.recorder import RunRecorder
 
-    real_train = experiment.train
+    real_on_step = RunRecorder.on_step
 
-    def train(*args, on_step, **kwargs):  # type: ignore[no-untyped-def]
-        def noted(done: int, eta: float) -> None:
-            on_step(done, eta)
-            if done == step:
-                os.kill(os.getpid(), signal.SIGINT)
+    def on_step(self: RunRecorder, done: int, eta: float) -> None:
+        real_on_step(self, done, eta)
+        if done == step:
+            os.kill(os.getpid(), signal.SIGINT)
 
-        return real_train(*args, on_step=noted, **kwargs)
-
-    monkeypatch.setattr(experiment, "train", train)
+    monkeypatch.setattr(RunRecorder, "on_step", on_step)
 
 
 @pytest.fixture

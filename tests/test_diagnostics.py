@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from test_train import image_dataset
 
 from knn_cli.cli import cli
-from knn_cli.config import config_from_dict
+from knn_cli.config import TrainingConfig, config_from_dict
 from knn_cli.diagnostics import (
     Probe,
     landscape,
@@ -28,7 +28,7 @@ from knn_cli.network import Network
 from knn_cli.optim import make_update_rule
 from knn_cli.runs import new_run_dir, read_diagnostics
 from knn_cli.stack import TRAINING, Affine, BatchNorm, ReLU
-from knn_cli.trainer import Schedule, Splits, train
+from knn_cli.trainer import Callbacks, Splits, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
 
@@ -161,9 +161,18 @@ def test_training_reports_the_probe_at_every_evaluation_point() -> None:
     splits = tiny_splits()
     net = Network(3072, [20, 10], 10, batch_norm=True, seed=0)
     probe = Probe.of(splits.X_train, splits.y_train, 50, seed=0, landscape_steps=(1e-3, 1e-2))
-    schedule = Schedule(0.01, 40, 1e-4, 0.05, n_s=12, cycles=1, eval_every=6, seed=0)
+    schedule = TrainingConfig(
+        lambda_=0.01,
+        batch_size=40,
+        eta_min=1e-4,
+        eta_max=0.05,
+        n_s=12,
+        cycles=1,
+        eval_every=6,
+        seed=0,
+    )
     seen: list[dict] = []
-    train(net, splits, schedule, probe=probe, on_diagnostics=seen.extend)
+    train(net, splits, schedule, probe=probe, listener=Callbacks(diagnostics=seen.extend))
     steps = sorted({row["step"] for row in seen})
     assert steps == [0, 6, 12, 18, 24]
     ratios = [r for r in seen if r["quantity"] == "update_ratio"]

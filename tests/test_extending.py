@@ -10,13 +10,14 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+from knn_cli.config import TrainingConfig
 from knn_cli.engine import Engine
 from knn_cli.engine.batches import Batch
 from knn_cli.gradcheck import check_network_paths, choose_check_point
 from knn_cli.network import Network
 from knn_cli.optim import Setting, UpdateRule
 from knn_cli.stack import Affine, BatchNorm, Layer, ReLU
-from knn_cli.trainer import Schedule, Splits, train
+from knn_cli.trainer import Callbacks, Splits, train
 
 
 @dataclass(frozen=True)
@@ -110,14 +111,23 @@ def test_a_new_layer_and_a_new_update_rule_train() -> None:
     network = Network.from_layers(stack(20, 5), seed=3)
     rule = RMSProp()
     records: list[dict] = []
-    schedule = Schedule(0.001, 25, 1e-4, 1e-2, n_s=40, cycles=1, eval_every=40, seed=0)
+    schedule = TrainingConfig(
+        lambda_=0.001,
+        batch_size=25,
+        eta_min=1e-4,
+        eta_max=1e-2,
+        n_s=40,
+        cycles=1,
+        eval_every=40,
+        seed=0,
+    )
     splits = Splits(X[:400], y[:400], X[400:], y[400:])
-    outcome = train(network, splits, schedule, on_evaluation=records.extend, optimizer=rule)
+    outcome = train(network, splits, schedule, rule=rule, listener=Callbacks(records.extend))
     assert outcome.status == "finished"
     first, last = records[1], records[-1]  # validation at step 0 and at the end
     assert first["split"] == last["split"] == "val"
     assert last["accuracy"] > 0.9 > first["accuracy"]
-    assert rule.steps == schedule.total_steps
+    assert rule.steps == outcome.steps == 2 * schedule.n_s
     assert rule.state_dict().keys() >= {"square.s1", "square.W1", "steps"}
     assert not np.allclose(network.params["s1"], 1.0)  # the new parameter was trained
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from knn_cli.augment import Augmentation
+from knn_cli.config import TrainingConfig
 from knn_cli.engine import Engine
 from knn_cli.engine import split as split_module
 from knn_cli.engine import step as step_module
@@ -20,7 +21,7 @@ from knn_cli.engine.batches import Batch
 from knn_cli.engine.lanes import Lanes, run_halves
 from knn_cli.engine.split import SPLIT_MIN_MULTIPLY_ADDS
 from knn_cli.network import Network
-from knn_cli.trainer import Schedule, Splits, train
+from knn_cli.trainer import Callbacks, Splits, train
 
 
 def test_both_halves_run_once_each_whether_or_not_the_helper_helps() -> None:
@@ -139,7 +140,16 @@ def test_training_gives_the_same_bits_with_one_lane_or_two(
     batch_norm: bool, augmented: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(step_module, "Lanes", CountingLanes)
-    schedule = Schedule(0.01, 40, 1e-4, 0.01, n_s=12, cycles=1, eval_every=6, seed=2)
+    schedule = TrainingConfig(
+        lambda_=0.01,
+        batch_size=40,
+        eta_min=1e-4,
+        eta_max=0.01,
+        n_s=12,
+        cycles=1,
+        eval_every=6,
+        seed=2,
+    )
     augmentation = Augmentation(flip=True, translate=3) if augmented else None
     results = []
     for two_lanes in (False, True):
@@ -150,7 +160,7 @@ def test_training_gives_the_same_bits_with_one_lane_or_two(
             network,
             splits,
             schedule,
-            on_evaluation=records.extend,
+            listener=Callbacks(records.extend),
             augmentation=augmentation,
             two_lanes=two_lanes,
         )

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from conftest import REAL_DATA_DIR, interrupt_at, requires_real_data
 
-from knn_cli.config import config_from_dict
+from knn_cli.config import TrainingConfig, config_from_dict
 from knn_cli.data.cifar10 import Dataset
 from knn_cli.engine import Engine
 from knn_cli.experiment import evaluate_run, load_trained, load_trained_network, train_run
 from knn_cli.network import Network
 from knn_cli.runs import new_run_dir, read_metrics
-from knn_cli.trainer import Schedule, Splits, _batches, train
+from knn_cli.trainer import Callbacks, Splits, _batches, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
 
@@ -161,13 +161,22 @@ def test_interrupted_run_keeps_metrics_model_and_says_interrupted(
 def test_trainer_reports_evaluations_through_a_callback_only() -> None:
     data = synthetic_dataset(n_train=100)
     network = Network(32, [8], 10, seed=0)
-    schedule = Schedule(0.0, 25, 1e-3, 1e-1, n_s=4, cycles=1, eval_every=3, seed=0)
+    schedule = TrainingConfig(
+        lambda_=0.0,
+        batch_size=25,
+        eta_min=1e-3,
+        eta_max=1e-1,
+        n_s=4,
+        cycles=1,
+        eval_every=3,
+        seed=0,
+    )
     seen: list[int] = []
     outcome = train(
         network,
         Splits(data.X_train, data.y_train, data.X_val, data.y_val),
         schedule,
-        on_evaluation=lambda rows: seen.append(rows[0]["step"]),
+        listener=Callbacks(evaluation=lambda rows: seen.append(rows[0]["step"])),
     )
     assert outcome.status == "finished" and outcome.steps == 8
     assert seen == [0, 3, 6, 8]
@@ -186,7 +195,16 @@ def test_batches_are_a_new_shuffle_each_epoch_drawn_from_the_seed_alone() -> Non
 def test_train_rejects_a_batch_larger_than_the_training_rows() -> None:
     """Called without the config check, a too-large batch must fail, not loop for ever."""
     X, y = np.zeros((10, 4), dtype=np.float32), np.zeros(10, dtype=int)
-    schedule = Schedule(0.0, 11, 1e-3, 1e-2, n_s=1, cycles=1, eval_every=1, seed=0)
+    schedule = TrainingConfig(
+        lambda_=0.0,
+        batch_size=11,
+        eta_min=1e-3,
+        eta_max=1e-2,
+        n_s=1,
+        cycles=1,
+        eval_every=1,
+        seed=0,
+    )
     with pytest.raises(ValueError, match="batch_size must be 1 to the 10 training rows, got 11"):
         train(Network(4, [3], 2), Splits(X, y, X, y), schedule)
 
@@ -415,12 +433,21 @@ def test_the_training_curve_on_a_sample_or_not_at_all_changes_no_training_bit() 
     no training curve: the validation records and the weights are those of the whole curve."""
     data = synthetic_dataset(n_train=300)
     splits = Splits(data.X_train, data.y_train, data.X_val, data.y_val)
-    schedule = Schedule(0.01, 25, 1e-3, 1e-1, n_s=12, cycles=1, eval_every=6, seed=3)
+    schedule = TrainingConfig(
+        lambda_=0.01,
+        batch_size=25,
+        eta_min=1e-3,
+        eta_max=1e-1,
+        n_s=12,
+        cycles=1,
+        eval_every=6,
+        seed=3,
+    )
     seen, weights = {}, {}
     for curve in (None, 7, 0):
         network = Network(32, [16], 10, seed=0)
         records: list[dict] = []
-        train(network, splits, schedule, on_evaluation=records.extend, train_curve=curve)
+        train(network, splits, schedule, listener=Callbacks(records.extend), train_curve=curve)
         seen[curve], weights[curve] = records, network.state()
     val = {curve: [r for r in records if r["split"] == "val"] for curve, records in seen.items()}
     assert val[None] == val[7] == val[0]

@@ -1,6 +1,8 @@
 """A step's mini-batch as rows of the data set, gathered where it is used: whole, or a range of
 features at a time by each lane of a split first layer (so each half lands in the cache of the
-core that uses it).
+core that uses it). In a population, the members that draw the same batch (the same seed) form a
+group, and `Batches` gathers every group's batch in one array, (G, n, d); `MemberGroups` says
+which members each group's batch feeds and multiplies it by their stacked weights.
 
 `AugmentedBatch` gathers the rows shifted and mirrored as `augment.augment` does, in the same
 pass: a shift of an image is a change of where its rows of pixels are read from, so a strided
@@ -11,6 +13,9 @@ then zeroed (the border only), and mirrored images reversed. It computes exactly
 """
 
 from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -134,3 +139,111 @@ def _outside(p: int) -> tuple[np.ndarray, np.ndarray]:
             inside[window, max(0, -shift) : ROW - max(0, shift)] = True
         _OUTSIDE[p] = (np.tile(~inside, (1, IMAGE_SHAPE[0])), ~inside)
     return _OUTSIDE[p]
+
+
+class Batches:
+    """A step's batch for each group of members, gathered together: (G, n, d)."""
+
+    def __init__(self, batches: Sequence[Batch]) -> None:
+        self.batches = tuple(batches)
+        first = self.batches[0]
+        self.plain = all(type(b) is Batch and b.X is first.X for b in self.batches)
+        # One gather of whole rows is cheaper than two of halves unless a batch is augmented.
+        self.whole_is_cheaper = all(b.whole_is_cheaper for b in self.batches)
+        self.rows = None if any(b.rows is None for b in self.batches) else True
+
+    @classmethod
+    def of(cls, batch: Batches | Batch | np.ndarray | Sequence[Batch | np.ndarray]) -> Batches:
+        """A step's batches from one batch (a population of one, or one group), an array of
+        rows, or one per group."""
+        if isinstance(batch, Batches):
+            return batch
+        if isinstance(batch, Batch | np.ndarray):
+            batch = [batch]
+        return cls([b if isinstance(b, Batch) else Batch(b) for b in batch])
+
+    def __len__(self) -> int:
+        """Rows per batch."""
+        return len(self.batches[0])
+
+    @property
+    def groups(self) -> int:
+        return len(self.batches)
+
+    def whole(self) -> np.ndarray:
+        """(G, n, d): every group's rows, all features."""
+        if len(self.batches) == 1:
+            return self.batches[0].whole()[None]
+        if self.plain and all(b.rows is not None for b in self.batches):
+            rows = np.concatenate([b.rows for b in self.batches])
+            return self.batches[0].X[rows].reshape(len(self.batches), len(self), -1)
+        return np.stack([b.whole() for b in self.batches])
+
+    def take(self, features: slice) -> np.ndarray:
+        """(G, n, h): every group's rows, the features `features`."""
+        if len(self.batches) == 1:
+            return self.batches[0].take(features)[None]
+        if self.plain and all(b.rows is not None for b in self.batches):
+            rows = np.concatenate([b.rows for b in self.batches])
+            part = self.batches[0].X[rows, features]
+            return part.reshape(len(self.batches), len(self), -1)
+        return np.stack([b.take(features) for b in self.batches])
+
+    def same_as(self, other: Batches) -> bool:
+        return len(other.batches) == len(self.batches) and all(
+            mine.same_as(theirs) for mine, theirs in zip(self.batches, other.batches, strict=True)
+        )
+
+    def kept(self) -> Batches:
+        return Batches([b.kept() for b in self.batches])
+
+
+class MemberGroups:
+    """Which members of a population draw the same batch: `group_of[i]` is member i's group,
+    the members of a group consecutive, groups numbered from 0 in order.
+
+    `product` multiplies each group's rows by its members' stacked matrices: one NumPy call
+    when the groups are of one size (a population of one, every member its own batch, or every
+    batch shared by as many members), one per group otherwise. Each member's product is then
+    computed exactly as it would be alone (the batched call multiplies matrix by matrix): what
+    `X @ [W_1 ... W_P]` in one wide product would change in the last bits (README, Performance).
+    """
+
+    def __init__(self, group_of: Sequence[int]) -> None:
+        group_of = [int(g) for g in group_of]
+        if (
+            not group_of
+            or group_of[0] != 0
+            or any(b - a not in (0, 1) for a, b in itertools.pairwise(group_of))
+        ):
+            raise ValueError(f"members' groups must run 0, 0, 1, ... in order, got {group_of}")
+        self.group_of = tuple(group_of)
+        self.members = len(group_of)
+        self.count = group_of[-1] + 1
+        starts = [i for i, g in enumerate(group_of) if i == 0 or g != group_of[i - 1]]
+        self.slices = tuple(
+            slice(start, stop)
+            for start, stop in zip(starts, [*starts[1:], len(group_of)], strict=True)
+        )
+        sizes = {s.stop - s.start for s in self.slices}
+        self.size = sizes.pop() if len(sizes) == 1 else None  # members per group, if all alike
+
+    def product(self, A: np.ndarray, B: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out[i] = A[group of i] @ B[i]: A (G, a, b) per group, B (P, b, c) and out (P, a, c)
+        per member."""
+        G, M = self.count, self.size
+        if G == 1:
+            return np.matmul(A[0], B, out=out)
+        if M == 1:
+            return np.matmul(A, B, out=out)
+        if M is not None:
+            shape = (G, M, *out.shape[1:])
+            np.matmul(A[:, None], B.reshape(G, M, *B.shape[1:]), out=out.reshape(shape))
+            return out
+        for group, members in enumerate(self.slices):
+            np.matmul(A[group], B[members], out=out[members])
+        return out
+
+    def expand(self, per_group: np.ndarray) -> np.ndarray:
+        """A new (P, ...) array: each member's copy of its group's (G, ...) entry."""
+        return np.ascontiguousarray(per_group[list(self.group_of)])

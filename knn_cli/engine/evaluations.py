@@ -2,17 +2,17 @@
 
 One evaluation of the study's training and validation sets is as much arithmetic as a few
 hundred training steps, and the study evaluates 21 times; so each runs on a snapshot of the
-network in a second thread (NumPy releases the GIL inside its matrix products, so a 2-core
-machine does both at once), and its records are handed to the callback on the training thread,
-in step order, as soon as they are ready: the metrics are those training would have got by
-waiting. What it saves is measured by benchmarks/bench_train.py --full against
-`background_evaluation=False`.
+networks (a population's members, or one) in a second thread (NumPy releases the GIL inside
+its matrix products, so a 2-core machine does both at once), and its records are handed to
+the callback on the training thread, in step order, as soon as they are ready: the metrics are
+those training would have got by waiting. What it saves is measured by
+benchmarks/bench_train.py --full against `background_evaluation=False`.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -20,9 +20,10 @@ from typing import Any
 from knn_cli.network import Network
 
 Record = dict[str, float | int | str]
-# What an evaluation point computes, from the network at that step (a snapshot), the step, its
-# rate and what the trainer kept for it (the weights before the step); and who receives it.
-Compute = Callable[[Network, int, float, Any], Any]
+# What an evaluation point computes, from the networks at that step (snapshots), the step and
+# what the trainer kept for it (who the members are, the weights before the step); and who
+# receives it.
+Compute = Callable[[Sequence[Network], int, Any], Any]
 Deliver = Callable[[Any], None]
 
 
@@ -38,13 +39,13 @@ class Evaluations:
         self._pending: deque[Future[Any]] = deque()
         self._failed = False
 
-    def request(self, network: Network, step: int, eta: float, kept: Any = None) -> None:
+    def request(self, networks: Sequence[Network], step: int, kept: Any = None) -> None:
         if self._executor is None:
-            self._deliver(lambda: self._compute(network, step, eta, kept))
+            self._deliver(lambda: self._compute(networks, step, kept))
             return
-        # A snapshot, so the evaluation sees the parameters of `step` while training goes on.
-        snapshot = network.snapshot()
-        self._pending.append(self._executor.submit(self._compute, snapshot, step, eta, kept))
+        # Snapshots, so the evaluation sees the parameters of `step` while training goes on.
+        snapshots = [network.snapshot() for network in networks]
+        self._pending.append(self._executor.submit(self._compute, snapshots, step, kept))
         self.deliver_ready()
 
     def deliver_ready(self) -> None:
@@ -78,7 +79,7 @@ class NoEvaluations(Evaluations):
     def __init__(self) -> None:
         pass
 
-    def request(self, network: Network, step: int, eta: float, kept: Any = None) -> None:
+    def request(self, networks: Sequence[Network], step: int, kept: Any = None) -> None:
         pass
 
     def deliver_ready(self) -> None:

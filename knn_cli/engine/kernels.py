@@ -1,25 +1,32 @@
-"""Fast kernels: each layer's training-mode forward and backward, in buffers kept from step to step.
+"""Fast kernels: each layer's training-mode forward and backward for a population of networks,
+in buffers kept from step to step.
 
-A kernel computes what its layer's pair in `layers.py` computes, with the same operations in the
-same order where that costs nothing (tests/test_engine.py compares them element by element), but
-writes into arrays it owns (`out=`) and, where the input is not needed afterwards, in place: a
-training step of the study's networks is two large matrix products and a hundred small
-operations whose NumPy call overhead outweighs their arithmetic, so every allocation and pass
-saved shows (benchmarks/bench_train.py). Reductions call the ufuncs' own `reduce`, whose wrappers
-(np.mean, ndarray.sum) cost more than the arithmetic on arrays this small.
+A kernel computes what its layer's pair in `layers.py` computes, for every member at once: its
+arrays carry the members on a leading axis -- activations (P, n, m), a matrix (P, d, m), a
+vector (P, 1, m) -- and it reduces over the rows (axis -2) of each member, never across members,
+so each member's numbers are those it would get alone (a population of one is the lone
+network). It uses the same operations in the same order as the layer where that costs nothing
+(tests/test_engine.py compares them element by element), writes into arrays it owns (`out=`)
+and, where the input is not needed afterwards, works in place: a training step of the study's
+networks is two large matrix products and a hundred small operations whose NumPy call overhead
+outweighs their arithmetic, so every allocation and pass saved shows, and stacking the members
+pays that overhead once for all of them (benchmarks/bench_population.py). Reductions call the
+ufuncs' own `reduce`, whose wrappers (np.mean, ndarray.sum) cost more than the arithmetic.
 
 `kernel_for` picks the fast kernel of a layer's class, and `LayerKernel`, which calls the layer's
-own forward and backward, for any other: a new layer trains without a kernel of its own.
+own forward and backward member by member, for any other: a new layer trains without a kernel
+of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from knn_cli.engine.batches import MemberGroups
 from knn_cli.stack import Affine, BatchNorm, Dropout, Layer, Mode, ReLU
 
 Params = Mapping[str, np.ndarray]
@@ -31,17 +38,23 @@ class KernelSetup:
 
     n: int
     dtype: np.dtype
-    first: bool  # the first layer: its input gradient is never needed
+    first: bool  # the first layer: its input is the groups' batches, its input gradient unused
     zero_gradients: frozenset[str]  # parameters whose gradient is exactly zero (left at 0)
-    statistics: Mapping[str, np.ndarray]  # where the batch statistics go, by name
+    statistics: Mapping[str, np.ndarray]  # where the batch statistics go, by name: (P, size)
+    groups: MemberGroups  # which members draw the same batch
+    shapes: Mapping[str, tuple[int, ...]]  # each parameter's shape in one network
+
+    @property
+    def members(self) -> int:
+        return self.groups.members
 
 
 class Kernel(Protocol):
     # Whether forward writes its output over its input (so the input must be the step's own).
     in_place: bool
 
-    def forward(self, x: np.ndarray, params: Params, mode: Mode) -> np.ndarray:
-        """The training-mode output (mode: the step's noise)."""
+    def forward(self, x: np.ndarray, params: Params, modes: Sequence[Mode]) -> np.ndarray:
+        """The training-mode output (modes: each group's, with the step's noise)."""
         ...
 
     def backward(
@@ -53,53 +66,66 @@ class Kernel(Protocol):
 
 
 class AffineKernel:
-    """x W + b into its own buffer; keeps x (the previous kernel's buffer) for dW = x^T g."""
+    """x W + b into its own buffer; keeps x (the previous kernel's buffer) for dW = x^T g. As
+    the first layer, x is each group's batch, (G, n, d), multiplied by its members' W."""
 
     in_place = False
 
     def __init__(self, layer: Affine, setup: KernelSetup) -> None:
         self.W, self.b = layer.W, layer.b
-        self.out = np.empty((setup.n, layer.fan_out), dtype=setup.dtype)
-        self.dx = None if setup.first else np.empty((setup.n, layer.fan_in), dtype=setup.dtype)
+        P, n = setup.members, setup.n
+        self.groups = setup.groups if setup.first else None
+        self.out = np.empty((P, n, layer.fan_out), dtype=setup.dtype)
+        self.dx = None if setup.first else np.empty((P, n, layer.fan_in), dtype=setup.dtype)
         self.constant_bias = layer.b in setup.zero_gradients
-        self.x = self.out[:, :0]
+        self.x = self.out[..., :0]
 
-    def forward(self, x: np.ndarray, params: Params, mode: Mode) -> np.ndarray:
+    def forward(self, x: np.ndarray, params: Params, modes: Sequence[Mode]) -> np.ndarray:
         self.x = x
-        out = np.matmul(x, params[self.W], out=self.out)
+        if self.groups is not None:
+            out = self.groups.product(x, params[self.W], self.out)
+        else:
+            out = np.matmul(x, params[self.W], out=self.out)
         out += params[self.b]
         return out
 
     def backward(self, g, params, grads):
         if not self.constant_bias:
-            np.add.reduce(g, axis=0, out=grads[self.b])
-        np.matmul(self.x.T, g, out=grads[self.W])
+            np.add.reduce(g, axis=-2, keepdims=True, out=grads[self.b])
+        xT = self.x.transpose(0, 2, 1)
+        if self.groups is not None:
+            self.groups.product(xT, g, grads[self.W])
+        else:
+            np.matmul(xT, g, out=grads[self.W])
         if self.dx is None:
             return None
-        return np.matmul(g, params[self.W].T, out=self.dx)
+        return np.matmul(g, params[self.W].transpose(0, 2, 1), out=self.dx)
 
 
 class BatchNormKernel:
-    """Batch norm over the rows, the output written over the input (its backward needs only
-    x_hat and 1 / std); mean and variance land where the moving averages are folded from."""
+    """Batch norm over each member's rows, the output written over the input (its backward needs
+    only x_hat and 1 / std); mean and variance land where the moving averages are folded from."""
 
     in_place = True
 
     def __init__(self, layer: BatchNorm, setup: KernelSetup) -> None:
         self.gamma, self.beta, mean, var = layer.names
         self.eps = layer.eps
-        self.x_hat = np.empty((setup.n, layer.width), dtype=setup.dtype)
+        P, n = setup.members, setup.n
+        self.x_hat = np.empty((P, n, layer.width), dtype=setup.dtype)
         self.scratch = np.empty_like(self.x_hat)
-        self.inv_std = np.empty((1, layer.width), dtype=setup.dtype)
-        self.mean = setup.statistics[mean][None, :]
-        self.var = setup.statistics[var][None, :]
+        self.inv_std = np.empty((P, 1, layer.width), dtype=setup.dtype)
+        self.mean = setup.statistics[mean][:, None, :]
+        self.var = setup.statistics[var][:, None, :]
 
-    def forward(self, x: np.ndarray, params: Params, mode: Mode) -> np.ndarray:
-        inv_n = 1.0 / x.shape[0]
-        mean = np.add.reduce(x, axis=0, keepdims=True, out=self.mean)
+    def forward(self, x: np.ndarray, params: Params, modes: Sequence[Mode]) -> np.ndarray:
+        inv_n = 1.0 / x.shape[-2]
+        mean = np.add.reduce(x, axis=-2, keepdims=True, out=self.mean)
         mean *= inv_n
         x_hat = np.subtract(x, mean, out=self.x_hat)
-        var = np.add.reduce(np.square(x_hat, out=self.scratch), axis=0, keepdims=True, out=self.var)
+        var = np.add.reduce(
+            np.square(x_hat, out=self.scratch), axis=-2, keepdims=True, out=self.var
+        )
         var *= inv_n
         inv_std = np.add(var, self.eps, out=self.inv_std)
         np.sqrt(inv_std, out=inv_std)
@@ -115,11 +141,11 @@ class BatchNormKernel:
         further reduction is needed: dx = gamma inv_std (g - dbeta / n - x_hat dgamma / n)."""
         x_hat, scratch = self.x_hat, self.scratch
         dgamma, dbeta = grads[self.gamma], grads[self.beta]
-        np.add.reduce(np.multiply(g, x_hat, out=scratch), axis=0, out=dgamma)
-        np.add.reduce(g, axis=0, out=dbeta)
-        factor = params[self.gamma] * self.inv_std[0]
+        np.add.reduce(np.multiply(g, x_hat, out=scratch), axis=-2, keepdims=True, out=dgamma)
+        np.add.reduce(g, axis=-2, keepdims=True, out=dbeta)
+        factor = params[self.gamma] * self.inv_std
         g *= factor
-        factor /= g.shape[0]
+        factor /= g.shape[-2]
         g -= factor * dbeta
         np.multiply(x_hat, factor * dgamma, out=scratch)
         g -= scratch
@@ -132,9 +158,9 @@ class ReLUKernel:
     in_place = True
 
     def __init__(self, layer: ReLU, setup: KernelSetup) -> None:
-        self.active = np.empty((0, 0), dtype=bool)  # its width is known at the first forward
+        self.active = np.empty((0, 0, 0), dtype=bool)  # its width is known at the first forward
 
-    def forward(self, x: np.ndarray, params: Params, mode: Mode) -> np.ndarray:
+    def forward(self, x: np.ndarray, params: Params, modes: Sequence[Mode]) -> np.ndarray:
         if self.active.shape != x.shape:
             self.active = np.empty(x.shape, dtype=bool)
         np.maximum(x, 0, out=x)
@@ -147,18 +173,23 @@ class ReLUKernel:
 
 
 class DropoutKernel:
-    """Inverted dropout in place, the mask drawn as `layers.dropout_forward` draws it."""
+    """Inverted dropout in place, each group's mask drawn as `layers.dropout_forward` draws it
+    (members that share a batch share its masks, as they share its seed)."""
 
     in_place = True
 
     def __init__(self, layer: Dropout, setup: KernelSetup) -> None:
         self.index, self.keep = layer.index, 1.0 - layer.rate
-        self.mask = np.empty((0, 0), dtype=setup.dtype)
+        self.groups = setup.groups
+        self.mask = np.empty((0, 0, 0), dtype=setup.dtype)
 
-    def forward(self, x: np.ndarray, params: Params, mode: Mode) -> np.ndarray:
-        drawn = mode.generator(self.index).random(x.shape, dtype=np.float32)
-        self.mask = np.less(drawn, self.keep).astype(x.dtype)
-        self.mask /= self.keep
+    def forward(self, x: np.ndarray, params: Params, modes: Sequence[Mode]) -> np.ndarray:
+        drawn = np.stack(
+            [mode.generator(self.index).random(x.shape[1:], dtype=np.float32) for mode in modes]
+        )
+        mask = np.less(drawn, self.keep).astype(x.dtype)
+        mask /= self.keep
+        self.mask = mask if self.groups.count == self.groups.members else self.groups.expand(mask)
         x *= self.mask
         return x
 
@@ -168,7 +199,8 @@ class DropoutKernel:
 
 
 class LayerKernel:
-    """Any layer without a kernel of its own, through its own forward and backward.
+    """Any layer without a kernel of its own, through its own forward and backward, member by
+    member (with the member's parameters and its group's noise).
 
     Outputs are copied: the kernels that work in place must never write into an array the
     layer may have kept in its cache.
@@ -179,19 +211,37 @@ class LayerKernel:
     def __init__(self, layer: Layer, setup: KernelSetup) -> None:
         self.layer = layer
         self.statistics = setup.statistics
-        self.cache: object = None
+        self.groups = setup.groups
+        self.shapes = setup.shapes
+        self.first = setup.first
+        self.caches: list[object] = []
 
-    def forward(self, x: np.ndarray, params: Params, mode: Mode) -> np.ndarray:
-        out, self.cache = self.layer.forward(x, params, mode)
-        for name, value in self.layer.batch_statistics(self.cache).items():
-            self.statistics[name][...] = value
-        return np.array(out, dtype=x.dtype)
+    def _member(self, params: Params, i: int) -> dict[str, np.ndarray]:
+        return {
+            name: params[name][i].reshape(self.shapes[name]) for name in self.layer.parameters()
+        }
+
+    def forward(self, x: np.ndarray, params: Params, modes: Sequence[Mode]) -> np.ndarray:
+        outs, self.caches = [], []
+        for i, group in enumerate(self.groups.group_of):
+            member_x = x[group] if self.first else x[i]
+            out, cache = self.layer.forward(member_x, self._member(params, i), modes[group])
+            self.caches.append(cache)
+            for name, value in self.layer.batch_statistics(cache).items():
+                self.statistics[name][i] = value
+            outs.append(np.array(out, dtype=x.dtype))
+        return np.stack(outs)
 
     def backward(self, g, params, grads):
-        dx, layer_grads = self.layer.backward(g, self.cache, params)
-        for name, value in layer_grads.items():
-            grads[name][...] = value
-        return np.array(dx, dtype=g.dtype)
+        dxs = []
+        for i, cache in enumerate(self.caches):
+            dx, layer_grads = self.layer.backward(g[i], cache, self._member(params, i))
+            for name, value in layer_grads.items():
+                grads[name][i] = np.reshape(value, grads[name].shape[1:])
+            dxs.append(dx)
+        if self.first:
+            return None
+        return np.stack(dxs).astype(g.dtype)
 
 
 FAST_KERNELS: dict[type[Layer], type] = {
@@ -204,46 +254,52 @@ FAST_KERNELS: dict[type[Layer], type] = {
 
 def kernel_for(layer: Layer, setup: KernelSetup) -> Kernel:
     """The layer's fast kernel; subclasses of a layer class get LayerKernel, as they may have
-    changed its math."""
+    changed its math. A first layer other than an affine one is the generic kernel, which
+    reads each member's rows from its group's batch."""
+    if setup.first and type(layer) is not Affine:
+        return LayerKernel(layer, setup)
     return FAST_KERNELS.get(type(layer), LayerKernel)(layer, setup)
 
 
 def softmax_cross_entropy_grad(
     scores: np.ndarray,
-    y: np.ndarray,
+    labels: np.ndarray,
+    members: np.ndarray,
     rows: np.ndarray,
-    scale: float,
+    scale: np.ndarray,
     out: np.ndarray,
     smoothing: float = 0.0,
-) -> float:
-    """Mean cross-entropy of a batch (with label smoothing), with `scale` times
+) -> np.ndarray:
+    """Each member's mean cross-entropy of its batch (with label smoothing), with `scale` times
     d(loss)/d(scores) written into `out`.
 
-    One pass for both (layers.cross_entropy and softmax_cross_entropy_backward each shift and
-    exponentiate the scores). `scores` is overwritten. `rows` is np.arange(n).
+    scores (P, n, C), labels (P, n), scale (P, 1, 1) float64 -> losses (P,) float64. One pass for
+    both (layers.cross_entropy and softmax_cross_entropy_backward each shift and exponentiate
+    the scores). `scores` is overwritten. `members` is np.arange(P)[:, None], `rows`
+    np.arange(n).
     """
-    n, classes = scores.shape
-    scores -= np.maximum.reduce(scores, axis=1, keepdims=True)
-    picked = scores[rows, y]
+    n, classes = scores.shape[-2:]
+    scores -= np.maximum.reduce(scores, axis=-1, keepdims=True)
+    picked = scores[members, rows, labels]
     if smoothing:
-        mean_score = np.add.reduce(scores, axis=1) / classes
+        mean_score = np.add.reduce(scores, axis=-1) / classes
         picked = (1.0 - smoothing) * picked + smoothing * mean_score
     np.exp(scores, out=scores)
-    sums = np.add.reduce(scores, axis=1, keepdims=True)
-    loss = float(np.add.reduce(np.log(sums[:, 0]) - picked)) / n
+    sums = np.add.reduce(scores, axis=-1, keepdims=True)
+    losses = np.add.reduce(np.log(sums[..., 0]) - picked, axis=-1).astype(np.float64) / n
     np.divide(scores, sums, out=out)
-    out[rows, y] -= 1.0 - smoothing
+    out[members, rows, labels] -= 1.0 - smoothing
     if smoothing:
         out -= smoothing / classes
-    out *= scale / n
-    return loss
+    out *= (scale / n).astype(out.dtype)
+    return losses
 
 
-def sum_of_squares(w: np.ndarray) -> float:
-    """sum(w^2) in w's dtype (a BLAS dot product), for the cost a step reports.
+def sums_of_squares(w: np.ndarray) -> np.ndarray:
+    """Each member's sum(w^2) in w's dtype, (P,), for the cost a step reports.
 
     In float64, as `Network.weight_penalty` sums, this took longer than every other elementwise
     operation of a step together; the step's cost only serves to notice divergence.
     """
-    flat = w.ravel(order="K")
-    return float(np.dot(flat, flat))
+    flat = w.reshape(len(w), -1)
+    return np.einsum("pi,pi->p", flat, flat)

@@ -1,5 +1,7 @@
 """How the engine drives an update rule: what the backward pass's gradients are scaled by, and
-the update of a block of a parameter's rows (the halves of W1 that two lanes update).
+the update of a block of a parameter's rows (the halves of W1 that two lanes update). The rule
+is the population's stacked rule (`population.StackedRule`): parameters, gradients and state
+carry the members on a leading axis, and a block of rows is taken on the axis after it.
 
 Any rule runs through `RuleDriver`, which hands it the rows of its own state for the block; a
 rule with a fast path of its own has a driver class in `FAST_RULES`, tested against the rule as
@@ -21,15 +23,16 @@ class RuleDriver:
     def __init__(self, rule: UpdateRule) -> None:
         self.rule = rule
 
-    def gradient_scale(self, eta: float) -> float:
-        """What the backward pass multiplies every gradient by (1: the loss gradient as is)."""
-        return 1.0
+    def gradient_scale(self, eta: np.ndarray) -> np.ndarray:
+        """What the backward pass multiplies every member's gradients by (1: the loss gradient
+        as is), from the members' rates, (P, 1, 1) float64."""
+        return np.ones_like(eta)
 
     def update(
         self, name: str, w: np.ndarray, g: np.ndarray, *, decayed: bool, rows: slice = ALL_ROWS
     ) -> None:
         """The rule's update of `rows` of the named parameter; `w` and `g` are those rows."""
-        state = {slot: by_name[name][rows] for slot, by_name in self.rule.state.items()}
+        state = {slot: by_name[name][:, rows] for slot, by_name in self.rule.state.items()}
         self.rule.update(w, g, state, decayed=decayed)
 
 
@@ -40,14 +43,13 @@ class ScaledSGD(RuleDriver):
 
     rule: SGD
 
-    def gradient_scale(self, eta: float) -> float:
+    def gradient_scale(self, eta: np.ndarray) -> np.ndarray:
         return eta
 
     def update(self, name, w, g, *, decayed, rows=ALL_ROWS):
         # g is eta times the loss gradient here (see gradient_scale).
-        decay = self.rule.decay
-        if decayed and decay != 1.0:
-            w *= decay
+        if decayed:
+            w *= self.rule.decay  # (1 - 2 eta lambda) per member; times 1 leaves w as it is
         w -= g
 
 

@@ -1,5 +1,6 @@
 """The first affine layer shared by two lanes, each owning half of the input features: those
-columns of the batch and those rows of W, of its gradient and of its update.
+columns of the batch and those rows of W, of its gradient and of its update (for every member of
+a population at once).
 
 Why features and not samples: a lane's half of the batch, of W and of its step then stays in that
 core's cache from the gather through the forward product, the weight gradient and the update
@@ -19,15 +20,15 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from knn_cli.engine.batches import Batch
-from knn_cli.engine.kernels import KernelSetup, sum_of_squares
+from knn_cli.engine.batches import Batches
+from knn_cli.engine.kernels import KernelSetup, sums_of_squares
 from knn_cli.engine.lanes import Lanes, run_halves
 from knn_cli.engine.rules import RuleDriver
 from knn_cli.stack import Affine
 
-# A first layer whose forward product has at least this many multiply-adds is shared by the two
-# lanes; a smaller one costs more to hand over than it takes. The study's first layer
-# (100 x 3072 x 50 = 15M) is split; a gradient check's (20 x 20 x 50) is not.
+# A first layer whose forward product has at least this many multiply-adds (per member) is
+# shared by the two lanes; a smaller one costs more to hand over than it takes. The study's
+# first layer (100 x 3072 x 50 = 15M) is split; a gradient check's (20 x 20 x 50) is not.
 SPLIT_MIN_MULTIPLY_ADDS = 1_000_000
 
 
@@ -42,55 +43,60 @@ class SplitAffineKernel:
 
     def __init__(self, layer: Affine, setup: KernelSetup) -> None:
         n, d, width, dtype = setup.n, layer.fan_in, layer.fan_out, setup.dtype
+        P = setup.members
+        self.groups = setup.groups
         self.W, self.b = layer.W, layer.b
         self.constant_bias = layer.b in setup.zero_gradients
         middle = d // 32 * 16  # a multiple of 16, the blocks OpenBLAS's kernels work in
         self.features = (slice(0, middle), slice(middle, d))
-        self.out = np.empty((n, width), dtype=dtype)
-        self.partials = [np.empty((n, width), dtype=dtype) for _ in range(2)]
-        self.inputs: list[np.ndarray] = [np.empty((n, 0), dtype=dtype)] * 2  # for the backward
-        self._whole = np.empty((0, d), dtype=dtype)  # the whole batch, when gathered at once
-        # What the partials were computed for: the batch, the engine's count of changes to the
-        # parameters, and the weights array itself (`Network.set_params` replaces it).
-        self._prepared: tuple[Batch, int, np.ndarray] | None = None
+        self.out = np.empty((P, n, width), dtype=dtype)
+        self.partials = [np.empty((P, n, width), dtype=dtype) for _ in range(2)]
+        # Each group's rows, by halves of the features, (G, n, d / 2): for the backward pass.
+        self.inputs: list[np.ndarray] = [np.empty((1, n, 0), dtype=dtype)] * 2
+        self._whole = np.empty((1, 0, d), dtype=dtype)  # the whole batches, when gathered at once
+        # What the partials were computed for: the batches, the engine's count of changes to
+        # the parameters, and the stacked weights array itself (re-stacked when a member's
+        # network is given new arrays).
+        self._prepared: tuple[Batches, int, np.ndarray] | None = None
 
-    def prepare(self, which: int, batch: Batch, W: np.ndarray, each_gathers: bool) -> None:
-        """One half of batch @ W, into `partials[which]`.
+    def prepare(self, which: int, batches: Batches, W: np.ndarray, each_gathers: bool) -> None:
+        """One half of batch @ W for every member, into `partials[which]`.
 
         With `each_gathers` (the helper helps), each lane gathers its own half of the batch's
         features, so the half lands in the cache of the core that uses it. On one thread
         (half 0 runs first) one gather of whole rows is cheaper.
         """
         features = self.features[which]
-        if each_gathers or not batch.whole_is_cheaper:
-            part = batch.take(features)
+        if each_gathers or not batches.whole_is_cheaper:
+            part = batches.take(features)
         else:
             if which == 0:
-                self._whole = batch.whole()
-            part = self._whole[:, features]
+                self._whole = batches.whole()
+            part = self._whole[..., features]
         self.inputs[which] = part = np.asarray(part, dtype=W.dtype)
-        np.matmul(part, W[features], out=self.partials[which])
+        self.groups.product(part, W[:, features], self.partials[which])
 
-    def prepared_for(self, batch: Batch, version: int, W: np.ndarray) -> None:
-        """Both halves of `prepare` have run for this batch with the weights W of `version`."""
-        self._prepared = (batch.kept(), version, W)  # the caller may reuse its rows array
+    def prepared_for(self, batches: Batches, version: int, W: np.ndarray) -> None:
+        """Both halves of `prepare` have run for these batches with the weights W of
+        `version`."""
+        self._prepared = (batches.kept(), version, W)  # the caller may reuse its rows arrays
 
     def forward(
-        self, batch: Batch, params: Mapping[str, np.ndarray], version: int, lanes: Lanes | None
+        self, batches: Batches, params: Mapping[str, np.ndarray], version: int, lanes: Lanes | None
     ) -> np.ndarray:
         """batch @ W + b, W at `version`; from the halves `prepare` left if they are for the
-        same batch, at the same version, of the same weights array."""
+        same batches, at the same version, of the same weights array."""
         W = params[self.W]
         prepared, self._prepared = self._prepared, None
         if (
-            batch.rows is None
+            batches.rows is None
             or prepared is None
             or prepared[1] != version
             or prepared[2] is not W
-            or not prepared[0].same_as(batch)
+            or not prepared[0].same_as(batches)
         ):
             each_gathers = lanes is not None and lanes.helping  # once: both halves must agree
-            run_halves(lambda which: self.prepare(which, batch, W, each_gathers), lanes)
+            run_halves(lambda which: self.prepare(which, batches, W, each_gathers), lanes)
         out = np.add(self.partials[0], self.partials[1], out=self.out)
         out += params[self.b]
         return out
@@ -107,11 +113,12 @@ class SplitAffineKernel:
         """The bias gradient, then dW = x^T g by halves of dW's rows; each lane goes on with
         `then(half)`, while the caller also runs `meanwhile`."""
         if not self.constant_bias:
-            np.add.reduce(g, axis=0, out=grads[self.b])
+            np.add.reduce(g, axis=-2, keepdims=True, out=grads[self.b])
         dW = grads[self.W]
 
         def half(which: int) -> None:
-            np.matmul(self.inputs[which].T, g, out=dW[self.features[which]])
+            inputs = self.inputs[which].transpose(0, 2, 1)
+            self.groups.product(inputs, g, dW[:, self.features[which]])
             if then is not None:
                 then(which)
 
@@ -124,11 +131,11 @@ class SplitAffineKernel:
         params: Mapping[str, np.ndarray],
         grads: Mapping[str, np.ndarray],
         decayed: bool,
-    ) -> float:
-        """The rule's update of one half of W's rows; returns that half's sum of squares before
-        the update (for the cost the step reports) when W is decayed, else 0."""
+    ) -> np.ndarray | float:
+        """The rule's update of one half of W's rows; returns that half's sums of squares
+        before the update, one per member (for the cost the step reports), when W is decayed."""
         rows = self.features[which]
-        w = params[self.W][rows]
-        penalty = sum_of_squares(w) if decayed else 0.0
-        rule.update(self.W, w, grads[self.W][rows], decayed=decayed, rows=rows)
+        w = params[self.W][:, rows]
+        penalty = sums_of_squares(w) if decayed else 0.0
+        rule.update(self.W, w, grads[self.W][:, rows], decayed=decayed, rows=rows)
         return penalty

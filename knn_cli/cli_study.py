@@ -8,8 +8,17 @@ from pathlib import Path
 import click
 
 from knn_cli.cli_options import progress_wanted, remember_resume, runs_dir_option, set_option
-from knn_cli.cli_sweeps import executor_for, executor_options
+from knn_cli.cli_sweeps import executor_for, executor_options, populations_for
 from knn_cli.errors import RunFailed
+
+
+def population_sizes(stages: list[list[list[object]]]) -> str:
+    """', trained as populations of 5 and 5, then 2 and 1' ('' where each run trains alone)."""
+    sizes = [[len(population) for population in stage] for stage in stages]
+    if all(size == 1 for stage in sizes for size in stage):
+        return ""
+    said = [" and ".join(str(size) for size in stage) for stage in sizes if stage]
+    return ", trained as populations of " + ", then ".join(said)
 
 
 @click.command("report")
@@ -58,6 +67,7 @@ def study(
     quick: bool,
     workers: int | None,
     scheduler: str | None,
+    population: str,
     resume: Path | None,
     dry_run: bool,
     runs_dir: Path,
@@ -74,6 +84,7 @@ def study(
     from knn_cli.study.settings import StudySettings, check_overrides
 
     executor = executor_for(workers, scheduler)
+    populations = populations_for(population)
     if resume is not None:
         asked = {"--set": overrides, "--seeds": seeds, "--seed": seed, "--quick": quick}
         given = [name for name, value in {**asked, "--dry-run": dry_run}.items() if value]
@@ -94,14 +105,17 @@ def study(
     parts = plan_study(settings, images)
     workers = max(1, executor.workers or 1)
     together = isinstance(executor, ProcessExecutor) and workers > 1
-    estimates, total = estimate_plan(parts, workers, features, together=together)
+    estimates, total = estimate_plan(
+        parts, workers, features, together=together, population=populations
+    )
     quick_kind = "quick study (small sizes: its numbers are not the study's)"
     kind = quick_kind if settings.quick else "study"
 
     def show_plan() -> None:
         for number, part in enumerate(parts, start=1):
+            grouped = population_sizes(part.populations(populations, workers))
             click.echo(
-                f"  {number}. {part.name}: {part.description} "
+                f"  {number}. {part.name}: {part.description}{grouped} "
                 f"(about {duration(estimates[part.name])})"
             )
         how = "the parts together" if together else "one part after another"
@@ -120,7 +134,13 @@ def study(
         remember_resume("study", study_dir)
         show_plan()
         started = time.perf_counter()
-        doc = run_study(study_dir, executor, progress=progress_wanted(), say=click.echo)
+        doc = run_study(
+            study_dir,
+            executor,
+            progress=progress_wanted(),
+            say=click.echo,
+            population=populations,
+        )
         elapsed = time.perf_counter() - started
         markdown, html = write_report(study_dir)  # an interrupted study reports when resumed
         click.echo(f"report: {markdown}, {html}")

@@ -26,7 +26,7 @@ from knn_cli.cli_options import (
 from knn_cli.locks import folder_lock
 
 DEFAULT_SEARCH_CONFIG = Path("configs/3layer_bn.yaml")
-EXECUTOR_OPTIONS = ("workers", "scheduler", "resume", "runs_dir")
+EXECUTOR_OPTIONS = ("workers", "scheduler", "population", "resume", "runs_dir")
 
 
 executor_options = with_options(
@@ -42,6 +42,15 @@ executor_options = with_options(
         default=None,
         help="Run the trials on this Dask distributed scheduler instead (pip install -e "
         "'.[dask]' in the checkout).",
+    ),
+    click.option(
+        "--population",
+        metavar="auto|off|N",
+        default="auto",
+        show_default=True,
+        help="Train the runs that differ only in seed, lambda, rates or init side by side, one "
+        "step for all (each still its own run, with the numbers it gets alone): auto groups "
+        "as many as fit, off trains each alone, N at most N together.",
     ),
     click.option(
         "--resume",
@@ -75,6 +84,19 @@ def executor_for(workers: int | None, scheduler: str | None) -> Any:
     executor = make_executor(workers, scheduler)
     executor.check()  # before a sweep folder is made for it
     return executor
+
+
+def populations_for(text: str) -> Any:
+    """--population as the sweeps take it; a usage error naming the option otherwise."""
+    from knn_cli.errors import ConfigError
+    from knn_cli.sweeps.populations import Populations
+
+    try:
+        return Populations.parse(text)
+    except ConfigError as error:
+        raise click.BadParameter(
+            str(error).removeprefix("--population "), param_hint="--population"
+        ) from None
 
 
 def _search_base(config_path: Path | None, overrides: Sequence[str]) -> dict[str, Any]:
@@ -192,6 +214,7 @@ def lambda_search(
     seed: int | None,
     workers: int | None,
     scheduler: str | None,
+    population: str,
     resume: Path | None,
     dry_run: bool,
     runs_dir: Path,
@@ -204,6 +227,7 @@ def lambda_search(
 
     ctx = click.get_current_context()
     executor = executor_for(workers, scheduler)
+    populations = populations_for(population)
     if resume is not None:
         _reject_plan_options_with_resume(ctx)
         spec, sweep_dir = load_sweep_of_kind(resume, LAMBDA_SEARCH), resume
@@ -249,13 +273,15 @@ def lambda_search(
         if dry_run:
             from knn_cli.dry_run import lambda_search_plan
 
-            click.echo(lambda_search_plan(spec, executor.workers or 1), nl=False)
+            click.echo(lambda_search_plan(spec, executor.workers or 1, populations), nl=False)
             return
         sweep_dir = start_sweep(runs_dir, LAMBDA_SEARCH, spec)
     with folder_lock(sweep_dir):
         click.echo(f"sweep folder: {sweep_dir}")
         remember_resume("lambda-search", sweep_dir)
-        result = run_lambda_search(spec, sweep_dir, executor, progress=progress_wanted())
+        result = run_lambda_search(
+            spec, sweep_dir, executor, progress=progress_wanted(), population=populations
+        )
     # table.md ends with the finals' mean +- sd; here that line comes last, after each final's.
     click.echo(lambda_table([*result.records, *result.finals]))
     if result.fine_log_range is not None:
@@ -371,6 +397,7 @@ def init_sensitivity(
     overrides: tuple[str, ...],
     workers: int | None,
     scheduler: str | None,
+    population: str,
     resume: Path | None,
     dry_run: bool,
     runs_dir: Path,
@@ -383,6 +410,7 @@ def init_sensitivity(
 
     ctx = click.get_current_context()
     executor = executor_for(workers, scheduler)
+    populations = populations_for(population)
     if resume is not None:
         _reject_plan_options_with_resume(ctx)
         spec, sweep_dir = load_sweep_of_kind(resume, INIT_SENSITIVITY), resume
@@ -422,13 +450,16 @@ def init_sensitivity(
             from knn_cli.sweeps.init_grid import grid_plan
 
             resolved = {"spec": asdict(spec)}
-            click.echo(planned_sweep(resolved, grid_plan(spec), executor.workers or 1), nl=False)
+            workers_ = executor.workers or 1
+            click.echo(planned_sweep(resolved, grid_plan(spec), workers_, populations), nl=False)
             return
         sweep_dir = start_sweep(runs_dir, INIT_SENSITIVITY, spec)
     with folder_lock(sweep_dir):
         click.echo(f"sweep folder: {sweep_dir}")
         remember_resume("init-sensitivity", sweep_dir)
-        records = run_init_sensitivity(spec, sweep_dir, executor, progress=progress_wanted())
+        records = run_init_sensitivity(
+            spec, sweep_dir, executor, progress=progress_wanted(), population=populations
+        )
     click.echo("final test accuracy (rows: layers and batch norm; columns: init sigma)")
     click.echo((sweep_dir / "results.md").read_text())
     failed = [r for r in records if r.status not in ("finished",)]
@@ -447,6 +478,7 @@ def sweep(
     plan: Path | None,
     workers: int | None,
     scheduler: str | None,
+    population: str,
     resume: Path | None,
     dry_run: bool,
     runs_dir: Path,
@@ -463,6 +495,7 @@ def sweep(
     from knn_cli.sweeps.plan import CONFIG_SWEEP
 
     executor = executor_for(workers, scheduler)
+    populations = populations_for(population)
     if resume is not None:
         if plan is not None:
             raise click.UsageError("--resume takes the plan from the sweep folder; drop PLAN")
@@ -479,14 +512,17 @@ def sweep(
 
             resolved = {"name": spec.name, "runs": list(spec.runs)}
             click.echo(
-                planned_sweep(resolved, config_trials(spec), executor.workers or 1), nl=False
+                planned_sweep(resolved, config_trials(spec), executor.workers or 1, populations),
+                nl=False,
             )
             return
         sweep_dir = start_sweep(runs_dir, CONFIG_SWEEP, spec, name=spec.name)
     with folder_lock(sweep_dir):
         click.echo(f"sweep folder: {sweep_dir}")
         remember_resume("sweep", sweep_dir)
-        records = run_config_sweep(spec, sweep_dir, executor, progress=progress_wanted())
+        records = run_config_sweep(
+            spec, sweep_dir, executor, progress=progress_wanted(), population=populations
+        )
     click.echo((sweep_dir / "results.md").read_text())
     click.echo(f"written: {sweep_dir}/results.csv, results.md")
     _fail_unless_usable(records, sweep_dir)

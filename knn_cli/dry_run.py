@@ -22,16 +22,18 @@ from knn_cli.memory import available_memory, check_memory, human
 from knn_cli.runs import machine
 from knn_cli.sweeps.lambda_search import FINE_TOP, fine_range, source_records
 from knn_cli.sweeps.plan import LambdaSearchSpec, Trial, final_trials, lambda_trials
+from knn_cli.sweeps.populations import AUTO, Populations, plan_populations
 
 NOTHING_RAN = "nothing was trained and no folder was made"
 
 
 @dataclass(frozen=True)
 class PlannedTrial:
-    """One run of a sweep as planned: how the table names it, and its run."""
+    """One run of a sweep as planned: how the table names it, its folder, and its run."""
 
     label: str
     run: PlannedRun
+    folder: str = ""
 
 
 def comment(text: str) -> str:
@@ -82,19 +84,33 @@ def train_plan(config: RunConfig) -> str:
 
 def sweep_plan(
     resolved: dict[str, object],
-    trials: Sequence[PlannedTrial],
+    stages: Sequence[Sequence[PlannedTrial]],
     workers: int,
+    population: Populations = AUTO,
     notes: Sequence[str] = (),
 ) -> str:
     """A sweep's `--dry-run`: what it trains from (`resolved`, as YAML), then each planned
-    trial, its schedule, the memory of its largest run, and the time on `workers`."""
+    trial, its schedule, the populations each stage's trials train in, the memory of its
+    largest run, and the time on `workers` (stage after stage)."""
+    trials = [trial for stage in stages for trial in stage]
     configs = {id(trial.run.config): trial.run.config for trial in trials}
     for config in configs.values():
         check_memory(config)
     largest = max(configs.values(), key=lambda c: check_memory(c).total, default=None)
-    seconds = runs_seconds([t.run for t in trials], workers, Speeds(N_FEATURES))
-    lines = [f"the sweep as planned ({NOTHING_RAN}): {len(trials)} runs"]
+    speeds = Speeds(N_FEATURES)
+    grouped = [_populations(stage, population, workers) for stage in stages]
+    seconds = sum(
+        runs_seconds([[t.run for t in p] for p in stage], workers, speeds) for stage in grouped
+    )
+    count = sum(len(stage) for stage in grouped)
+    lines = [f"the sweep as planned ({NOTHING_RAN}): {len(trials)} runs in {count} populations"]
     lines += [f"  {trial.label}: {schedule_line(trial.run, short=True)}" for trial in trials]
+    lines.append(
+        f"populations (--population {population}: the runs of one train side by side, a step "
+        "for all, each into its own folder):"
+    )
+    for stage in grouped:
+        lines += [f"  {', '.join(t.folder or t.label for t in members)}" for members in stage]
     lines += list(notes)
     if largest is not None:
         lines.append(memory_line(largest))
@@ -106,16 +122,30 @@ def sweep_plan(
     return text + comment("\n".join(lines)) + "\n"
 
 
-def _planned(trial: Trial) -> PlannedTrial:
+def _populations(
+    trials: Sequence[PlannedTrial], population: Populations, workers: int
+) -> list[list[PlannedTrial]]:
+    settings = {id(trial): trial.run.settings for trial in trials}
+    return plan_populations(
+        trials,
+        lambda trial: settings[id(trial)],
+        lambda trial: trial.run.looks_at_test,
+        population,
+        workers,
+    )
+
+
+def _planned(trial: Trial, label: str | None = None) -> PlannedTrial:
     config = config_from_dict(trial.config)
-    return PlannedTrial(trial.label, PlannedRun.of(config, config.data.n_train))
+    run = PlannedRun.of(config, config.data.n_train, looks_at_test=trial.evaluate_test)
+    return PlannedTrial(trial.label if label is None else label, run, trial.folder)
 
 
-def lambda_search_plan(spec: LambdaSearchSpec, workers: int) -> str:
+def lambda_search_plan(spec: LambdaSearchSpec, workers: int, population: Populations = AUTO) -> str:
     """The search's trials: the coarse lambdas are known before it runs (drawn from the seed),
     the fine ones once the coarse have run (unless refining an earlier sweep's), the final
     retrains' lambda at the end."""
-    trials: list[PlannedTrial] = []
+    stages: list[list[PlannedTrial]] = []
     notes = []
     refined = source_records(Path(spec.source)) if spec.source else []
     index = 1 + max((r.trial.index for r in refined), default=-1)
@@ -131,9 +161,12 @@ def lambda_search_plan(spec: LambdaSearchSpec, workers: int) -> str:
             "n_s": spec.n_s,
             "stratified": spec.stratified and stage == "coarse",
         }
-        for trial in lambda_trials(spec.base, stage, log_range, indices, **options):
-            label = f"{trial.folder} {trial.label}" if known else trial.folder
-            trials.append(PlannedTrial(label, _planned(trial).run))
+        stages.append(
+            [
+                _planned(trial, f"{trial.folder} {trial.label}" if known else trial.folder)
+                for trial in lambda_trials(spec.base, stage, log_range, indices, **options)
+            ]
+        )
         if not known:
             notes.append(
                 f"the fine trials' lambdas are drawn around the {FINE_TOP} best coarse trials, "
@@ -150,19 +183,22 @@ def lambda_search_plan(spec: LambdaSearchSpec, workers: int) -> str:
             validation_size=spec.final_validation_size,
             n_s=spec.final_n_s,
         )
-        trials += [
-            PlannedTrial(f"{trial.folder} the best lambda, seed "
-                         f"{trial.config['training']['seed']}", _planned(trial).run)
-            for trial in finals
-        ]  # fmt: skip
-    return sweep_plan({"spec": asdict(spec)}, trials, workers, notes)
+        stages.append(
+            [
+                _planned(trial, f"{trial.folder} the best lambda, seed "
+                                f"{trial.config['training']['seed']}")
+                for trial in finals
+            ]
+        )  # fmt: skip
+    return sweep_plan({"spec": asdict(spec)}, stages, workers, population, notes)
 
 
-def planned_sweep(resolved: dict[str, object], trials: Sequence[Trial], workers: int) -> str:
+def planned_sweep(
+    resolved: dict[str, object],
+    trials: Sequence[Trial],
+    workers: int,
+    population: Populations = AUTO,
+) -> str:
     """A sweep whose every trial is known before it runs (the grid, a plan of configs)."""
-    planned = [_planned(trial) for trial in trials]
-    named = [
-        PlannedTrial(f"{trial.folder}", found.run)
-        for trial, found in zip(trials, planned, strict=True)
-    ]
-    return sweep_plan(resolved, named, workers)
+    named = [_planned(trial, trial.folder) for trial in trials]
+    return sweep_plan(resolved, [named], workers, population)

@@ -1,6 +1,7 @@
-"""How long training will take on this machine, said before it starts: a training step and an
-evaluation row of each network are timed here, on one thread as a sweep's worker trains, and
-multiplied by each run's steps and evaluations; runs on several workers share them in rounds.
+"""How long training will take on this machine, said before it starts: a training step (alone and
+in a population) and an evaluation row of each network are timed here, on one thread as a
+sweep's worker trains, and multiplied by each population's steps and evaluations; populations on
+several workers share them, each worker taking the next as it frees.
 `knn study` prints its plan with it, and `--dry-run` of `knn train` and the sweeps.
 """
 
@@ -8,19 +9,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 
 from knn_cli.blas import one_thread_limit
-from knn_cli.config import RunConfig
+from knn_cli.config import RunConfig, config_to_dict
 from knn_cli.engine import Engine
 from knn_cli.network import Network
 from knn_cli.schedule import total_steps
 
-START_SECONDS = 1.5  # a run's own start: building the network, opening the cache, plotting
+START_SECONDS = 1.0  # a population's start: a worker taking it, opening the cache
+FINISH_SECONDS = 0.5  # a run's end: its test accuracy, model, summary and plots
 SPEED_REPEATS = 5
 TIMED_STEPS = 20
 # What the steps and evaluations timed alone leave out (two workers sharing caches and memory,
@@ -35,21 +37,35 @@ TWO_LANES_SPEEDUP = 1.25
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One training run as planned: its config and its schedule's length."""
+    """One training run as planned: its config, its schedule's length, and whether it looks at
+    the test set (a search trial does not: it trains apart from the runs that do)."""
 
     config: RunConfig
     n_s: int
     cycles: int
+    looks_at_test: bool = True
 
     @classmethod
     def of(
-        cls, config: RunConfig, n_train: int, cycles: int | None = None, n_s: int | None = None
+        cls,
+        config: RunConfig,
+        n_train: int,
+        cycles: int | None = None,
+        n_s: int | None = None,
+        *,
+        looks_at_test: bool = True,
     ) -> PlannedRun:
         """The run `config` describes on `n_train` training images, perhaps with the cycles
         or n_s a sweep sets."""
-        return cls(
-            config, n_s or config.training.resolve_n_s(n_train), cycles or config.training.cycles
-        )
+        n_s = n_s or config.training.resolve_n_s(n_train)
+        return cls(config, n_s, cycles or config.training.cycles, looks_at_test)
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """The config as plain data, with its schedule's length (what populations group by)."""
+        settings = config_to_dict(self.config)
+        settings["training"] = {**settings["training"], "n_s": self.n_s, "cycles": self.cycles}
+        return settings
 
     @property
     def steps(self) -> int:
@@ -75,70 +91,106 @@ class PlannedRun:
 
 
 class Speeds:
-    """(seconds a training step takes, seconds an evaluated row takes) per network shape,
-    timed once each."""
+    """(seconds a member's training step takes in a population of P, seconds an evaluated row
+    takes) per network shape, timed once each, alone and in a population of TIMED_MEMBERS that
+    share their batch: between and beyond, a step is the part that does not shrink with P (its
+    products, per member) and the part that does (NumPy's cost per call, paid once for all)."""
 
     def __init__(self, features: int) -> None:
         self.features = features
-        self._found: dict[tuple[object, ...], tuple[float, float]] = {}
+        self._found: dict[tuple[object, ...], tuple[float, float, float]] = {}
 
-    def of(self, config: RunConfig) -> tuple[float, float]:
+    def of(self, config: RunConfig, members: int = 1) -> tuple[float, float]:
         model = config.model
         key = (model.hidden, model.batch_norm, config.training.batch_size)
         if key not in self._found:
             self._found[key] = measure_speed(self.features, *key)
-        return self._found[key]
+        alone, together, row = self._found[key]
+        shared = max(0.0, (alone - together) * TIMED_MEMBERS / (TIMED_MEMBERS - 1))
+        return alone - shared + shared / members, row
+
+
+TIMED_MEMBERS = 8
 
 
 def measure_speed(
     features: int, hidden: tuple[int, ...], batch_norm: bool, batch_size: int = 100
-) -> tuple[float, float]:
-    """(seconds a training step of `batch_size` rows takes, seconds per row of an
-    evaluation), on one thread, the medians of a few repeats: the machine's speed jumps from
-    one second to the next."""
-    network = Network(features, hidden, 10, batch_norm=batch_norm, seed=0)
+) -> tuple[float, float, float]:
+    """(seconds a training step of `batch_size` rows takes alone, a member's share of a step of
+    TIMED_MEMBERS networks sharing the batch, seconds per row of an evaluation), on one thread,
+    the medians of a few repeats: the machine's speed jumps from one second to the next."""
+    networks = [
+        Network(features, hidden, 10, batch_norm=batch_norm, seed=seed)
+        for seed in range(TIMED_MEMBERS)
+    ]
     rng = np.random.default_rng(0)
     rows = max(1000, batch_size)
     X = rng.standard_normal((rows, features)).astype(np.float32)
     y = rng.integers(0, 10, rows)
     batch, labels = X[:batch_size], y[:batch_size]
     limit = one_thread_limit()
-    steps, evaluations = [], []
-    with limit if limit is not None else nullcontext(), Engine(network) as engine:
-        engine.step(batch, labels, lambda_=0.005, eta=0.01)
+    alone, together, evaluations = [], [], []
+    with limit if limit is not None else nullcontext():
+        lone = Engine(networks[0])
+        population = Engine(networks, groups=[0] * TIMED_MEMBERS)
+        lone.step(batch, labels, lambda_=0.005, eta=0.01)
+        population.step(batch, labels, lambda_=0.005, eta=0.01)
         for _ in range(SPEED_REPEATS):
+            alone.append(_seconds_a_step(lambda: lone.step(batch, labels, 0.005, 0.01)))
+            step = _seconds_a_step(lambda: population.step(batch, labels, 0.005, 0.01), 4)
+            together.append(step / TIMED_MEMBERS)
+            lone.write_back()
             started = time.perf_counter()
-            for _ in range(TIMED_STEPS):
-                engine.step(batch, labels, lambda_=0.005, eta=0.01)
-            steps.append((time.perf_counter() - started) / TIMED_STEPS)
-            engine.write_back()
-            started = time.perf_counter()
-            network.cost(X, y, lambda_=0.005)
+            networks[0].cost(X, y, lambda_=0.005)
             evaluations.append((time.perf_counter() - started) / len(X))
-    return float(np.median(steps)), float(np.median(evaluations))
+    return float(np.median(alone)), float(np.median(together)), float(np.median(evaluations))
+
+
+def _seconds_a_step(step: Callable[[], object], count: int = TIMED_STEPS) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        step()
+    return (time.perf_counter() - started) / count
+
+
+def population_seconds(runs: Sequence[PlannedRun], speeds: Speeds) -> float:
+    """A population's seconds on one worker (one run alone is a population of one): its steps,
+    a step for all members at once; each member's evaluations; its start; each member's
+    finish (final measurements, summary, plots)."""
+    step_seconds, row_seconds = speeds.of(runs[0].config, len(runs))
+    steps = runs[0].steps * len(runs) * step_seconds
+    evaluations = sum(run.rows_evaluated for run in runs) * row_seconds
+    return START_SECONDS + steps + evaluations + FINISH_SECONDS * len(runs)
 
 
 def run_seconds(run: PlannedRun, speeds: Speeds) -> float:
-    """One run's seconds on one worker: its steps, its evaluations, and its start."""
-    step_seconds, row_seconds = speeds.of(run.config)
-    return run.steps * step_seconds + run.rows_evaluated * row_seconds + START_SECONDS
+    """One run's seconds on one worker, trained alone."""
+    return population_seconds([run], speeds)
 
 
 def train_seconds(run: PlannedRun, speeds: Speeds) -> float:
     """One run as `knn train` runs it on two cores: its steps on two lanes, its evaluations on
     the second core meanwhile (only the last one, of the training and validation sets, is
-    waited for), and its start."""
+    waited for), its start and finish."""
     step_seconds, row_seconds = speeds.of(run.config)
     steps = run.steps * step_seconds / TWO_LANES_SPEEDUP
     last = run.config.data.n_train + run.config.data.validation_size
-    return steps + last * row_seconds + START_SECONDS
+    return steps + last * row_seconds + START_SECONDS + FINISH_SECONDS
 
 
-def runs_seconds(runs: Sequence[PlannedRun], workers: int, speeds: Speeds) -> float:
-    """Wall seconds of runs shared by `workers` in rounds (3 runs on 2 workers take two runs'
-    time), with the overhead the timings leave out."""
-    if not runs:
+def runs_seconds(
+    populations: Sequence[Sequence[PlannedRun]], workers: int, speeds: Speeds
+) -> float:
+    """Wall seconds of populations shared by `workers`, each taking the next one as it frees
+    (the longest first), with the overhead the timings leave out."""
+    if not populations:
         return 0.0
-    total = sum(run_seconds(run, speeds) for run in runs)
-    rounds = math.ceil(len(runs) / max(1, workers))
-    return total / len(runs) * rounds * UNMODELLED_OVERHEAD
+    busy = [0.0] * max(1, workers)
+    for seconds in sorted((population_seconds(p, speeds) for p in populations), reverse=True):
+        busy[busy.index(min(busy))] += seconds
+    return max(busy) * UNMODELLED_OVERHEAD
+
+
+def work_seconds(populations: Sequence[Sequence[PlannedRun]], speeds: Speeds) -> float:
+    """The populations' seconds on one worker, added up."""
+    return sum(population_seconds(p, speeds) for p in populations)

@@ -100,10 +100,12 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     from knn_cli.recorder import RunRecorder
 
     real_on_step = RunRecorder.on_step
+    sent: list[int] = []  # once, as a person presses Ctrl-C once: each member hears the step
 
     def on_step(self: RunRecorder, done: int, eta: float) -> None:
         real_on_step(self, done, eta)
-        if done == step:
+        if done == step and not sent:
+            sent.append(done)
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(RunRecorder, "on_step", on_step)

@@ -18,8 +18,9 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 @pytest.fixture(autouse=True)
 def _timed_instantly(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A step of 1 ms and an evaluated row of 10 us, whatever this machine's speed."""
-    monkeypatch.setattr(estimate, "measure_speed", lambda *args: (0.001, 1e-5))
+    """A step of 1 ms (alone or a member's share in a population) and an evaluated row of
+    10 us, whatever this machine's speed."""
+    monkeypatch.setattr(estimate, "measure_speed", lambda *args: (0.001, 0.001, 1e-5))
 
 
 def dry(tmp_path: Path, *args: str) -> str:
@@ -49,8 +50,9 @@ def test_train_prints_a_config_that_trains_the_same_run_and_its_plan(tmp_path: P
     assert "13,500 steps (3 cycles of 2 x 2,250) in batches of 100: 30.0 epochs" in plan[1]
     assert "31 evaluations" in plan[1]
     assert plan[2].startswith("# memory: about ")
-    # 13,500 steps of 1 ms on two lanes, one last evaluation of 50,000 rows, the start.
-    seconds = 13_500 * 0.001 / estimate.TWO_LANES_SPEEDUP + 50_000 * 1e-5 + estimate.START_SECONDS
+    # 13,500 steps of 1 ms on two lanes, one last evaluation of 50,000 rows, start and finish.
+    seconds = 13_500 * 0.001 / estimate.TWO_LANES_SPEEDUP + 50_000 * 1e-5
+    seconds += estimate.START_SECONDS + estimate.FINISH_SECONDS
     assert f"time: about {seconds:.0f} s on this machine" in plan[3]
 
 
@@ -73,7 +75,8 @@ def test_lambda_search_lists_its_trials_with_the_coarse_lambdas_it_will_draw(
         "--final-seeds", "2", "--workers", "2", "--config", str(CONFIGS / "3layer_bn.yaml"),
     )  # fmt: skip
     plan = [line for line in output.splitlines() if line.startswith("#")]
-    assert plan[0].endswith("8 runs")
+    # Each stage's trials in populations that fill the 2 workers: 2 + 1, 2 + 1, 1 + 1.
+    assert plan[0].endswith("8 runs in 6 populations")
     assert [line.split(":")[0].split()[1] for line in plan[1:9]] == [
         "000-coarse", "001-coarse", "002-coarse", "003-fine", "004-fine", "005-fine",
         "006-final", "007-final",
@@ -81,6 +84,16 @@ def test_lambda_search_lists_its_trials_with_the_coarse_lambdas_it_will_draw(
     assert "lambda=" in plan[1] and "lambda=" not in plan[4]  # fine lambdas come from results
     assert "14,700 steps, 30.0 epochs of 49,000 images" in plan[7]  # 3 cycles, 1,000 held out
     assert "with 2 workers" in plan[-1]
+    populations = plan[plan.index(next(p for p in plan if "populations (--population auto" in p)) :]
+    assert populations[1:7] == [
+        "#   000-coarse, 001-coarse", "#   002-coarse", "#   003-fine, 004-fine", "#   005-fine",
+        "#   006-final", "#   007-final",
+    ]  # fmt: skip
+    alone = dry(
+        tmp_path, "lambda-search", "--coarse", "--trials", "3", "--population", "off",
+        "--config", str(CONFIGS / "3layer_bn.yaml"),
+    )  # fmt: skip
+    assert "3 runs in 3 populations" in alone and "--population off" in alone
     spec = yaml.safe_load(output)["spec"]
     assert spec["trials"] == 3 and spec["final_validation_size"] == 1000
 

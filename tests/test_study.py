@@ -18,12 +18,15 @@ from knn_cli.locks import FolderBusy, folder_lock
 from knn_cli.study.parts import run_configs_part
 from knn_cli.study.plan import PlannedPart, estimate_seconds
 from knn_cli.study.settings import QUICK_N_S, StudySettings, study_config
+from knn_cli.sweeps.populations import AUTO, Populations
 
 
-def test_the_estimate_counts_steps_evaluations_and_rounds_of_workers(
+def test_the_estimate_counts_steps_evaluations_and_populations_on_the_workers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(estimate, "measure_speed", lambda *args: (0.001, 1e-6))
+    """A step of 1 ms alone and 0.6 ms a member in a population of 8: in a population of P a
+    member's step is 0.6 ms + 0.4 ms * (8 / 7) (1 / P - 1 / 8), NumPy's cost per call shared."""
+    monkeypatch.setattr(estimate, "measure_speed", lambda *args: (0.001, 0.0006, 1e-6))
     config = study_config(StudySettings(), "3layer_bn")
     run = PlannedRun(config, n_s=250, cycles=2)  # 1000 steps, 10 evaluations a cycle and step 0
     assert (run.steps, run.evaluations) == (1000, 21)
@@ -31,13 +34,28 @@ def test_the_estimate_counts_steps_evaluations_and_rounds_of_workers(
     # 5,000 + 5,000 rows, and one of 45,000 + 5,000.
     assert config.evaluation.train_curve_rows == 5000
     assert run.rows_evaluated == 20 * 10_000 + 50_000
-    one_run = 1000 * 0.001 + 250_000 * 1e-6 + estimate.START_SECONDS
-    three = PlannedPart("three", "", [run] * 3)
+    speeds = estimate.Speeds(3072)
+    assert speeds.of(config, 1)[0] == pytest.approx(0.001)
+    assert speeds.of(config, 8)[0] == pytest.approx(0.0006)
+    shared = 0.0004 * 8 / 7
+    assert speeds.of(config, 2)[0] == pytest.approx(0.001 - shared + shared / 2)
+
+    def population(members: int) -> float:
+        steps = 1000 * members * speeds.of(config, members)[0]
+        evaluations = members * 250_000 * 1e-6
+        return steps + evaluations + estimate.START_SECONDS + members * estimate.FINISH_SECONDS
+
+    three = PlannedPart("three", "", [[run] * 3])
+    overhead = estimate.UNMODELLED_OVERHEAD
+    # Alike runs on two workers: a population of 2 and one of 1, side by side.
     estimates = estimate_seconds([three], 2, 50_000, 3072)
-    # Three runs on two workers take two rounds, whatever the overhead factor.
-    assert estimates["three"] == pytest.approx(2 * one_run * estimate.UNMODELLED_OVERHEAD)
-    alone = estimate_seconds([three], 1, 50_000, 3072)["three"]
-    assert alone == pytest.approx(3 * one_run * estimate.UNMODELLED_OVERHEAD)
+    assert estimates["three"] == pytest.approx(population(2) * overhead)
+    # On one worker, one population of 3; off, three runs one after another.
+    assert estimate_seconds([three], 1, 50_000, 3072)["three"] == pytest.approx(
+        population(3) * overhead
+    )
+    off = estimate_seconds([three], 1, 50_000, 3072, Populations(1))["three"]
+    assert off == pytest.approx(3 * population(1) * overhead)
 
 
 class TriesTheLock:
@@ -56,7 +74,7 @@ class TriesTheLock:
     def run(self, items: Sequence[Any], fn: Callable[[Any], Any]) -> Iterator[tuple[Any, Outcome]]:
         for item in items:
             try:
-                with folder_lock(Path(item.run_dir).parent):
+                with folder_lock(Path(item[0].run_dir).parent):
                     pass
             except FolderBusy as error:
                 self.refused.append(str(error))
@@ -72,7 +90,7 @@ def test_a_part_sweep_is_held_by_the_study_while_it_runs(
         overrides=(f"data.dir={fake_cifar_dir}", "data.validation_size=30", "training.n_s=5"),
     )
     executor = TriesTheLock()
-    run = run_configs_part(tmp_path / "configs", settings, executor, False, {})
+    run = run_configs_part(tmp_path / "configs", settings, executor, AUTO, False, {})
     assert run.status == "finished"
     assert len(executor.refused) == 4 and "is in use by process" in executor.refused[0]
 

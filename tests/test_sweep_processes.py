@@ -98,7 +98,7 @@ def search(runs: Path, data: Path, *extra: str, n_s: str = "200000") -> subproce
 def test_workers_end_when_the_sweep_is_killed_hard(tmp_path: Path, fake_cifar_dir: Path) -> None:
     sweep = search(tmp_path / "runs", fake_cifar_dir, "--workers", "2")
     folder = sweep_folder(tmp_path / "runs")
-    wait_for(lambda: len(list(folder.glob("00?-coarse/config.yaml"))) == 2, "two trials")
+    wait_for(lambda: len(list(folder.glob("00?-coarse/config.yaml"))) >= 2, "two trials")
     workers = {p for p in children_of(sweep.pid) if "spawn_main" in _cmdline(p)}
     assert len(workers) == 2
     sweep.kill()  # SIGKILL: no handler, no cleanup in the sweep process
@@ -141,7 +141,7 @@ def test_a_sweep_folder_admits_one_process_and_is_taken_over_after_its_death(
 def test_stopping_a_process_pool_sweep_leaks_nothing(tmp_path: Path, fake_cifar_dir: Path) -> None:
     sweep = search(tmp_path / "runs", fake_cifar_dir, "--workers", "2")
     folder = sweep_folder(tmp_path / "runs")
-    wait_for(lambda: len(list(folder.glob("00?-coarse/config.yaml"))) == 2, "two trials")
+    wait_for(lambda: len(list(folder.glob("00?-coarse/config.yaml"))) >= 2, "two trials")
     workers = children_of(sweep.pid)
     sweep.send_signal(signal.SIGTERM)
     _out, err = finish(sweep, 60)

@@ -44,7 +44,8 @@ from knn_cli.sweeps.plan import (
     sample_log_lambda,
     trial_config,
 )
-from knn_cli.sweeps.running import run_trial, run_trials
+from knn_cli.sweeps.populations import Populations
+from knn_cli.sweeps.running import run_population, run_trials
 from knn_cli.sweeps.tables import final_test_summary
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
@@ -223,10 +224,10 @@ class InterruptAfter:
         self.n = n
 
     def run(self, items: Sequence[Any], fn: Callable[[Any], Any]) -> Iterator[tuple[Any, Outcome]]:
-        for done, item in enumerate(items):
+        for done, item in enumerate(items):  # each a population of one trial
             if done == self.n:
-                Path(item.run_dir).mkdir()
-                Path(item.run_dir, "metrics.csv").write_text("step,epoch\n0,0\n")  # partial
+                Path(item[0].run_dir).mkdir()
+                Path(item[0].run_dir, "metrics.csv").write_text("step,epoch\n0,0\n")  # partial
                 raise KeyboardInterrupt
             yield item, guarded(fn, item)
 
@@ -240,7 +241,7 @@ def test_an_interrupted_sweep_resumes_to_the_same_table_as_an_uninterrupted_one(
 
     broken = start_sweep(tmp_path / "b", LAMBDA_SEARCH, spec)
     with pytest.raises(KeyboardInterrupt):
-        run_lambda_search(spec, broken, InterruptAfter(1))
+        run_lambda_search(spec, broken, InterruptAfter(1), population=Populations(1))
     finished_first = (broken / "000-coarse" / "summary.json").stat().st_mtime_ns
     assert sorted(p.name for p in broken.iterdir() if p.is_dir()) == ["000-coarse", "001-coarse"]
     statuses = [row["status"] for row in read_csv(broken / "trials.csv")]
@@ -432,7 +433,7 @@ def test_a_trial_never_trains_into_a_folder_that_already_exists(
     taken = tmp_path / trial.folder
     taken.mkdir()  # e.g. a stale task of an earlier attempt
     with pytest.raises(FileExistsError):
-        run_trial(TrialJob(trial, str(taken)))
+        run_population([TrialJob(trial, str(taken))])
     assert not any(taken.iterdir())
 
 

@@ -228,15 +228,20 @@ class MemberGroups:
         sizes = {s.stop - s.start for s in self.slices}
         self.size = sizes.pop() if len(sizes) == 1 else None  # members per group, if all alike
 
-    def product(self, A: np.ndarray, B: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """out[i] = A[group of i] @ B[i]: A (G, a, b) per group, B (P, b, c) and out (P, a, c)
-        per member."""
+    def product(
+        self, A: np.ndarray | Sequence[np.ndarray], B: np.ndarray, out: np.ndarray
+    ) -> np.ndarray:
+        """out[i] = A[group of i] @ B[i]: A (G, a, b) per group (or a sequence of G (a, b)), B
+        (P, b, c) and out (P, a, c) per member."""
         G, M = self.count, self.size
         if G == 1:
             return np.matmul(A[0], B, out=out)
-        if M == 1:
+        if not isinstance(A, np.ndarray):
+            M = None  # group by group
+        elif M == 1:
             return np.matmul(A, B, out=out)
         if M is not None:
+            assert isinstance(A, np.ndarray)
             shape = (G, M, *out.shape[1:])
             np.matmul(A[:, None], B.reshape(G, M, *B.shape[1:]), out=out.reshape(shape))
             return out

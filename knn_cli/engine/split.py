@@ -17,6 +17,7 @@ one half are one job (`prepare` runs inside the backward pass's job).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -51,9 +52,11 @@ class SplitAffineKernel:
         self.features = (slice(0, middle), slice(middle, d))
         self.out = np.empty((P, n, width), dtype=dtype)
         self.partials = [np.empty((P, n, width), dtype=dtype) for _ in range(2)]
-        # Each group's rows, by halves of the features, (G, n, d / 2): for the backward pass.
-        self.inputs: list[np.ndarray] = [np.empty((1, n, 0), dtype=dtype)] * 2
-        self._whole = np.empty((1, 0, d), dtype=dtype)  # the whole batches, when gathered at once
+        # Each group's rows, by halves of the features, (G, n, d / 2) or one (n, d / 2) per
+        # group: for the backward pass.
+        self.inputs: list[Any] = [np.empty((1, n, 0), dtype=dtype)] * 2
+        self._no_rows = np.empty((1, 0, d), dtype=dtype)
+        self._whole = self._no_rows  # the whole batches, when gathered at once
         # What the partials were computed for: the batches, the engine's count of changes to
         # the parameters, and the stacked weights array itself (re-stacked when a member's
         # network is given new arrays).
@@ -76,6 +79,21 @@ class SplitAffineKernel:
         self.inputs[which] = part = np.asarray(part, dtype=W.dtype)
         self.groups.product(part, W[:, features], self.partials[which])
 
+    def prepare_by_groups(self, batches: Batches, W: np.ndarray) -> None:
+        """Both halves of batch @ W on one thread, group after group: each group's rows
+        gathered whole and multiplied at once, while they are in the cache (gathering every
+        group's first, then multiplying, reads them back from memory: 1.2 MB a batch)."""
+        dtype = W.dtype
+        wholes = [np.asarray(batch.whole(), dtype=dtype) for batch in batches.batches[:1]]
+        for group, members in enumerate(self.groups.slices):
+            whole = wholes[0] if group == 0 else np.asarray(batches.batches[group].whole(), dtype)
+            for which, features in enumerate(self.features):
+                np.matmul(
+                    whole[:, features], W[members, features], out=self.partials[which][members]
+                )
+            wholes.append(whole)
+        self.inputs = [[whole[:, features] for whole in wholes[1:]] for features in self.features]  # type: ignore[misc]
+
     def prepared_for(self, batches: Batches, version: int, W: np.ndarray) -> None:
         """Both halves of `prepare` have run for these batches with the weights W of
         `version`."""
@@ -96,7 +114,10 @@ class SplitAffineKernel:
             or not prepared[0].same_as(batches)
         ):
             each_gathers = lanes is not None and lanes.helping  # once: both halves must agree
-            run_halves(lambda which: self.prepare(which, batches, W, each_gathers), lanes)
+            if not each_gathers and batches.groups > 1 and batches.whole_is_cheaper:
+                self.prepare_by_groups(batches, W)
+            else:
+                run_halves(lambda which: self.prepare(which, batches, W, each_gathers), lanes)
         out = np.add(self.partials[0], self.partials[1], out=self.out)
         out += params[self.b]
         return out
@@ -117,12 +138,16 @@ class SplitAffineKernel:
         dW = grads[self.W]
 
         def half(which: int) -> None:
-            inputs = self.inputs[which].transpose(0, 2, 1)
+            inputs = [part.T for part in self.inputs[which]]  # each group's, (d / 2, n)
             self.groups.product(inputs, g, dW[:, self.features[which]])
+            # Let the rows go: the next step's gathers then reuse their memory, still in the
+            # cache, rather than writing to memory further on (5-15% of a population's step).
+            self.inputs[which] = inputs = []
             if then is not None:
                 then(which)
 
         run_halves(half, lanes, meanwhile)
+        self._whole = self._no_rows
 
     def update_half(
         self,

@@ -39,6 +39,7 @@ from knn_cli.sweeps.plan import (
     GridSpec,
     LambdaSearchSpec,
 )
+from knn_cli.sweeps.populations import Populations
 
 
 @dataclass
@@ -50,13 +51,21 @@ class PartRun:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-# What runs a part: its folder, the study's settings, the executor for its trials, whether to
-# show progress, and what the parts before it noted in study.json (by part name).
-PartRunner = Callable[[Path, StudySettings, Executor, bool, Mapping[str, Any]], PartRun]
+# What runs a part: its folder, the study's settings, the executor for its trials and how they
+# are grouped into populations, whether to show progress, and what the parts before it noted in
+# study.json (by part name).
+PartRunner = Callable[
+    [Path, StudySettings, Executor, Populations, bool, Mapping[str, Any]], PartRun
+]
 
 
 def run_gradcheck_part(
-    folder: Path, settings: StudySettings, executor: Executor, progress: bool, earlier: Any
+    folder: Path,
+    settings: StudySettings,
+    executor: Executor,
+    population: Populations,
+    progress: bool,
+    earlier: Any,
 ) -> PartRun:
     """The gradient check at each depth, without BN and with it before and after the ReLU, a
     job each on the executor."""
@@ -95,15 +104,25 @@ def _sweep_status(records: Sequence[TrialRecord]) -> PartRun:
 
 
 def _run_configs(
-    folder: Path, spec: ConfigSweepSpec, executor: Executor, progress: bool
+    folder: Path,
+    spec: ConfigSweepSpec,
+    executor: Executor,
+    population: Populations,
+    progress: bool,
 ) -> PartRun:
     spec = resume_or_start(folder, CONFIG_SWEEP, spec)
     with folder_lock(folder):  # a `--resume` of the part's own sweep must wait for the study
-        return _sweep_status(run_config_sweep(spec, folder, executor, progress=progress))
+        records = run_config_sweep(spec, folder, executor, progress=progress, population=population)
+        return _sweep_status(records)
 
 
 def run_configs_part(
-    folder: Path, settings: StudySettings, executor: Executor, progress: bool, earlier: Any
+    folder: Path,
+    settings: StudySettings,
+    executor: Executor,
+    population: Populations,
+    progress: bool,
+    earlier: Any,
 ) -> PartRun:
     """The four configs, each with the study's seeds; the 9-layer ones measure the landscape
     along the gradient too, for the report's section on what batch norm does."""
@@ -114,7 +133,8 @@ def run_configs_part(
         }
         for name in CONFIG_NAMES
     )
-    return _run_configs(folder, ConfigSweepSpec(name=CONFIGS, runs=runs), executor, progress)
+    spec = ConfigSweepSpec(name=CONFIGS, runs=runs)
+    return _run_configs(folder, spec, executor, population, progress)
 
 
 LANDSCAPE_CONFIGS = ("9layer", "9layer_bn")
@@ -146,12 +166,17 @@ def search_spec(settings: StudySettings) -> LambdaSearchSpec:
 
 
 def run_search_part(
-    folder: Path, settings: StudySettings, executor: Executor, progress: bool, earlier: Any
+    folder: Path,
+    settings: StudySettings,
+    executor: Executor,
+    population: Populations,
+    progress: bool,
+    earlier: Any,
 ) -> PartRun:
     """The coarse and fine search on the 3-layer BN network, and the best lambda retrained."""
     spec = resume_or_start(folder, LAMBDA_SEARCH, search_spec(settings))
     with folder_lock(folder):
-        result = run_lambda_search(spec, folder, executor, progress=progress)
+        result = run_lambda_search(spec, folder, executor, progress=progress, population=population)
     run = _sweep_status([*result.records, *result.finals])
     if result.best is not None and result.finals:
         seeds = [r.trial.config["training"]["seed"] for r in result.finals]
@@ -170,6 +195,7 @@ def run_search_9layer_part(
     folder: Path,
     settings: StudySettings,
     executor: Executor,
+    population: Populations,
     progress: bool,
     earlier: Mapping[str, Any],
 ) -> PartRun:
@@ -188,11 +214,17 @@ def run_search_9layer_part(
     entry = config_to_dict(config)
     entry["training"]["seed"] = search["final_seeds"][0]
     runs = ({"config": entry, "seeds": len(search["final_seeds"])},)
-    return _run_configs(folder, ConfigSweepSpec(name=SEARCH_9, runs=runs), executor, progress)
+    spec = ConfigSweepSpec(name=SEARCH_9, runs=runs)
+    return _run_configs(folder, spec, executor, population, progress)
 
 
 def run_grid_part(
-    folder: Path, settings: StudySettings, executor: Executor, progress: bool, earlier: Any
+    folder: Path,
+    settings: StudySettings,
+    executor: Executor,
+    population: Populations,
+    progress: bool,
+    earlier: Any,
 ) -> PartRun:
     """Depth x batch norm x sigma from a normal(0, sigma) init."""
     overrides = [*STUDY_OVERRIDES, *settings.overrides]
@@ -207,7 +239,10 @@ def run_grid_part(
     )
     spec = resume_or_start(folder, INIT_SENSITIVITY, spec)
     with folder_lock(folder):
-        return _sweep_status(run_init_sensitivity(spec, folder, executor, progress=progress))
+        records = run_init_sensitivity(
+            spec, folder, executor, progress=progress, population=population
+        )
+        return _sweep_status(records)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from knn_cli.executors import Executor, ProcessExecutor, SharedProcesses
 from knn_cli.study.folder import now, read_study_file, study_settings, write_study_file
 from knn_cli.study.parts import PARTS, Part, PartRun
 from knn_cli.study.settings import StudySettings, study_config
+from knn_cli.sweeps.populations import AUTO, Populations
 
 JOIN_SECONDS = 0.2  # how often the main thread wakes while the parts run (to take Ctrl-C)
 
@@ -48,7 +49,9 @@ class StudyRun:
     def heading(self, part: Part) -> str:
         return f"[{PARTS.index(part) + 1}/{len(PARTS)}] {part.name}"
 
-    def run_part(self, part: Part, executor: Executor, progress: bool) -> None:
+    def run_part(
+        self, part: Part, executor: Executor, progress: bool, population: Populations = AUTO
+    ) -> None:
         """Run one part, recording its start, end, status, wall time and notes."""
         entry = self.entry(part)
         with self._lock:
@@ -62,6 +65,7 @@ class StudyRun:
                 self.study_dir / entry["folder"],
                 self.settings,
                 executor,
+                population,
                 progress,
                 self.doc["parts"],
             )
@@ -93,19 +97,21 @@ def run_study(
     *,
     progress: bool = False,
     say: Callable[[str], None] = print,
+    population: Populations = AUTO,
 ) -> dict[str, Any]:
-    """Run every part not finished yet, recording each in study.json; return the study
-    document. An interrupt marks the running parts and goes on up; a part that fails is
-    recorded as failed and the others still run."""
+    """Run every part not finished yet, recording each in study.json, their runs grouped into
+    populations as `population` says; return the study document. An interrupt marks the
+    running parts and goes on up; a part that fails is recorded as failed and the others still
+    run."""
     study = StudyRun(study_dir, say)
     for part in PARTS:
         if part not in study.pending():
             say(f"{study.heading(part)}: finished before, skipped")
     if isinstance(executor, ProcessExecutor) and executor.workers > 1:
-        run_together(study, executor.workers)
+        run_together(study, executor.workers, population)
     else:
         for part in study.pending():
-            study.run_part(part, executor, progress)
+            study.run_part(part, executor, progress, population)
     return study.finish()
 
 
@@ -122,7 +128,7 @@ def chains(parts: list[Part]) -> list[list[Part]]:
     return found
 
 
-def run_together(study: StudyRun, workers: int) -> None:
+def run_together(study: StudyRun, workers: int, population: Populations = AUTO) -> None:
     """Every chain of pending parts on a thread of its own, their jobs in one queue on one
     pool of `workers` processes. The parts' own progress bars are off: several would fight
     over the terminal; each part says when it starts and ends."""
@@ -131,7 +137,7 @@ def run_together(study: StudyRun, workers: int) -> None:
     def run_chain(chain: list[Part], shared: SharedProcesses) -> None:
         try:
             for part in chain:
-                study.run_part(part, shared.view(part.urgency), progress=False)
+                study.run_part(part, shared.view(part.urgency), False, population)
         except BaseException as error:  # handed to the main thread, which raises the first
             errors.append(error)
 

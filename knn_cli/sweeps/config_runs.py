@@ -34,6 +34,7 @@ from knn_cli.formatting import csv_text, duration, markdown_table, mean_and_spre
 from knn_cli.runs import atomic_write_text
 from knn_cli.sweeps.folder import TrialRecord
 from knn_cli.sweeps.plan import ConfigSweepSpec, Trial, trial_config
+from knn_cli.sweeps.populations import AUTO, Populations
 from knn_cli.sweeps.running import run_trials
 from knn_cli.sweeps.tables import shown_folder
 
@@ -111,14 +112,24 @@ def config_trials(spec: ConfigSweepSpec) -> list[Trial]:
 
 
 def run_config_sweep(
-    spec: ConfigSweepSpec, sweep_dir: Path, executor: Executor, *, progress: bool = False
+    spec: ConfigSweepSpec,
+    sweep_dir: Path,
+    executor: Executor,
+    *,
+    progress: bool = False,
+    population: Populations = AUTO,
 ) -> list[TrialRecord]:
     def note(records: list[TrialRecord]) -> str:
         write_config_tables(sweep_dir, spec, records)
         return f"{sum(r.finished for r in records)} of {len(records)} runs finished"
 
     records = run_trials(
-        sweep_dir, config_trials(spec), executor, progress=progress, on_record=note
+        sweep_dir,
+        config_trials(spec),
+        executor,
+        progress=progress,
+        on_record=note,
+        population=population,
     )
     write_config_tables(sweep_dir, spec, records)
     return records

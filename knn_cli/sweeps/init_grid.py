@@ -8,6 +8,7 @@ from knn_cli.executors import Executor
 from knn_cli.sweeps.figures import loss_curves_figure
 from knn_cli.sweeps.folder import TrialRecord
 from knn_cli.sweeps.plan import GridSpec, Trial, grid_trials
+from knn_cli.sweeps.populations import AUTO, Populations
 from knn_cli.sweeps.running import run_trials
 from knn_cli.sweeps.tables import write_grid_tables
 
@@ -29,7 +30,12 @@ def grid_plan(spec: GridSpec) -> list[Trial]:
 
 
 def run_init_sensitivity(
-    spec: GridSpec, sweep_dir: Path, executor: Executor, *, progress: bool = False
+    spec: GridSpec,
+    sweep_dir: Path,
+    executor: Executor,
+    *,
+    progress: bool = False,
+    population: Populations = AUTO,
 ) -> list[TrialRecord]:
     trials = grid_plan(spec)
 
@@ -38,7 +44,9 @@ def run_init_sensitivity(
         learned = [r for r in records if (r.get("test_accuracy") or 0) > CHANCE_MARGIN]
         return f"{len(learned)} cells above chance"
 
-    records = run_trials(sweep_dir, trials, executor, progress=progress, on_record=note)
+    records = run_trials(
+        sweep_dir, trials, executor, progress=progress, on_record=note, population=population
+    )
     write_grid_tables(sweep_dir, spec, records)
     loss_curves_figure(sweep_dir, spec, records)
     return records

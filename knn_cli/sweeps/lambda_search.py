@@ -29,6 +29,7 @@ from knn_cli.sweeps.plan import (
     final_trials,
     lambda_trials,
 )
+from knn_cli.sweeps.populations import AUTO, Populations
 from knn_cli.sweeps.running import run_trials
 from knn_cli.sweeps.tables import write_lambda_tables
 
@@ -83,9 +84,15 @@ def chosen_lambda(choose: str, best: TrialRecord | None, fit: LambdaFit | None) 
 
 
 def run_lambda_search(
-    spec: LambdaSearchSpec, sweep_dir: Path, executor: Executor, *, progress: bool = False
+    spec: LambdaSearchSpec,
+    sweep_dir: Path,
+    executor: Executor,
+    *,
+    progress: bool = False,
+    population: Populations = AUTO,
 ) -> LambdaSearchResult:
-    """Coarse, then fine around the best coarse trials, then the final retrain, as asked."""
+    """Coarse, then fine around the best coarse trials, then the final retrain, as asked; each
+    stage's trials in populations as `population` says."""
     records = source_records(Path(spec.source)) if spec.source else []
     next_index = 1 + max((r.trial.index for r in records), default=-1)
     fine: tuple[float, float] | None = None
@@ -95,7 +102,9 @@ def run_lambda_search(
             write_lambda_tables(sweep_dir, [*records, *stage_records])
             return best_note([*records, *stage_records])
 
-        return run_trials(sweep_dir, trials, executor, progress=progress, on_record=note)
+        return run_trials(
+            sweep_dir, trials, executor, progress=progress, on_record=note, population=population
+        )
 
     for stage in [
         name for name, wanted in (("coarse", spec.coarse), ("fine", spec.fine)) if wanted

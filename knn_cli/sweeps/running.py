@@ -1,4 +1,5 @@
-"""Running a sweep's trials on an executor, with progress, each in its own attempt folder."""
+"""Running a sweep's trials on an executor, with progress, each in its own attempt folder: the
+trials that may train together grouped into populations (`populations.py`), each one job."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from tqdm import tqdm
 from knn_cli.config import RunConfig, config_from_dict
 from knn_cli.data import load_cifar10
 from knn_cli.data.cifar10 import Dataset
-from knn_cli.executors import Executor
-from knn_cli.experiment import train_run
+from knn_cli.executors import Executor, one_line
+from knn_cli.experiment import images_of, open_run, train_population
+from knn_cli.memory import check_memory
+from knn_cli.runs import summary_or_empty
 from knn_cli.sweeps.folder import (
     DONE_STATUSES,
     TrialRecord,
@@ -24,25 +27,49 @@ from knn_cli.sweeps.folder import (
     write_failure,
 )
 from knn_cli.sweeps.plan import NEW, RESUME, Trial, TrialJob
+from knn_cli.sweeps.populations import AUTO, Populations, plan_populations
 
 
-def run_trial(job: TrialJob) -> dict[str, Any]:
-    """Train one trial into its folder (the function every executor runs, on any worker).
+def run_population(jobs: Sequence[TrialJob]) -> list[str]:
+    """Train trials side by side into their folders, as one population (the function every
+    executor runs, on any worker); each trial's error, "" where it ran.
 
     A new trial's folder is made here, when the trial starts, so that a sweep stopped early
-    leaves no empty folders for the trials it never reached."""
-    config = config_from_dict(job.trial.config)
-    if job.start == NEW:
-        Path(job.run_dir).mkdir()  # never share a folder with another attempt, e.g. a stale task
-    return train_run(
-        config,
-        Path(job.run_dir),
-        dataset=_dataset_for(config),
-        evaluate_test=job.trial.evaluate_test,
-        background_evaluation=job.in_process,
-        stop_between_steps=job.in_process,
-        resume=job.start == RESUME,
+    leaves no empty folders for the trials it never reached. A trial whose folder cannot be
+    opened (a checkpoint that does not fit) fails alone; the others train."""
+    configs = [config_from_dict(job.trial.config) for job in jobs]
+    dataset = _dataset_for(configs[0])
+    errors = [""] * len(jobs)
+    runs = []
+    check_memory(
+        configs[0],
+        images=images_of(dataset),
+        features=dataset.n_features,
+        train_images=len(dataset.X_train),
+        members=len(jobs),
     )
+    for k, (job, config) in enumerate(zip(jobs, configs, strict=True)):
+        if job.start == NEW:  # never share a folder with another attempt, e.g. a stale task
+            Path(job.run_dir).mkdir()
+        try:
+            runs.append(
+                open_run(
+                    config,
+                    Path(job.run_dir),
+                    dataset,
+                    resume=job.start == RESUME,
+                    evaluate_test=job.trial.evaluate_test,
+                    population=len(jobs),
+                )
+            )
+        except Exception as error:
+            errors[k] = one_line(error)
+    if runs:
+        in_process = jobs[0].in_process
+        train_population(
+            runs, dataset, background_evaluation=in_process, stop_between_steps=in_process
+        )
+    return errors
 
 
 _DATASETS: dict[tuple[Any, ...], Dataset] = {}
@@ -78,12 +105,14 @@ def run_trials(
     *,
     progress: bool = False,
     on_record: Callable[[list[TrialRecord]], str] | None = None,
+    population: Populations = AUTO,
 ) -> list[TrialRecord]:
-    """Run the trials not done yet; return every trial's record in plan order.
+    """Run the trials not done yet, in populations as `population` says; return every trial's
+    record in plan order.
 
-    After each trial completes, `on_record` sees all the records (plan order) and returns the
-    progress bar's note, e.g. the best lambda so far. A failed trial is written down as failed
-    and the others go on.
+    After each population completes, `on_record` sees all the records (plan order) and returns
+    the progress bar's note, e.g. the best lambda so far. A failed trial is written down as
+    failed and the others go on.
     """
     record_plan(sweep_dir, trials)
     records = {t.folder: trial_record(sweep_dir, t) for t in trials}
@@ -94,16 +123,20 @@ def run_trials(
     for trial in todo:
         run_dir, start = next_attempt(sweep_dir, trial)
         jobs.append(TrialJob(trial, str(run_dir), executor.in_process, start))
+    populations = population_jobs(jobs, population, executor.workers)
     stage = ",".join(dict.fromkeys(t.stage for t in trials))
     with tqdm(total=len(jobs), desc=stage, unit="trial", disable=not progress) as bar:
         try:
-            for job, outcome in executor.run(jobs, run_trial):
-                if not outcome.ok:
-                    write_failure(Path(job.run_dir), job.trial, outcome.error)
-                records[job.trial.folder] = trial_record(sweep_dir, job.trial)
+            for members, outcome in executor.run(populations, run_population):
+                errors = outcome.value if outcome.ok else [outcome.error] * len(members)
+                for job, error in zip(members, errors, strict=True):
+                    ended = summary_or_empty(Path(job.run_dir)).get("status") in DONE_STATUSES
+                    if error and not ended:  # a member that diverged before keeps its result
+                        write_failure(Path(job.run_dir), job.trial, error)
+                    records[job.trial.folder] = trial_record(sweep_dir, job.trial)
                 if on_record is not None:
                     bar.set_postfix_str(on_record(list(records.values())), refresh=False)
-                bar.update(1)
+                bar.update(len(members))
         except KeyboardInterrupt:
             # Tables as the sweep stopped: trials cut short show as interrupted, not pending.
             if on_record is not None:
@@ -111,3 +144,17 @@ def run_trials(
                     on_record([trial_record(sweep_dir, t) for t in trials])
             raise
     return [records[t.folder] for t in trials]
+
+
+def population_jobs(
+    jobs: Sequence[TrialJob], population: Populations, workers: int
+) -> list[tuple[TrialJob, ...]]:
+    """The jobs grouped into populations, each one job for the executor."""
+    planned = plan_populations(
+        jobs,
+        lambda job: job.trial.config,
+        lambda job: job.trial.evaluate_test,
+        population,
+        max(1, workers),
+    )
+    return [tuple(members) for members in planned]

@@ -48,21 +48,29 @@ def test_engine_gradients_equal_the_textbook_layers(k: int, variant: str) -> Non
     assert cost == pytest.approx(expected_cost, rel=1e-13)
     assert list(grads) == list(expected) == list(net.params)
     for name in expected:
-        np.testing.assert_allclose(grads[name], expected[name], rtol=1e-9, atol=1e-13, err_msg=name)
+        np.testing.assert_allclose(
+            grads[name], expected[name], rtol=1e-10, atol=1e-13, err_msg=name
+        )
     for name in net.zero_gradients:
         assert not grads[name].any()  # exactly zero, not rounding noise
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_a_step_measures_the_textbook_batch_statistics_bit_for_bit(variant: str) -> None:
+def test_a_step_measures_the_textbook_batch_statistics(variant: str, dtype: str) -> None:
+    """To the rounding of the sums: the engine adds each member's rows in one matrix product
+    (`kernels.sums_over_rows`), the textbook with np.sum, in another order."""
     X, y = problem(3, n=20)
-    net = moved(Network(15, [9, 7], 10, dtype="float32", seed=3, **VARIANTS[variant]), 3)
+    net = moved(Network(15, [9, 7], 10, dtype=dtype, seed=3, **VARIANTS[variant]), 3)
     expected = net.batch_statistics(X)
     with Engine(net) as engine:
         engine.step(X, y, 0.01, 0.0)  # eta 0: the averages start from this batch's statistics
     assert net.moving_averages.keys() == expected.keys()
+    rtol = 1e-5 if dtype == "float32" else 1e-13
     for name, value in expected.items():
-        np.testing.assert_array_equal(net.moving_averages[name], value, err_msg=name)
+        np.testing.assert_allclose(
+            net.moving_averages[name], value, rtol=rtol, atol=rtol * 1e-2, err_msg=name
+        )
 
 
 def textbook_step(net: Network, rule, X, y, lambda_: float, eta: float) -> None:

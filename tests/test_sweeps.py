@@ -99,7 +99,11 @@ def test_a_trials_lambda_depends_on_its_index_not_on_how_many_trials_there_are()
     few = lambda_trials(base, "coarse", (-5, -1), range(3), seed=7, cycles=1, n_s=10)
     many = lambda_trials(base, "coarse", (-5, -1), range(10), seed=7, cycles=1, n_s=10)
     assert [t.to_dict() for t in few] == [t.to_dict() for t in many[:3]]
-    assert [t.config["training"]["seed"] for t in many] == [7 + i for i in range(10)]
+    # Every search trial trains with the sweep's seed (they differ in lambda alone); the final
+    # retrains each with a seed of its own.
+    assert [t.config["training"]["seed"] for t in many] == [7] * 10
+    finals = final_trials(base, range(10, 13), 1e-3, seed=7, cycles=1, validation_size=1000)
+    assert [t.config["training"]["seed"] for t in finals] == [17, 18, 19]
     assert all(not t.evaluate_test for t in many)  # search trials never see the test set
     assert sample_log_lambda(7, "coarse", 2, -5, -1) != sample_log_lambda(7, "fine", 2, -5, -1)
     assert sample_log_lambda(7, "coarse", 2, -5, -1) != sample_log_lambda(8, "coarse", 2, -5, -1)

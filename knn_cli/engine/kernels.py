@@ -65,6 +65,13 @@ class Kernel(Protocol):
         ...
 
 
+def sums_over_rows(setup: KernelSetup) -> np.ndarray:
+    """A row of ones, (1, n): `sums @ x` adds up each member's rows of x (P, n, m) in one matrix
+    product, several times faster than np.add.reduce over axis -2 at these shapes (NumPy walks
+    that axis a few units at a time; benchmarks/bench_population.py --parts)."""
+    return np.ones((1, setup.n), dtype=setup.dtype)
+
+
 class AffineKernel:
     """x W + b into its own buffer; keeps x (the previous kernel's buffer) for dW = x^T g. As
     the first layer, x is each group's batch, (G, n, d), multiplied by its members' W."""
@@ -78,6 +85,7 @@ class AffineKernel:
         self.out = np.empty((P, n, layer.fan_out), dtype=setup.dtype)
         self.dx = None if setup.first else np.empty((P, n, layer.fan_in), dtype=setup.dtype)
         self.constant_bias = layer.b in setup.zero_gradients
+        self.sums = sums_over_rows(setup)
         self.x = self.out[..., :0]
 
     def forward(self, x: np.ndarray, params: Params, modes: Sequence[Mode]) -> np.ndarray:
@@ -91,7 +99,7 @@ class AffineKernel:
 
     def backward(self, g, params, grads):
         if not self.constant_bias:
-            np.add.reduce(g, axis=-2, keepdims=True, out=grads[self.b])
+            np.matmul(self.sums, g, out=grads[self.b])
         xT = self.x.transpose(0, 2, 1)
         if self.groups is not None:
             self.groups.product(xT, g, grads[self.W])
@@ -103,8 +111,14 @@ class AffineKernel:
 
 
 class BatchNormKernel:
-    """Batch norm over each member's rows, the output written over the input (its backward needs
-    only x_hat and 1 / std); mean and variance land where the moving averages are folded from."""
+    """Batch norm over each member's rows, the output written over the input; its backward
+    needs only the centred input, 1 / std and gamma / std. Mean and variance land where the
+    moving averages are folded from.
+
+    Fused: the sums over the rows are products with a row of 1 / n (`sums_over_rows`), the
+    output is centred x times gamma / std in one pass (x_hat is never formed), and the backward
+    pass works from the centred input: four passes over the layer's activations forward and
+    five backward where `layers.py` takes seven and nine."""
 
     in_place = True
 
@@ -112,43 +126,42 @@ class BatchNormKernel:
         self.gamma, self.beta, mean, var = layer.names
         self.eps = layer.eps
         P, n = setup.members, setup.n
-        self.x_hat = np.empty((P, n, layer.width), dtype=setup.dtype)
-        self.scratch = np.empty_like(self.x_hat)
+        self.centred = np.empty((P, n, layer.width), dtype=setup.dtype)
+        self.scratch = np.empty_like(self.centred)
         self.inv_std = np.empty((P, 1, layer.width), dtype=setup.dtype)
+        self.scale = np.empty_like(self.inv_std)  # gamma / std
+        self.averaging = sums_over_rows(setup) / n
+        self.sums = sums_over_rows(setup)
         self.mean = setup.statistics[mean][:, None, :]
         self.var = setup.statistics[var][:, None, :]
 
     def forward(self, x: np.ndarray, params: Params, modes: Sequence[Mode]) -> np.ndarray:
-        inv_n = 1.0 / x.shape[-2]
-        mean = np.add.reduce(x, axis=-2, keepdims=True, out=self.mean)
-        mean *= inv_n
-        x_hat = np.subtract(x, mean, out=self.x_hat)
-        var = np.add.reduce(
-            np.square(x_hat, out=self.scratch), axis=-2, keepdims=True, out=self.var
-        )
-        var *= inv_n
-        inv_std = np.add(var, self.eps, out=self.inv_std)
+        """mu = mean(x), var = mean((x - mu)^2), out = (x - mu) (gamma / std) + beta."""
+        mean = np.matmul(self.averaging, x, out=self.mean)
+        centred = np.subtract(x, mean, out=self.centred)
+        np.matmul(self.averaging, np.square(centred, out=self.scratch), out=self.var)
+        inv_std = np.add(self.var, self.eps, out=self.inv_std)
         np.sqrt(inv_std, out=inv_std)
         np.reciprocal(inv_std, out=inv_std)
-        x_hat *= inv_std
-        out = np.multiply(x_hat, params[self.gamma], out=x)
+        scale = np.multiply(params[self.gamma], inv_std, out=self.scale)
+        out = np.multiply(centred, scale, out=x)
         out += params[self.beta]
         return out
 
     def backward(self, g, params, grads):
-        """layers.batch_norm_backward rearranged: its two means over the rows are
-        gamma dbeta / n and gamma dgamma / n, so once the parameter gradients are known no
-        further reduction is needed: dx = gamma inv_std (g - dbeta / n - x_hat dgamma / n)."""
-        x_hat, scratch = self.x_hat, self.scratch
-        dgamma, dbeta = grads[self.gamma], grads[self.beta]
-        np.add.reduce(np.multiply(g, x_hat, out=scratch), axis=-2, keepdims=True, out=dgamma)
-        np.add.reduce(g, axis=-2, keepdims=True, out=dbeta)
-        factor = params[self.gamma] * self.inv_std
-        g *= factor
-        factor /= g.shape[-2]
+        """layers.batch_norm_backward rearranged: with x_hat = centred / std, its two means
+        over the rows are gamma dbeta / n and gamma dgamma / n, so
+        dx = (gamma / std) (g - dbeta / n - centred dgamma / (n std))."""
+        centred, scratch, inv_std, scale = self.centred, self.scratch, self.inv_std, self.scale
+        dbeta = np.matmul(self.sums, g, out=grads[self.beta])
+        dgamma = np.matmul(self.sums, np.multiply(g, centred, out=scratch), out=grads[self.gamma])
+        dgamma *= inv_std
+        g *= scale
+        factor = scale / g.shape[-2]
         g -= factor * dbeta
-        np.multiply(x_hat, factor * dgamma, out=scratch)
-        g -= scratch
+        factor *= inv_std
+        factor *= dgamma
+        g -= np.multiply(centred, factor, out=scratch)
         return g
 
 
@@ -296,10 +309,11 @@ def softmax_cross_entropy_grad(
 
 
 def sums_of_squares(w: np.ndarray) -> np.ndarray:
-    """Each member's sum(w^2) in w's dtype, (P,), for the cost a step reports.
+    """Each member's sum(w^2) in w's dtype, (P,), for the cost a step reports: a BLAS dot
+    product per member.
 
     In float64, as `Network.weight_penalty` sums, this took longer than every other elementwise
     operation of a step together; the step's cost only serves to notice divergence.
     """
     flat = w.reshape(len(w), -1)
-    return np.einsum("pi,pi->p", flat, flat)
+    return np.matmul(flat[:, None, :], flat[:, :, None])[:, 0, 0]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from knn_cli.engine.batches import Batches
-from knn_cli.engine.kernels import KernelSetup, sums_of_squares
+from knn_cli.engine.kernels import KernelSetup, sums_of_squares, sums_over_rows
 from knn_cli.engine.lanes import Lanes, run_halves
 from knn_cli.engine.rules import RuleDriver
 from knn_cli.stack import Affine
@@ -51,6 +51,7 @@ class SplitAffineKernel:
         middle = d // 32 * 16  # a multiple of 16, the blocks OpenBLAS's kernels work in
         self.features = (slice(0, middle), slice(middle, d))
         self.out = np.empty((P, n, width), dtype=dtype)
+        self.sums = sums_over_rows(setup)
         self.partials = [np.empty((P, n, width), dtype=dtype) for _ in range(2)]
         # Each group's rows, by halves of the features, (G, n, d / 2) or one (n, d / 2) per
         # group: for the backward pass.
@@ -134,7 +135,7 @@ class SplitAffineKernel:
         """The bias gradient, then dW = x^T g by halves of dW's rows; each lane goes on with
         `then(half)`, while the caller also runs `meanwhile`."""
         if not self.constant_bias:
-            np.add.reduce(g, axis=-2, keepdims=True, out=grads[self.b])
+            np.matmul(self.sums, g, out=grads[self.b])
         dW = grads[self.W]
 
         def half(which: int) -> None:

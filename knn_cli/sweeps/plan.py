@@ -162,7 +162,10 @@ def _lambda_trial(
         "training.lambda": lambda_,
         "training.cycles": cycles,
         "training.n_s": n_s,
-        "training.seed": seed + index,
+        # Search trials share the sweep's seed -- the same init, batches and noise, so that
+        # they differ in lambda alone (common random numbers), and train as one population
+        # sharing their batches; the final retrains each have a seed of their own.
+        "training.seed": seed if stage in SEARCH_STAGES else seed + index,
         **(extra or {}),
     }
     if stage in SEARCH_STAGES:  # ranked on validation alone: its training curve is not read

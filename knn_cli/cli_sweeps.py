@@ -304,13 +304,9 @@ def _check_final_settings(spec: Any) -> None:
     """Plan a stand-in final retrain now: a hold-out the config cannot take should stop the
     command before the search, not after it."""
     from knn_cli.errors import ConfigError
-    from knn_cli.sweeps.plan import final_trials
 
     try:
-        final_trials(
-            spec.base, [0], 1e-3, seed=spec.seed, cycles=spec.final_cycles,
-            validation_size=spec.final_validation_size,
-        )  # fmt: skip
+        spec.stage_trials("final", 0, lambda_=1e-3)
     except ConfigError as error:
         raise click.BadParameter(str(error), param_hint="--final-validation-size") from None
 

@@ -21,7 +21,7 @@ from knn_cli.formatting import duration
 from knn_cli.memory import available_memory, check_memory, human
 from knn_cli.runs import machine
 from knn_cli.sweeps.lambda_search import FINE_TOP, fine_range, source_records
-from knn_cli.sweeps.plan import LambdaSearchSpec, Trial, final_trials, lambda_trials
+from knn_cli.sweeps.plan import LambdaSearchSpec, Trial
 from knn_cli.sweeps.populations import AUTO, Populations, plan_populations
 
 NOTHING_RAN = "nothing was trained and no folder was made"
@@ -142,54 +142,32 @@ def _planned(trial: Trial, label: str | None = None) -> PlannedTrial:
 
 
 def lambda_search_plan(spec: LambdaSearchSpec, workers: int, population: Populations = AUTO) -> str:
-    """The search's trials: the coarse lambdas are known before it runs (drawn from the seed),
-    the fine ones once the coarse have run (unless refining an earlier sweep's), the final
-    retrains' lambda at the end."""
+    """The search's trials, stage by stage as the search plans them: the coarse lambdas are
+    known before it runs (drawn from the seed), the fine ones once the coarse have run (unless
+    refining an earlier sweep's), the final retrains' lambda at the end."""
     stages: list[list[PlannedTrial]] = []
     notes = []
     refined = source_records(Path(spec.source)) if spec.source else []
     index = 1 + max((r.trial.index for r in refined), default=-1)
-    for stage, wanted in (("coarse", spec.coarse), ("fine", spec.fine)):
-        if not wanted:
-            continue
-        known = stage == "coarse" or bool(refined)
-        log_range = fine_range(refined) if stage == "fine" and refined else spec.log_range
-        indices = range(index, index + spec.trials)
-        options = {
-            "seed": spec.seed,
-            "cycles": spec.cycles,
-            "n_s": spec.n_s,
-            "stratified": spec.stratified and stage == "coarse",
-        }
-        stages.append(
-            [
-                _planned(trial, f"{trial.folder} {trial.label}" if known else trial.folder)
-                for trial in lambda_trials(spec.base, stage, log_range, indices, **options)
-            ]
+    for stage in spec.stages:
+        known = stage == "coarse" or (stage == "fine" and bool(refined))
+        log_range = fine_range(refined) if stage == "fine" and refined else None
+        trials = spec.stage_trials(
+            stage, index, log_range=log_range, lambda_=spec.base["training"]["lambda"]
         )
-        if not known:
+        if stage == "final":
+            named = [
+                f"{t.folder} the best lambda, seed {t.config['training']['seed']}" for t in trials
+            ]
+        else:
+            named = [f"{t.folder} {t.label}" if known else t.folder for t in trials]
+        stages.append([_planned(t, label) for t, label in zip(trials, named, strict=True)])
+        if stage == "fine" and not known:
             notes.append(
                 f"the fine trials' lambdas are drawn around the {FINE_TOP} best coarse trials, "
                 "once those have run"
             )
-        index += spec.trials
-    if spec.final:
-        finals = final_trials(
-            spec.base,
-            range(index, index + spec.final_seeds),
-            spec.base["training"]["lambda"],
-            seed=spec.seed,
-            cycles=spec.final_cycles,
-            validation_size=spec.final_validation_size,
-            n_s=spec.final_n_s,
-        )
-        stages.append(
-            [
-                _planned(trial, f"{trial.folder} the best lambda, seed "
-                                f"{trial.config['training']['seed']}")
-                for trial in finals
-            ]
-        )  # fmt: skip
+        index += len(trials)
     return sweep_plan({"spec": asdict(spec)}, stages, workers, population, notes)
 
 

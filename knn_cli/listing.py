@@ -221,8 +221,7 @@ def planned_total(kind: str, spec: Any, planned: int) -> int:
 
     if kind != LAMBDA_SEARCH:
         return planned
-    expected = spec.trials * (spec.coarse + spec.fine) + spec.final_seeds * spec.final
-    return max(planned, expected)
+    return max(planned, spec.total_trials)
 
 
 def count_text(statuses: Sequence[str], total: int, *, running: bool = False) -> str:

@@ -26,8 +26,6 @@ from knn_cli.sweeps.plan import (
     SEARCH_STAGES,
     LambdaSearchSpec,
     Trial,
-    final_trials,
-    lambda_trials,
 )
 from knn_cli.sweeps.populations import AUTO, Populations
 from knn_cli.sweeps.running import run_trials
@@ -106,20 +104,11 @@ def run_lambda_search(
             sweep_dir, trials, executor, progress=progress, on_record=note, population=population
         )
 
-    for stage in [
-        name for name, wanted in (("coarse", spec.coarse), ("fine", spec.fine)) if wanted
-    ]:
+    for stage in (stage for stage in spec.stages if stage in SEARCH_STAGES):
         if stage == "fine":
             fine = _fine_log_range(sweep_dir, records)
-        trials = recorded_stage(sweep_dir, stage) or lambda_trials(
-            spec.base,
-            stage,
-            fine or spec.log_range,
-            range(next_index, next_index + spec.trials),
-            seed=spec.seed,
-            cycles=spec.cycles,
-            n_s=spec.n_s,
-            stratified=spec.stratified and stage == "coarse",
+        trials = recorded_stage(sweep_dir, stage) or spec.stage_trials(
+            stage, next_index, log_range=fine
         )
         records += run_stage(trials)
         next_index += len(trials)
@@ -152,15 +141,7 @@ def _final_plan(
         return recorded
     if chosen is None:
         raise KnnError("no search trial finished, so there is no lambda to retrain")
-    return final_trials(
-        spec.base,
-        range(index, index + spec.final_seeds),
-        chosen,
-        seed=spec.seed,
-        cycles=spec.final_cycles,
-        validation_size=spec.final_validation_size,
-        n_s=spec.final_n_s,
-    )
+    return spec.stage_trials("final", index, lambda_=chosen)
 
 
 def source_records(source: Path) -> list[TrialRecord]:

@@ -262,6 +262,59 @@ class LambdaSearchSpec:
         )
         return cls(base=base, **options)
 
+    # The search's plan, said once: the commands that run it, show it (--dry-run) and count
+    # it (knn runs) ask here.
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages it runs, in order: coarse, fine, final, as asked."""
+        asked = (("coarse", self.coarse), ("fine", self.fine), ("final", self.final))
+        return tuple(stage for stage, wanted in asked if wanted)
+
+    def stage_size(self, stage: str) -> int:
+        return self.final_seeds if stage == "final" else self.trials
+
+    @property
+    def total_trials(self) -> int:
+        """Trials it will have run when done (the fine and final ones are planned only once
+        the stage before has results)."""
+        return sum(self.stage_size(stage) for stage in self.stages)
+
+    def stage_trials(
+        self,
+        stage: str,
+        first_index: int,
+        *,
+        log_range: tuple[float, float] | None = None,
+        lambda_: float | None = None,
+    ) -> list[Trial]:
+        """A stage's trials, numbered from `first_index`: a search stage's lambdas drawn in
+        `log_range` (the coarse range unless given: the fine one comes from the results), the
+        final retrains at `lambda_`."""
+        indices = range(first_index, first_index + self.stage_size(stage))
+        if stage == "final":
+            if lambda_ is None:
+                raise ValueError("the final retrain needs the lambda it retrains")
+            return final_trials(
+                self.base,
+                indices,
+                lambda_,
+                seed=self.seed,
+                cycles=self.final_cycles,
+                validation_size=self.final_validation_size,
+                n_s=self.final_n_s,
+            )
+        return lambda_trials(
+            self.base,
+            stage,
+            log_range or self.log_range,
+            indices,
+            seed=self.seed,
+            cycles=self.cycles,
+            n_s=self.n_s,
+            stratified=self.stratified and stage == "coarse",
+        )
+
 
 @dataclass(frozen=True)
 class ConfigSweepSpec:

@@ -167,7 +167,7 @@ class TorchPopulation:
         in_dims = (0, 0, None, None) if shared else (0, 0, 0, 0)
         self.gradient = vmap(grad(loss), in_dims=in_dims, randomness="same")
         self.torch = torch
-        self.X = torch.from_numpy(np.ascontiguousarray(X[:5000]))
+        self.X = torch.from_numpy(np.array(X[:5000]))  # writable: a memmap's rows are not
         self.y = torch.from_numpy(np.asarray(y[:5000], dtype=np.int64))
         self.shared, self.P = shared, members
         self.step_number = 0
@@ -175,8 +175,6 @@ class TorchPopulation:
     def steps(self, count: int) -> float:
         torch = self.torch
         start = time.perf_counter()
-        with torch.no_grad():
-            pass
         for _ in range(count):
             at = (self.step_number * BATCH) % (len(self.X) - BATCH * self.P)
             if self.shared:
@@ -225,19 +223,22 @@ def main() -> None:
     with threadpool_limits(1, user_api="blas"):
         for config_name in args.configs:
             lone = Population(config_name, 1, True, X, y)
-            lone.steps(3)
+            lone.steps(20)  # warm: workspaces, the pages of the data it reads
             for shared in (True, False):
                 kind = "shared" if shared else "own"
                 for P in sizes:
                     population = Population(config_name, P, shared, X, y)
-                    population.steps(3)
+                    population.steps(5)
                     theirs = TorchPopulation(config_name, P, shared, X, y) if torch_ok else None
                     if theirs is not None:
                         theirs.steps(2)
                     rows: dict[str, list[float]] = {}
                     for _ in range(args.repeats):
-                        alone = lone.steps(args.steps)
+                        # The lone step timed just before and just after: the machine's speed
+                        # drifts within seconds.
+                        before = lone.steps(args.steps)
                         member = population.steps(args.steps)
+                        alone = (before + lone.steps(args.steps)) / 2
                         bound = bound_per_member(config_name, P, shared)
                         row = {"member": member, "lone": member / alone, "bound": bound,
                                "x bound": member / bound}  # fmt: skip
@@ -276,6 +277,8 @@ def draw(found: dict[tuple[str, str], list[tuple[int, float]]], path: Path) -> N
         ax.plot(sizes, [s * 1e6 for s in seconds], style, marker="o",
                 label=f"{config_name}, {batches}")  # fmt: skip
     ax.set_xscale("log", base=2)
+    sizes_drawn = sorted({size for points in found.values() for size, _ in points})
+    ax.set_xticks(sizes_drawn, [str(size) for size in sizes_drawn])
     ax.set_xlabel("members in the population (P)")
     ax.set_ylabel("microseconds per member-step")
     ax.set_title(f"A member's training step against the population's size\n{machine()}",

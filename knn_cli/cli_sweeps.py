@@ -482,7 +482,8 @@ def sweep(
     """Train each config of a PLAN file with its seeds; tabulate what each change brought.
 
     PLAN lists configs (paths relative to it) and how many seeds each; see
-    configs/ablation.yaml. Use --workers 1 for wall times that compare with `knn train`.
+    configs/ablation.yaml. Use --workers 1 --population off for wall times that compare with
+    `knn train`.
     """
     from knn_cli.config import config_from_dict
     from knn_cli.memory import check_memory

@@ -26,9 +26,10 @@ FINISH_SECONDS = 0.5  # a run's end: its test accuracy, model, summary and plots
 SPEED_REPEATS = 5
 TIMED_STEPS = 20
 # What the steps and evaluations timed alone leave out (two workers sharing caches and memory,
-# plots, tables): the whole study took 550 s where they predicted 440 s (2-core Xeon,
-# 2026-12-01). Re-measure with `knn study` and compare its plan with study.json's seconds.
-UNMODELLED_OVERHEAD = 1.25
+# tables): with populations, `knn study` took 6.0 min where they predicted 5.5, and `knn
+# lambda-search --coarse --fine` 77-86 s where they predicted 78-90 s (2-core AMD EPYC,
+# 2026-12-07). Re-measure with `knn study` and compare its plan with study.json's seconds.
+UNMODELLED_OVERHEAD = 1.1
 # How much faster `knn train` steps on two lanes than on the one thread timed here, its
 # evaluations running on the second core meanwhile ("1 lane / ours" of benchmarks/bench_train.py:
 # 1.21-1.50 on the four study configs, AMD EPYC, 2026-11-25).

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from knn_cli.errors import KnnError, RunFolderError
-from knn_cli.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, summary_or_empty
+from knn_cli.runs import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    summary_or_empty,
+    worker_seconds,
+)
 
 STUDY_FILE = "study.json"
 RUN, GRADCHECK, STUDY = "run", "gradcheck", "study"
@@ -275,7 +281,8 @@ def _sweep_row(folder: Path) -> Row:
     if any(r.trial.stage in SEARCH_STAGES for r in records):
         scores = [r.score for r in records if r.trial.stage in SEARCH_STAGES and r.finished]
     final = final_test_summary(records)
-    seconds = [r.get("wall_seconds") for r in records if r.folder is not None]
+    # A run trained in a population of P took a P-th of its wall time's worth of a worker.
+    seconds = [worker_seconds(r.summary) for r in records if r.folder is not None]
     return _row(
         folder,
         kind,

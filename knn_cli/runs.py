@@ -267,6 +267,15 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
         raise RunFolderError(f"{path} cannot be read: {error}") from None
 
 
+def worker_seconds(summary: Mapping[str, Any]) -> float | None:
+    """A run's share of a worker's time: its wall time over the runs of its population (a run
+    trained alone, or before populations, is a population of one)."""
+    seconds, members = summary.get("wall_seconds"), summary.get("population") or 1
+    if not isinstance(seconds, int | float) or not isinstance(members, int | float):
+        return None
+    return float(seconds) / max(1.0, float(members))
+
+
 def summary_or_empty(run_dir: str | Path) -> dict[str, Any]:
     """A run folder's summary.json, or {} where it has none (yet) or it cannot be read."""
     try:

@@ -542,9 +542,12 @@ class Trainer:
         return groups
 
     def _group_seeds(self) -> list[int]:
-        """The seed of each of the engine's batch groups, in order."""
-        seeds = [self.members[i].training.seed for i in self.alive]
-        return [seed for k, seed in enumerate(seeds) if k == 0 or seed != seeds[k - 1]]
+        """The seed of each of the engine's batch groups, in order (the groups of the members
+        still training, as the engine keeps them when some leave)."""
+        groups = self._groups()
+        alive = dict.fromkeys(groups[i] for i in self.alive)
+        seed_of = {groups[i]: self.members[i].training.seed for i in self.alive}
+        return [seed_of[group] for group in alive]
 
 
 def _shared_schedule(training: TrainingConfig, n_train: int) -> tuple[int, int, int, int]:

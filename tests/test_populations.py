@@ -213,6 +213,14 @@ def test_a_diverging_member_leaves_frozen_and_the_others_go_on_unchanged() -> No
     members[1].listener = Leaving()
     outcomes = Trainer(members, splits).train()
     assert [o.status for o in outcomes] == ["finished", "diverged", "finished"]
+    # Members of one seed apart (seeds 0, 1, 0): the one between leaves, the others' batches
+    # stay theirs.
+    apart = [member_of(*spec, []) for spec in (specs[0], (1, 0.1, 0.0, 1e30), specs[0])]
+    assert [o.status for o in Trainer(apart, splits).train()] == [
+        "finished", "diverged", "finished"
+    ]  # fmt: skip
+    for name, value in members[0].network.state().items():
+        np.testing.assert_array_equal(apart[2].network.state()[name], value)
     assert ended == [outcomes[1]] and outcomes[1] == alone[1][1]  # at the same step, same words
     for (lone, lone_outcome), member, outcome in zip(alone, members, outcomes, strict=False):
         assert outcome == lone_outcome
@@ -346,6 +354,14 @@ def test_a_sweeps_population_is_one_job_and_a_member_that_cannot_open_fails_alon
     for job in (jobs[0], jobs[2]):
         summary = json.loads((Path(job.run_dir) / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["population"] == 3
+
+
+def test_knn_runs_counts_a_members_share_of_the_worker() -> None:
+    from knn_cli.runs import worker_seconds
+
+    assert worker_seconds({"wall_seconds": 30.0, "population": 3}) == 10.0
+    assert worker_seconds({"wall_seconds": 12.0}) == 12.0  # runs from before populations
+    assert worker_seconds({}) is None
 
 
 # -- grouping -------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from knn_cli.config import config_to_dict, load_config
 from knn_cli.errors import ConfigError
 from knn_cli.executors import Executor
 from knn_cli.formatting import csv_text, duration, markdown_table, mean_and_spread, percent
-from knn_cli.runs import atomic_write_text
+from knn_cli.runs import atomic_write_text, worker_seconds
 from knn_cli.sweeps.folder import TrialRecord
 from knn_cli.sweeps.plan import ConfigSweepSpec, Trial, trial_config
 from knn_cli.sweeps.populations import AUTO, Populations
@@ -192,7 +192,7 @@ def config_table(spec: ConfigSweepSpec, records: Sequence[TrialRecord]) -> str:
         by_config.setdefault(record.trial.config["name"], []).append(record)
     extras = [key for key in EXTRA_COLUMNS if any(r.get(key) is not None for r in records)]
     headers = ["config", "changed (from the row above)", "test accuracy", "each seed",
-               "val accuracy", *(EXTRA_COLUMNS[key] for key in extras), "wall time"]  # fmt: skip
+               "val accuracy", *(EXTRA_COLUMNS[key] for key in extras), "time per run"]  # fmt: skip
     rows, previous = [], None
     configs = {entry["config"]["name"]: entry["config"] for entry in spec.runs}
     for entry in spec.runs:
@@ -209,7 +209,8 @@ def config_table(spec: ConfigSweepSpec, records: Sequence[TrialRecord]) -> str:
                 " ".join(percent(r.get("test_accuracy")) or r.status for r in runs) or "-",
                 mean_and_spread([r.get("final_val_accuracy") for r in finished]),
                 *(mean_and_spread([r.get(key) for r in finished]) for key in extras),
-                mean_duration([r.get("wall_seconds") for r in finished]),
+                # A run's share of its worker: a population's wall time over its runs.
+                mean_duration([worker_seconds(r.summary) for r in finished]),
             ]
         )
         previous = config

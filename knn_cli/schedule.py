@@ -13,6 +13,9 @@ def cyclical_learning_rate(step: int | np.ndarray, eta_min: float, eta_max: floa
 
     A pure function of the step, so a resumed or re-plotted run recomputes the same rates.
     """
+    if isinstance(step, int | np.integer):  # one step: the same arithmetic, without NumPy's
+        distance = abs(int(step) % (2 * n_s) - n_s)  # cost per call (a trainer asks each step)
+        return eta_max - (eta_max - eta_min) * distance / n_s
     position = np.mod(step, 2 * n_s)
     distance_from_peak = np.abs(position - n_s)
     eta = eta_max - (eta_max - eta_min) * distance_from_peak / n_s

@@ -322,6 +322,7 @@ class Trainer:
         background = self.background_evaluation and blas_limit is not None
         two_lanes = self.two_lanes and may_use_two_cores(blas_limit)
         self.alive = list(range(len(self.members)))
+        self._seeds = self._group_seeds()
         streams = {
             seed: BatchStream(self.X_train, self.batch_size, seed, self.augmentation, start_step)
             for seed in dict.fromkeys(m.training.seed for m in self.members)
@@ -376,7 +377,7 @@ class Trainer:
         """One update of every member still training; a member whose cost is no longer finite
         leaves (diverged)."""
         members = [self.members[i] for i in self.alive]
-        seeds = self._group_seeds()
+        seeds = self._seeds
         etas = [m.rate(step, self.n_s) for m in members]
         self.engine.helping = not self.evaluations.in_flight()
         # The weights before the step just before an evaluation point, for its update ratio.
@@ -414,6 +415,7 @@ class Trainer:
                 "lower eta_max or check the init",
             )
         self.alive = [i for i in self.alive if i not in leaving]
+        self._seeds = self._group_seeds()
         if self.alive:
             self.engine.remove(positions)
         else:

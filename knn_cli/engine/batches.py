@@ -147,6 +147,11 @@ class Batches:
     def __init__(self, batches: Sequence[Batch]) -> None:
         self.batches = tuple(batches)
         first = self.batches[0]
+        if len(self.batches) == 1:  # a lone network's, every step: the short way
+            self.plain = type(first) is Batch
+            self.whole_is_cheaper = first.whole_is_cheaper
+            self.rows = None if first.rows is None else True
+            return
         self.plain = all(type(b) is Batch and b.X is first.X for b in self.batches)
         # One gather of whole rows is cheaper than two of halves unless a batch is augmented.
         self.whole_is_cheaper = all(b.whole_is_cheaper for b in self.batches)

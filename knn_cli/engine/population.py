@@ -73,11 +73,12 @@ class StackedParameters:
         return self.arrays[name][i].reshape(self.shapes[name])
 
     def in_sync(self) -> bool:
-        return all(
-            network.params[name] is view
-            for network, views in zip(self.networks, self._views, strict=True)
-            for name, view in views.items()
-        )
+        for network, views in zip(self.networks, self._views, strict=True):
+            held = network.params
+            for name, view in views.items():
+                if held[name] is not view:
+                    return False
+        return True
 
     def detach(self, i: int) -> None:
         """Member i's network gets arrays of its own (it leaves the population)."""
@@ -130,9 +131,8 @@ class StackedRule:
         """The step's start for the stacked rule (per-member eta and lambda) and each member's
         count of steps."""
         self.rule.begin(eta, lambda_, params)
-        for i, rule in enumerate(self.rules):
+        for rule in self.rules:  # each member's count of steps, saved with its state
             rule.steps = self.rule.steps
-            rule.eta, rule.lambda_ = float(eta[i, 0, 0]), float(lambda_[i, 0, 0])
 
     def detach(self, i: int) -> None:
         rule = self.rules[i]

@@ -52,8 +52,8 @@ class Workspace:
     def __init__(self, network: Network, groups: MemberGroups, n: int) -> None:
         dtype, P = network.dtype, groups.members
         self.n = n
-        self.rows = np.arange(n)
-        self.members = np.arange(P)[:, None]
+        # Where each member's each row of scores starts in the flat (P, n, C) array.
+        self.row_starts = np.arange(P * n).reshape(P, n) * network.n_classes
         # Every layer's batch statistics side by side (mu1 var1 mu2 var2 ...), a row per member,
         # so that one pass folds them all into the moving averages (`Engine._fold_statistics`).
         sizes = statistic_sizes(network)
@@ -337,9 +337,11 @@ class Engine:
     # -- what a step is given, per member -----------------------------------------------------
 
     def _per_member(self, value: float | Sequence[float]) -> np.ndarray:
-        """A number for every member, or one each, as (P, 1, 1) float64."""
-        values = np.broadcast_to(np.asarray(value, dtype=np.float64), (self.members,))
-        return values.reshape(self.members, 1, 1)
+        """A number for every member, or one each, as (P, 1, 1) float64 (a new array: the rule
+        keeps it for the step)."""
+        values = np.empty((self.members, 1, 1))
+        values[:, 0, 0] = value
+        return values
 
     def _labels(self, y: np.ndarray | Sequence[np.ndarray], n: int) -> np.ndarray:
         """Each member's labels, (P, n), from its group's."""
@@ -370,7 +372,7 @@ class Engine:
         return self._rules
 
     def _keep_in_sync(self) -> None:
-        if not self.parameters.in_sync():
+        if not self.parameters.in_sync():  # a caller gave a network new arrays
             self.parameters.adopt()
             if self._rules is not None:  # stacked again below, over the new arrays
                 self._rules = StackedRule(self._rules.rules, self.parameters)
@@ -413,8 +415,10 @@ class Engine:
         for kernel in kernels[1:]:
             H = kernel.forward(H, params, modes)
         smoothing = network.label_smoothing
+        # The scale over the batch size in float64, then rounded to the dtype (as a number is).
+        scale = (scale / len(labels[0])).astype(network.dtype)
         losses = softmax_cross_entropy_grad(
-            H, labels, work.members, work.rows, scale, work.loss_grad, smoothing
+            H, labels, work.row_starts, scale, work.loss_grad, smoothing
         )
         G = work.loss_grad
         for kernel in reversed(kernels[1:]):

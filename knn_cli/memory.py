@@ -80,10 +80,16 @@ def estimate_memory(
         # Precise BN passes every training row through one layer at a time: a layer's input
         # and output for all rows at once.
         evaluation = max(evaluation, 2 * train_images * max(widths[1:]))
+    # The rows each run keeps copies of: its probe (diagnostics) and its training-curve sample.
+    curve = config.evaluation.train_curve_rows or 0
+    probe = config.diagnostics.probe_size if config.diagnostics.layers else 0
+    if config.diagnostics.landscape:
+        probe += 2 * config.diagnostics.probe_size  # and in float64 for the landscape
+    kept_rows = min(curve, train_images) + min(probe, train_images)
     return MemoryEstimate(
         parameters=members * parameter_count * copies * itemsize,
         activations=members * (LANES * step + evaluation) * itemsize,
-        data=images * features * DATA_ITEMSIZE,
+        data=(images + members * kept_rows) * features * DATA_ITEMSIZE,
         baseline=BASELINE_BYTES,
     )
 

@@ -25,8 +25,19 @@ def test_the_parameters_counted_are_the_networks() -> None:
     count = 3072 * 50 + 50 * 50 + 50 * 10 + 4 * (50 + 50 + 10)
     copies = memory.COPIES_PER_PARAMETER  # SGD keeps no state
     assert estimate.parameters == count * copies * 4
-    assert estimate.data == 60_000 * 3072 * 4
-    assert estimate_memory(config(**{"model.hidden": "[50, 50]"}), images=10).data == 10 * 3072 * 4
+    # The data, and the probe's 1,000 rows the run keeps a copy of.
+    assert estimate.data == (60_000 + 1000) * 3072 * 4
+    small = estimate_memory(config(**{"model.hidden": "[50, 50]"}), images=10, train_images=10)
+    assert small.data == (10 + 10) * 3072 * 4
+
+
+def test_a_population_shares_the_data_and_keeps_each_runs_arrays_and_rows() -> None:
+    run = config(**{"evaluation.train_curve_rows": 5000, "diagnostics.landscape": "true"})
+    one, nine = estimate_memory(run), estimate_memory(run, members=9)
+    assert nine.parameters == 9 * one.parameters and nine.activations == 9 * one.activations
+    kept = (5000 + 3 * 1000) * 3072 * 4  # curve sample, probe, and the probe in float64
+    assert one.data == 60_000 * 3072 * 4 + kept and nine.data == 60_000 * 3072 * 4 + 9 * kept
+    assert nine.baseline == one.baseline
 
 
 def test_the_estimate_grows_with_what_the_config_adds() -> None:
@@ -78,7 +89,8 @@ def test_the_summary_keeps_the_estimate_beside_the_measured_peak(
     (run_dir,) = runs.iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     estimate = summary["memory_estimate_mb"]
-    assert estimate["data"] == round(180 * 3072 * 4 / 2**20, 1)  # the fake data's 150 + 30
+    # The fake data's 150 + 30 images, and its probe: all 120 training images.
+    assert estimate["data"] == round((180 + 120) * 3072 * 4 / 2**20, 1)
     assert estimate["total"] == pytest.approx(
         estimate["parameters"] + estimate["activations"] + estimate["data"] + estimate["baseline"],
         abs=0.2,

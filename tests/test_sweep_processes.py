@@ -8,6 +8,7 @@ process, a checkpoint written on SIGTERM) exists only between processes.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -197,6 +198,35 @@ def test_a_trial_stopped_mid_way_continues_from_its_checkpoint_to_the_same_numbe
     assert trials_csv(folder) == trials_csv(straight_folder)
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["000-coarse", "001-coarse"]
     assert not (folder / "001-coarse" / "earlier-attempts").exists()  # continued, not redone
+
+
+def test_a_population_killed_hard_continues_to_the_uninterrupted_numbers(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    """kill -9 of an in-process sweep whose two trials train as one population, checkpointing
+    every few steps: the resumed sweep continues each trial from its own checkpoint (perhaps of
+    different steps, if the kill fell between the two saves) to the uninterrupted table."""
+    args = ["lambda-search", "--coarse", "--trials", "2", "--cycles", "1", "--n-s", "3000",
+            "--workers", "1", "--set", f"data.dir={fake_cifar_dir}",
+            "--set", "training.checkpoint_minutes=0.002", *SLOW_TRIAL]  # fmt: skip
+    straight = CliRunner().invoke(cli, [*args, "--runs-dir", str(tmp_path / "straight")])
+    assert straight.exit_code == 0, straight.output
+    killed = knn(*args, "--runs-dir", str(tmp_path / "killed"))
+    folder = sweep_folder(tmp_path / "killed")
+    checkpoints = [folder / f"00{k}-coarse" / "checkpoint.npz" for k in range(2)]
+    wait_for(lambda: all(c.is_file() for c in checkpoints), "both trials' checkpoints")
+    time.sleep(0.5)  # a few more saves, so that one may be cut short
+    killed.kill()
+    finish(killed, 30)
+    summaries = [folder / f"00{k}-coarse" / "summary.json" for k in range(2)]
+    assert not any(s.is_file() for s in summaries)  # no handler ran: nothing was finished
+    resumed = CliRunner().invoke(cli, ["lambda-search", "--resume", str(folder), "--workers", "1"])
+    assert resumed.exit_code == 0, resumed.output
+    (straight_folder,) = (tmp_path / "straight").iterdir()
+    assert trials_csv(folder) == trials_csv(straight_folder)
+    for k in range(2):
+        assert not (folder / f"00{k}-coarse" / "earlier-attempts").exists()  # continued
+        assert json.loads(summaries[k].read_text())["population"] == 2
 
 
 def test_a_scheduler_address_that_cannot_work_fails_at_once_and_leaves_no_folder(

@@ -279,6 +279,8 @@ def _train_together(
     for run, outcome, found in zip(runs, trainer.outcomes, measured, strict=True):
         if run.summary is None and outcome is not None:
             run.summary = run.recorder.finish(outcome, found)
+    for run in runs:
+        run.recorder.on_leaving = None  # the run and its recorder hold each other no longer
 
 
 def _finisher(run: OpenRun) -> Callable[[TrainingOutcome], None]:

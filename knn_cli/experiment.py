@@ -228,16 +228,23 @@ def train_population(
     model, summary and plots; each run's summary, in order.
 
     The runs must differ only in what a population's members may: seed, lambda, rates and init
-    (`knn_cli.populations`). A run that diverges is finished at once, the others go on. Stops
-    and interrupts as `train_run`'s; on any, every unfinished run is saved as it stands.
+    (`knn_cli.sweeps.populations`). A run that diverges is finished at once, the others go on.
+    Stops and interrupts as `train_run`'s; on any, every unfinished run is saved as it stands
+    (those of a later step too, as they were restored).
     """
     stop_context = StopRequests() if stop_between_steps else nullcontext(lambda: False)
+    starts = list(dict.fromkeys(run.start_step for run in runs))
+    groups = [[run for run in runs if run.start_step == start] for start in starts]
     # Active until the runs are saved: a stop asked for after the last step, or during the
     # final measurements, waits for the summaries instead of cutting them short, and is not lost.
     with stop_context as stopping:
-        for start in dict.fromkeys(run.start_step for run in runs):
-            together = [run for run in runs if run.start_step == start]
-            _train_together(together, dataset, stopping, background_evaluation)
+        for k, together in enumerate(groups):
+            try:
+                _train_together(together, dataset, stopping, background_evaluation)
+            except BaseException as error:
+                for run in (run for later in groups[k + 1 :] for run in later):
+                    run.recorder.finish_despite(error)
+                raise
         if getattr(stopping, "requested", False):
             raise KeyboardInterrupt  # the runs are saved, finished; the caller still stops
     return [run.summary or {} for run in runs]

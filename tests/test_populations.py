@@ -331,6 +331,35 @@ def test_a_stopped_population_continues_to_the_numbers_of_an_uninterrupted_one(
         assert_same_files(got, expected)
 
 
+def test_runs_of_a_later_step_are_saved_when_an_earlier_population_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs continue from different steps, as two populations one after the other: a stop
+    in the first saves the second too, as it was restored, ready to continue."""
+    from conftest import interrupt_at
+
+    data = image_dataset()
+    configs = population_configs()[:2]
+    folders = [new_run_dir(tmp_path, c.name) for c in configs]
+    for stop, config, folder in zip((13, 27), configs, folders, strict=True):
+        with monkeypatch.context() as patch:
+            interrupt_at(patch, stop)
+            run = open_run(config, folder, data)
+            with pytest.raises(KeyboardInterrupt):
+                train_population([run], data, background_evaluation=False, stop_between_steps=True)
+    saved = (folders[1] / "checkpoint.npz").read_bytes()
+    (folders[1] / "summary.json").unlink()  # as a kill -9 would have left it
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 20)  # within the first population, continued from step 13
+        runs = [open_run(c, d, data, resume=True) for c, d in zip(configs, folders, strict=True)]
+        assert [r.start_step for r in runs] == [13, 27]
+        with pytest.raises(KeyboardInterrupt):
+            train_population(runs, data, background_evaluation=False, stop_between_steps=True)
+    later = json.loads((folders[1] / "summary.json").read_text())
+    assert later["status"] == "interrupted" and later["steps"] == 27
+    assert (folders[1] / "checkpoint.npz").read_bytes() == saved  # untouched: continue from it
+
+
 def test_a_sweeps_population_is_one_job_and_a_member_that_cannot_open_fails_alone(
     tmp_path: Path, fake_cifar_dir: Path
 ) -> None:

@@ -3,15 +3,16 @@ in buffers kept from step to step.
 
 A kernel computes what its layer's pair in `layers.py` computes, for every member at once: its
 arrays carry the members on a leading axis -- activations (P, n, m), a matrix (P, d, m), a
-vector (P, 1, m) -- and it reduces over the rows (axis -2) of each member, never across members,
-so each member's numbers are those it would get alone (a population of one is the lone
-network). It uses the same operations in the same order as the layer where that costs nothing
-(tests/test_engine.py compares them element by element), writes into arrays it owns (`out=`)
+vector (P, 1, m) -- and it sums over the rows of each member, never across members, so each
+member's numbers are those it would get alone (a population of one is the lone network). It
+computes what the layer does, to rounding (tests/test_engine.py compares them element by
+element; batch norm is fused, its passes rearranged), writes into arrays it owns (`out=`)
 and, where the input is not needed afterwards, works in place: a training step of the study's
 networks is two large matrix products and a hundred small operations whose NumPy call overhead
 outweighs their arithmetic, so every allocation and pass saved shows, and stacking the members
-pays that overhead once for all of them (benchmarks/bench_population.py). Reductions call the
-ufuncs' own `reduce`, whose wrappers (np.mean, ndarray.sum) cost more than the arithmetic.
+pays that overhead once for all of them (benchmarks/bench_population.py). Sums over a batch's
+rows are products with a row of ones (`sums_over_rows`), other reductions call the ufuncs' own
+`reduce`, whose wrappers (np.mean, ndarray.sum) cost more than the arithmetic.
 
 `kernel_for` picks the fast kernel of a layer's class, and `LayerKernel`, which calls the layer's
 own forward and backward member by member, for any other: a new layer trains without a kernel

@@ -164,11 +164,6 @@ def population_seconds(runs: Sequence[PlannedRun], speeds: Speeds) -> float:
     return START_SECONDS + steps + evaluations + FINISH_SECONDS * len(runs)
 
 
-def run_seconds(run: PlannedRun, speeds: Speeds) -> float:
-    """One run's seconds on one worker, trained alone."""
-    return population_seconds([run], speeds)
-
-
 def train_seconds(run: PlannedRun, speeds: Speeds) -> float:
     """One run as `knn train` runs it on two cores: its steps on two lanes, its evaluations on
     the second core meanwhile (only the last one, of the training and validation sets, is

@@ -195,8 +195,6 @@ def train_run(
     any interrupt the metrics so far, the latest model and a summary with status `interrupted`
     are saved before the interrupt goes on up.
     """
-    if not resume:
-        atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))
     if dataset is None:
         dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress)
     check_memory(

@@ -157,18 +157,12 @@ class Member:
         return self.probe is not None and self.probe.active
 
 
-def evaluate(
-    network: Network, X: np.ndarray, y: np.ndarray, lambda_: float
-) -> tuple[float, float, float]:
-    """(cost, loss, accuracy) in evaluation mode, in blocks so a 45,000-row split stays cheap."""
-    return evaluate_members([network], X, y, [lambda_])[0]
-
-
 def evaluate_members(
     networks: Sequence[Network], X: np.ndarray, y: np.ndarray, lambdas: Sequence[float]
 ) -> list[tuple[float, float, float]]:
-    """`evaluate` for networks of the same shapes at once: their parameters stacked, each
-    block's products for all of them in one call, each member's numbers those it gets alone."""
+    """Each network's (cost, loss, accuracy) in evaluation mode, in blocks so a 45,000-row split
+    stays cheap; networks of the same shapes at once, their parameters stacked, each block's
+    products for all of them in one call, each network's numbers those it gets alone."""
     first, P = networks[0], len(networks)
     params = {
         name: np.stack([n.params[name] for n in networks]).reshape(

@@ -15,10 +15,10 @@ from knn_cli.cli import cli
 from knn_cli.estimate import PlannedRun
 from knn_cli.executors import Outcome, guarded
 from knn_cli.locks import FolderBusy, folder_lock
-from knn_cli.study.parts import run_configs_part
+from knn_cli.study.parts import Running, run_configs_part
 from knn_cli.study.plan import PlannedPart, estimate_seconds
 from knn_cli.study.settings import QUICK_N_S, StudySettings, study_config
-from knn_cli.sweeps.populations import AUTO, Populations
+from knn_cli.sweeps.populations import Populations
 
 
 def test_the_estimate_counts_steps_evaluations_and_populations_on_the_workers(
@@ -90,7 +90,7 @@ def test_a_part_sweep_is_held_by_the_study_while_it_runs(
         overrides=(f"data.dir={fake_cifar_dir}", "data.validation_size=30", "training.n_s=5"),
     )
     executor = TriesTheLock()
-    run = run_configs_part(tmp_path / "configs", settings, executor, AUTO, False, {})
+    run = run_configs_part(tmp_path / "configs", settings, Running(executor), {})
     assert run.status == "finished"
     assert len(executor.refused) == 4 and "is in use by process" in executor.refused[0]
 

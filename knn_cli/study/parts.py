@@ -39,7 +39,7 @@ from knn_cli.sweeps.plan import (
     GridSpec,
     LambdaSearchSpec,
 )
-from knn_cli.sweeps.populations import Populations
+from knn_cli.sweeps.populations import AUTO, Populations
 
 
 @dataclass
@@ -51,20 +51,25 @@ class PartRun:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-# What runs a part: its folder, the study's settings, the executor for its trials and how they
-# are grouped into populations, whether to show progress, and what the parts before it noted in
-# study.json (by part name).
-PartRunner = Callable[
-    [Path, StudySettings, Executor, Populations, bool, Mapping[str, Any]], PartRun
-]
+@dataclass(frozen=True)
+class Running:
+    """How a part's runs are run: on which executor, in which populations, with progress bars
+    or not."""
+
+    executor: Executor
+    population: Populations = AUTO
+    progress: bool = False
+
+
+# What runs a part: its folder, the study's settings, how its runs are run, and what the parts
+# before it noted in study.json (by part name).
+PartRunner = Callable[[Path, StudySettings, Running, Mapping[str, Any]], PartRun]
 
 
 def run_gradcheck_part(
     folder: Path,
     settings: StudySettings,
-    executor: Executor,
-    population: Populations,
-    progress: bool,
+    running: Running,
     earlier: Any,
 ) -> PartRun:
     """The gradient check at each depth, without BN and with it before and after the ReLU, a
@@ -81,7 +86,7 @@ def run_gradcheck_part(
         )
         jobs.append((check, run_dir))
     failed: list[str] = []
-    for (check, _), outcome in executor.run(jobs, check_depth):
+    for (check, _), outcome in running.executor.run(jobs, check_depth):
         found = outcome.value if outcome.ok else [f"did not run: {outcome.error}"]
         failed += [f"k={check.layers} {failure}" for failure in found]
     if failed:
@@ -103,25 +108,23 @@ def _sweep_status(records: Sequence[TrialRecord]) -> PartRun:
     return PartRun("failed", f"{len(undone)} of {len(records)} runs did not finish: {names}")
 
 
-def _run_configs(
-    folder: Path,
-    spec: ConfigSweepSpec,
-    executor: Executor,
-    population: Populations,
-    progress: bool,
-) -> PartRun:
+def _run_configs(folder: Path, spec: ConfigSweepSpec, running: Running) -> PartRun:
     spec = resume_or_start(folder, CONFIG_SWEEP, spec)
     with folder_lock(folder):  # a `--resume` of the part's own sweep must wait for the study
-        records = run_config_sweep(spec, folder, executor, progress=progress, population=population)
+        records = run_config_sweep(
+            spec,
+            folder,
+            running.executor,
+            progress=running.progress,
+            population=running.population,
+        )
         return _sweep_status(records)
 
 
 def run_configs_part(
     folder: Path,
     settings: StudySettings,
-    executor: Executor,
-    population: Populations,
-    progress: bool,
+    running: Running,
     earlier: Any,
 ) -> PartRun:
     """The four configs, each with the study's seeds; the 9-layer ones measure the landscape
@@ -134,7 +137,7 @@ def run_configs_part(
         for name in CONFIG_NAMES
     )
     spec = ConfigSweepSpec(name=CONFIGS, runs=runs)
-    return _run_configs(folder, spec, executor, population, progress)
+    return _run_configs(folder, spec, running)
 
 
 LANDSCAPE_CONFIGS = ("9layer", "9layer_bn")
@@ -168,15 +171,19 @@ def search_spec(settings: StudySettings) -> LambdaSearchSpec:
 def run_search_part(
     folder: Path,
     settings: StudySettings,
-    executor: Executor,
-    population: Populations,
-    progress: bool,
+    running: Running,
     earlier: Any,
 ) -> PartRun:
     """The coarse and fine search on the 3-layer BN network, and the best lambda retrained."""
     spec = resume_or_start(folder, LAMBDA_SEARCH, search_spec(settings))
     with folder_lock(folder):
-        result = run_lambda_search(spec, folder, executor, progress=progress, population=population)
+        result = run_lambda_search(
+            spec,
+            folder,
+            running.executor,
+            progress=running.progress,
+            population=running.population,
+        )
     run = _sweep_status([*result.records, *result.finals])
     if result.best is not None and result.finals:
         seeds = [r.trial.config["training"]["seed"] for r in result.finals]
@@ -194,9 +201,7 @@ def run_search_part(
 def run_search_9layer_part(
     folder: Path,
     settings: StudySettings,
-    executor: Executor,
-    population: Populations,
-    progress: bool,
+    running: Running,
     earlier: Mapping[str, Any],
 ) -> PartRun:
     """The chosen lambda on the 9-layer BN network, as the 3-layer one was retrained: the same
@@ -215,15 +220,13 @@ def run_search_9layer_part(
     entry["training"]["seed"] = search["final_seeds"][0]
     runs = ({"config": entry, "seeds": len(search["final_seeds"])},)
     spec = ConfigSweepSpec(name=SEARCH_9, runs=runs)
-    return _run_configs(folder, spec, executor, population, progress)
+    return _run_configs(folder, spec, running)
 
 
 def run_grid_part(
     folder: Path,
     settings: StudySettings,
-    executor: Executor,
-    population: Populations,
-    progress: bool,
+    running: Running,
     earlier: Any,
 ) -> PartRun:
     """Depth x batch norm x sigma from a normal(0, sigma) init."""
@@ -240,7 +243,11 @@ def run_grid_part(
     spec = resume_or_start(folder, INIT_SENSITIVITY, spec)
     with folder_lock(folder):
         records = run_init_sensitivity(
-            spec, folder, executor, progress=progress, population=population
+            spec,
+            folder,
+            running.executor,
+            progress=running.progress,
+            population=running.population,
         )
         return _sweep_status(records)
 

@@ -22,7 +22,7 @@ from knn_cli.data import load_cifar10
 from knn_cli.errors import KnnError
 from knn_cli.executors import Executor, ProcessExecutor, SharedProcesses
 from knn_cli.study.folder import now, read_study_file, study_settings, write_study_file
-from knn_cli.study.parts import PARTS, Part, PartRun
+from knn_cli.study.parts import PARTS, Part, PartRun, Running
 from knn_cli.study.settings import StudySettings, study_config
 from knn_cli.sweeps.populations import AUTO, Populations
 
@@ -49,9 +49,7 @@ class StudyRun:
     def heading(self, part: Part) -> str:
         return f"[{PARTS.index(part) + 1}/{len(PARTS)}] {part.name}"
 
-    def run_part(
-        self, part: Part, executor: Executor, progress: bool, population: Populations = AUTO
-    ) -> None:
+    def run_part(self, part: Part, running: Running) -> None:
         """Run one part, recording its start, end, status, wall time and notes."""
         entry = self.entry(part)
         with self._lock:
@@ -62,12 +60,7 @@ class StudyRun:
         earlier = entry.get("seconds") or 0.0
         try:
             run = part.run(
-                self.study_dir / entry["folder"],
-                self.settings,
-                executor,
-                population,
-                progress,
-                self.doc["parts"],
+                self.study_dir / entry["folder"], self.settings, running, self.doc["parts"]
             )
         except KeyboardInterrupt:
             with self._lock:
@@ -111,7 +104,7 @@ def run_study(
         run_together(study, executor.workers, population)
     else:
         for part in study.pending():
-            study.run_part(part, executor, progress, population)
+            study.run_part(part, Running(executor, population, progress))
     return study.finish()
 
 
@@ -137,7 +130,7 @@ def run_together(study: StudyRun, workers: int, population: Populations = AUTO) 
     def run_chain(chain: list[Part], shared: SharedProcesses) -> None:
         try:
             for part in chain:
-                study.run_part(part, shared.view(part.urgency), False, population)
+                study.run_part(part, Running(shared.view(part.urgency), population))
         except BaseException as error:  # handed to the main thread, which raises the first
             errors.append(error)
 

@@ -108,6 +108,9 @@ class EvaluationConfig:
 
     precise_bn: bool = False  # batch-norm statistics of the whole training set, not averages
     test_time_flip: bool = False  # also the accuracy averaging each image with its mirror
+    # The networks at the ends of the last m cycles, saved, and the accuracy of their mean
+    # prediction reported (a snapshot ensemble, Huang et al. 2017); 0: none.
+    snapshot_ensemble: int = 0
     # Training rows the training-set curve is measured on at every evaluation point but the
     # last: null, all of them; a number, a fixed sample (the last point measures them all); 0,
     # no training-set curve (a search trial, whose curve nothing reads).
@@ -147,6 +150,13 @@ class RunConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     data: DataConfig = field(default_factory=DataConfig)
+
+    @property
+    def snapshot_cycles(self) -> range:
+        """The cycles at whose ends the snapshot ensemble's networks are kept: the last
+        `evaluation.snapshot_ensemble` (none when it is 0)."""
+        cycles = self.training.cycles
+        return range(cycles - self.evaluation.snapshot_ensemble + 1, cycles + 1)
 
 
 # --- one parser per kind of value -------------------------------------------------------------
@@ -372,6 +382,7 @@ _SECTIONS: dict[str, tuple[type, tuple[_Field, ...]]] = {
         (
             _Field("precise_bn", _boolean),
             _Field("test_time_flip", _boolean),
+            _Field("snapshot_ensemble", _integer(0)),
             _Field("train_curve_rows", _integer(0, nullable=True)),
         ),
     ),
@@ -501,6 +512,11 @@ def _check_together(cfg: RunConfig) -> None:
     if train.eta_min > train.eta_max:
         raise ConfigError(
             f"training.eta_min ({train.eta_min!r}) must be <= training.eta_max ({train.eta_max!r})"
+        )
+    if cfg.evaluation.snapshot_ensemble > train.cycles:
+        raise ConfigError(
+            f"evaluation.snapshot_ensemble ({cfg.evaluation.snapshot_ensemble}) must be <= "
+            f"training.cycles ({train.cycles}): a snapshot is taken at the end of a cycle"
         )
     which = f"training images left after data.validation_size ({cfg.data.validation_size})"
     check_batch_size(train.batch_size, n_train, which)

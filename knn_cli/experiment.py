@@ -33,6 +33,7 @@ from knn_cli.runs import (
     atomic_write_text,
     keep_metrics_through,
     read_checkpoint,
+    read_snapshot,
     read_summary,
     require_run_dir,
 )
@@ -44,6 +45,7 @@ from knn_cli.trainer import (
     Trainer,
     TrainingOutcome,
     accuracy,
+    ensemble_accuracy,
 )
 
 OPTIMIZER_PREFIX = "optimizer."
@@ -167,6 +169,8 @@ def open_run(
         earlier_records=earlier_records,
         progress=progress,
         measuring=probe is not None,
+        network_state=network.state,
+        snapshot_cycles=config.snapshot_cycles,
     )
     return OpenRun(config, run_dir, network, rule, recorder, probe, start_step, evaluate_test)
 
@@ -271,7 +275,13 @@ def _train_together(
     try:
         trainer.train(runs[0].start_step, checkpointing)
         measured = [
-            final_measurements(run.network, dataset, run.config, run.evaluate_test)
+            final_measurements(
+                run.network,
+                dataset,
+                run.config,
+                run.evaluate_test,
+                snapshots=load_snapshots(run.run_dir, run.config, dataset.n_features),
+            )
             if outcome is not None and outcome.status == "finished"
             else {}
             for run, outcome in zip(runs, trainer.outcomes, strict=True)
@@ -335,13 +345,19 @@ def _optimizer_part(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def final_measurements(
-    network: Network, dataset: Dataset, config: RunConfig, evaluate_test: bool
+    network: Network,
+    dataset: Dataset,
+    config: RunConfig,
+    evaluate_test: bool,
+    *,
+    snapshots: Sequence[Network] = (),
 ) -> dict[str, float]:
     """The finished network's test accuracy, and what `config.evaluation` asks for beside it.
 
     With precise BN the network's moving averages are replaced, so the saved model keeps the
     precise statistics, and the accuracy with the moving averages is reported apart; so is the
-    accuracy averaged over each image and its mirror (test-time augmentation).
+    accuracy averaged over each image and its mirror (test-time augmentation), and that of the
+    `snapshots`' ensemble (`snapshot_ensemble_measurements`).
     """
     measured: dict[str, float] = {}
     test, val = (dataset.X_test, dataset.y_test), (dataset.X_val, dataset.y_val)
@@ -356,6 +372,48 @@ def final_measurements(
         measured["final_val_accuracy_flip"] = accuracy(network, *val, mirrored=True)
         if evaluate_test:
             measured["test_accuracy_flip"] = accuracy(network, *test, mirrored=True)
+    if snapshots:
+        measured |= snapshot_ensemble_measurements(snapshots, dataset, config, evaluate_test)
+    return measured
+
+
+def load_snapshots(run_dir: Path, config: RunConfig, input_dim: int) -> list[Network]:
+    """The networks a run kept at the ends of its last cycles (`config.snapshot_cycles`), from
+    its folder: those written before an interruption count as those written after it."""
+    networks = []
+    for cycle in config.snapshot_cycles:
+        state = read_snapshot(run_dir, cycle)
+        network = build_network(config, input_dim)
+        try:
+            network.load_state(state)
+        except (KeyError, ValueError) as error:
+            raise RunFolderError(
+                f"{run_dir} snapshot of cycle {cycle} does not fit this run: {error}"
+            ) from None
+        networks.append(network)
+    return networks
+
+
+def snapshot_ensemble_measurements(
+    snapshots: Sequence[Network], dataset: Dataset, config: RunConfig, evaluate_test: bool
+) -> dict[str, float]:
+    """Validation (and test) accuracy of the snapshots' mean prediction, and with
+    `test_time_flip` of their mirror-averaged one. Each snapshot is measured as the final
+    network is: with precise BN, statistics of its own over the training set (its parameters
+    are not the final network's, so neither are its statistics); else its moving averages."""
+    if config.evaluation.precise_bn:
+        for network in snapshots:
+            if network.statistic_shapes:
+                network.moving_averages = network.precise_statistics(dataset.X_train)
+    splits = {"final_val_accuracy": (dataset.X_val, dataset.y_val)}
+    if evaluate_test:
+        splits["test_accuracy"] = (dataset.X_test, dataset.y_test)
+    measured = {}
+    for key, (X, y) in splits.items():
+        measured[f"{key}_snapshot_ensemble"] = ensemble_accuracy(snapshots, X, y)
+        if config.evaluation.test_time_flip:
+            flipped = ensemble_accuracy(snapshots, X, y, mirrored=True)
+            measured[f"{key}_snapshot_ensemble_flip"] = flipped
     return measured
 
 

@@ -40,7 +40,8 @@ DERIVED_MARKERS = ("compare.md",)
 @dataclass(frozen=True)
 class Row:
     """One run, sweep or study as `knn runs` shows it. Accuracies are fractions; for a sweep
-    `val_accuracy` is its best trial's and `test_accuracy` the final retrain's mean, if any."""
+    `val_accuracy` is its best trial's and `test_accuracy` the final retrain's mean, if any;
+    `test_accuracy_snapshot_ensemble` a run's snapshot ensemble's, where it has one."""
 
     name: str
     folder: str
@@ -53,6 +54,7 @@ class Row:
     started: str | None  # ISO 8601, local time as the folder stamp records it
     finished: int | None = None  # trials or parts, for sweeps and studies
     total: int | None = None
+    test_accuracy_snapshot_ensemble: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,6 +135,7 @@ def _row(folder: Path, kind: str, status: str, settings: str, **values: Any) -> 
         started=values.get("started") or _started(folder, name),
         finished=values.get("finished"),
         total=values.get("total"),
+        test_accuracy_snapshot_ensemble=_number(values.get("test_accuracy_snapshot_ensemble")),
     )
 
 
@@ -189,6 +192,7 @@ def _run_row(folder: Path) -> Row:
         test_accuracy=summary.get("test_accuracy"),
         val_accuracy=summary.get("final_val_accuracy"),
         wall_seconds=summary.get("wall_seconds"),
+        test_accuracy_snapshot_ensemble=summary.get("test_accuracy_snapshot_ensemble"),
     )
 
 
@@ -392,27 +396,34 @@ def _iso(text: str) -> str | None:
 # A run's time is its wall time; a sweep's or a study's is the sum of its runs' (or parts'),
 # more than the wall time where workers ran side by side: hence not "wall time".
 TABLE_HEADERS = ("name", "kind", "status", "settings", "test", "val", "time", "started")
+# Beside "test" where some run has one: the test accuracy of its snapshot ensemble.
+ENSEMBLE_HEADER = "test, snapshot ensemble"
 
 
 def rows_table(rows: Sequence[Row]) -> str:
     from knn_cli.formatting import duration, markdown_table, percent
 
-    return markdown_table(
-        TABLE_HEADERS,
-        [
-            [
-                row.name,
-                row.kind,
-                row.status,
-                row.settings or None,
-                percent(row.test_accuracy),
-                percent(row.val_accuracy),
-                duration(row.wall_seconds),
-                row.started.replace("T", " ")[:16] if row.started else None,
-            ]
-            for row in rows
-        ],
-    )
+    ensemble = any(row.test_accuracy_snapshot_ensemble is not None for row in rows)
+    test = TABLE_HEADERS.index("test") + 1
+    headers = list(TABLE_HEADERS)
+    if ensemble:
+        headers.insert(test, ENSEMBLE_HEADER)
+    table = []
+    for row in rows:
+        cells = [
+            row.name,
+            row.kind,
+            row.status,
+            row.settings or None,
+            percent(row.test_accuracy),
+            percent(row.val_accuracy),
+            duration(row.wall_seconds),
+            row.started.replace("T", " ")[:16] if row.started else None,
+        ]
+        if ensemble:
+            cells.insert(test, percent(row.test_accuracy_snapshot_ensemble))
+        table.append(cells)
+    return markdown_table(headers, table)
 
 
 def rows_json(rows: Sequence[Row]) -> str:

@@ -72,6 +72,7 @@ def estimate_memory(
     per_unit = 4 if config.model.batch_norm else 1  # bias; or bias, gamma, beta and a mean
     parameter_count = weights + per_unit * sum(widths[1:])
     copies = COPIES_PER_PARAMETER + len(UPDATE_RULES[config.training.optimizer].slots)
+    copies += config.evaluation.snapshot_ensemble  # the snapshots, loaded together at the end
     hidden_units = sum(widths[1:])
     batch = config.training.batch_size
     step = batch * (BUFFERS_PER_UNIT * hidden_units + 2 * features)  # the input, gathered

@@ -3,7 +3,7 @@ point (metrics.csv) and the layers' measurements (diagnostics.csv), appended as 
 progress bar, checkpoints, and at the end the model, the summary and the plots.
 
 The recorder only watches: the trainer calls `on_evaluation`, `on_diagnostics` and `on_step`,
-and `save_checkpoint`
+`on_cycle_end` (the snapshot ensemble's networks, snapshots/cycle-<c>.npz) and `save_checkpoint`
 between two steps; `finish` writes the end of a run that ended as training said (finished or
 diverged), `finish_despite` the end of one that an error or an interrupt cut short, never
 letting a failure of its own hide the error that ended the run.
@@ -32,6 +32,7 @@ from knn_cli.runs import (
     metrics_log,
     provenance,
     write_checkpoint,
+    write_snapshot,
 )
 from knn_cli.trainer import Listener, TrainingOutcome
 
@@ -56,8 +57,9 @@ class RunFacts:
 class RunRecorder(Listener):
     """One run's folder while it trains: the Listener of its member of the trainer's
     population. `state()` gives what model.npz and a checkpoint hold (the network's and the
-    update rule's state, read between two steps); `on_leaving` finishes the run when it leaves
-    its population early (it diverged)."""
+    update rule's state, read between two steps), `network_state()` what a snapshot at the end
+    of one of `snapshot_cycles` holds (the network's alone); `on_leaving` finishes the run when
+    it leaves its population early (it diverged)."""
 
     def __init__(
         self,
@@ -70,9 +72,15 @@ class RunRecorder(Listener):
         earlier_records: Sequence[Record] = (),
         progress: bool = False,
         measuring: bool = False,
+        network_state: Callable[[], Mapping[str, np.ndarray]] | None = None,
+        snapshot_cycles: Sequence[int] = (),
     ) -> None:
+        if snapshot_cycles and network_state is None:
+            raise ValueError("snapshots need the network's state")
         self.run_dir = run_dir
         self.state = state
+        self.network_state = network_state
+        self.snapshot_cycles = frozenset(snapshot_cycles)
         self.facts = facts
         self.steps_done = start_step
         self.started = time.time()
@@ -105,6 +113,13 @@ class RunRecorder(Listener):
     def ended(self, outcome: TrainingOutcome) -> None:
         if self.on_leaving is not None:
             self.on_leaving(outcome)
+
+    def wants_cycle_end(self, cycle: int) -> bool:
+        return cycle in self.snapshot_cycles
+
+    def on_cycle_end(self, step: int, cycle: int) -> None:
+        assert self.network_state is not None  # the constructor insists where there are cycles
+        write_snapshot(self.run_dir, cycle, self.network_state())
 
     def save_checkpoint(self, done: int) -> None:
         write_checkpoint(self.run_dir, self.state(), {"step": done, "seconds": self.seconds()})

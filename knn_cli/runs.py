@@ -34,6 +34,7 @@ _CHECKPOINT_INFO = "checkpoint_info"  # a JSON string among the checkpoint's arr
 METRIC_FIELDS = ("step", "epoch", "eta", "split", "cost", "loss", "accuracy")
 DIAGNOSTICS_FILE = "diagnostics.csv"
 DIAGNOSTIC_FIELDS = ("step", "layer", "quantity", "value")
+SNAPSHOTS_DIR = "snapshots"  # the networks at the ends of cycles, for a snapshot ensemble
 MIN_FREE_BYTES = 50 * 1024 * 1024
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -231,6 +232,31 @@ def read_checkpoint(run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any
     except (OSError, ValueError, KeyError) as error:
         raise RunFolderError(f"{path} is not a valid checkpoint ({error})") from None
     return arrays, info
+
+
+def snapshot_path(run_dir: Path, cycle: int) -> Path:
+    """Where the network at the end of `cycle` is kept: snapshots/cycle-<cycle>.npz."""
+    return run_dir / SNAPSHOTS_DIR / f"cycle-{cycle}.npz"
+
+
+def write_snapshot(run_dir: Path, cycle: int, arrays: Mapping[str, np.ndarray]) -> None:
+    """The network's state at the end of `cycle`, atomically; a run continued from an earlier
+    checkpoint writes it again, with the same bits."""
+    path = snapshot_path(run_dir, cycle)
+    path.parent.mkdir(exist_ok=True)
+    atomic_save_npz(path, arrays)
+
+
+def read_snapshot(run_dir: Path, cycle: int) -> dict[str, np.ndarray]:
+    """The arrays of the snapshot at the end of `cycle` (never unpickling anything)."""
+    path = snapshot_path(run_dir, cycle)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} is missing: the snapshot ensemble needs it") from None
+    except (OSError, ValueError) as error:
+        raise RunFolderError(f"{path} is not a valid snapshot ({error})") from None
 
 
 def keep_metrics_through(run_dir: Path, last_step: int) -> list[dict[str, Any]]:

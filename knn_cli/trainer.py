@@ -103,6 +103,16 @@ class Listener:
     def save_checkpoint(self, step: int) -> None:
         """Save what continuing after `step` steps needs (the network and rule, read now)."""
 
+    def wants_cycle_end(self, cycle: int) -> bool:
+        """Whether `on_cycle_end` is to be called at the end of `cycle` (1, 2, ...): only then
+        are the network's moving averages written back for it (by default, where the method
+        is overridden)."""
+        return type(self).on_cycle_end is not Listener.on_cycle_end
+
+    def on_cycle_end(self, step: int, cycle: int) -> None:
+        """`step` steps end cycle `cycle`, where the rate is lowest (a snapshot ensemble's
+        member); the network is whole, its moving averages current: read it now."""
+
     def ended(self, outcome: TrainingOutcome) -> None:
         """The member left the population before the end (it diverged); the others go on."""
 
@@ -208,6 +218,30 @@ def accuracy(network: Network, X: np.ndarray, y: np.ndarray, *, mirrored: bool =
     return correct / len(X)
 
 
+def class_probabilities(network: Network, X: np.ndarray, *, mirrored: bool = False) -> np.ndarray:
+    """Softmax probabilities in evaluation mode, (n, n_classes); with `mirrored`, the mean of
+    each image's and its mirror image's."""
+    probabilities = softmax(network.scores(X))
+    if mirrored:
+        probabilities = (probabilities + softmax(network.scores(mirror(X)))) / 2
+    return probabilities
+
+
+def ensemble_accuracy(
+    networks: Sequence[Network], X: np.ndarray, y: np.ndarray, *, mirrored: bool = False
+) -> float:
+    """Accuracy of the mean of the networks' class probabilities: a snapshot ensemble's (Huang
+    et al. 2017, the networks at the ends of a cyclical schedule's cycles). With `mirrored`,
+    each network's probabilities are first averaged over each image and its mirror image."""
+    X = np.asarray(X)
+    correct = 0
+    for start in range(0, len(X), EVAL_BLOCK):
+        block = X[start : start + EVAL_BLOCK]
+        mean = np.mean([class_probabilities(n, block, mirrored=mirrored) for n in networks], axis=0)
+        correct += int(np.count_nonzero(mean.argmax(axis=1) == y[start : start + len(block)]))
+    return correct / len(X)
+
+
 class BatchStream:
     """The mini-batches of one seed, step after step: a new shuffle every epoch from a generator
     seeded by the seed alone (a stream apart from the init's), each batch augmented, where
@@ -257,7 +291,8 @@ class Trainer:
     them all, or nothing at all (0: a search trial, whose training curve nothing reads). The
     validation set is always measured whole. A member with a probe has its layers measured on it
     at every evaluation point too, on the same copy of the network the evaluation reads:
-    observation only, nothing training computes changes.
+    observation only, nothing training computes changes. So is the end of each cycle, told to
+    the listeners that want it (`Listener.on_cycle_end`, a snapshot ensemble's members).
 
     `background_evaluation=False` evaluates on this thread instead, for measuring the two apart;
     so does the lack of a way to keep BLAS to one thread (see the module's docstring).
@@ -356,6 +391,9 @@ class Trainer:
                 if not self.alive:
                     break
                 done = step + 1
+                if done % (2 * self.n_s) == 0:
+                    # Before a checkpoint at this step: a run continued from it has been told.
+                    self._end_cycle(done)
                 if self._evaluates(done):
                     self._evaluate(done)
                 else:
@@ -436,6 +474,17 @@ class Trainer:
         members = [self.members[i] for i in self.alive]
         before = [self._before.get(i) if done else None for i in self.alive]
         self.evaluations.request([m.network for m in members], done, (members, before))
+
+    def _end_cycle(self, done: int) -> None:
+        """Tell the members that want it that a cycle ended, the networks written back for them
+        first; nothing else, so that a listener that wants nothing changes nothing."""
+        cycle = done // (2 * self.n_s)
+        told = [i for i in self.alive if self.members[i].listener.wants_cycle_end(cycle)]
+        if not told:
+            return
+        self.engine.write_back()
+        for i in told:
+            self.members[i].listener.on_cycle_end(done, cycle)
 
     def _save_checkpoints(self, done: int) -> None:
         self.evaluations.deliver_all()

@@ -72,7 +72,12 @@ NON_DEFAULT = {
         "optimizer_settings": {"beta1": 0.8, "beta2": 0.99, "eps": 1e-6},
     },
     "augment": {"flip": True, "translate": 3, "padding": "edge"},
-    "evaluation": {"precise_bn": True, "test_time_flip": True, "train_curve_rows": 5000},
+    "evaluation": {
+        "precise_bn": True,
+        "test_time_flip": True,
+        "snapshot_ensemble": 2,
+        "train_curve_rows": 5000,
+    },
     "diagnostics": {
         "layers": False,
         "probe_size": 500,

@@ -146,6 +146,8 @@ CSV_HEADERS = (
     "test_accuracy",
     "test_accuracy_flip",
     "test_accuracy_moving_averages",
+    "test_accuracy_snapshot_ensemble",
+    "test_accuracy_snapshot_ensemble_flip",
     "seconds",
     "peak_memory_mb",
     "folder",
@@ -155,6 +157,8 @@ CSV_HEADERS = (
 EXTRA_COLUMNS = {
     "test_accuracy_moving_averages": "test, moving averages",
     "test_accuracy_flip": "test, mirror-averaged",
+    "test_accuracy_snapshot_ensemble": "test, snapshot ensemble",
+    "test_accuracy_snapshot_ensemble_flip": "test, snapshot ensemble mirror-averaged",
 }
 
 
@@ -173,6 +177,8 @@ def write_config_tables(
             r.get("test_accuracy"),
             r.get("test_accuracy_flip"),
             r.get("test_accuracy_moving_averages"),
+            r.get("test_accuracy_snapshot_ensemble"),
+            r.get("test_accuracy_snapshot_ensemble_flip"),
             r.get("wall_seconds"),
             r.get("peak_memory_mb"),
             shown_folder(sweep_dir, r.folder),

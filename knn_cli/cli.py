@@ -25,6 +25,7 @@ from knn_cli.cli_options import (
     runs_dir_option,
     set_option,
 )
+from knn_cli.cli_range import lr_range
 from knn_cli.cli_study import report, study
 from knn_cli.cli_sweeps import init_sensitivity, lambda_search, sweep
 from knn_cli.errors import KnnError, RunFailed
@@ -323,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 cli.add_command(lambda_search)
+cli.add_command(lr_range)
 cli.add_command(init_sensitivity)
 cli.add_command(sweep)
 cli.add_command(study)

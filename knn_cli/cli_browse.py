@@ -75,11 +75,29 @@ def compare(folders: Sequence[Path], out: Path | None, runs_dir: Path) -> None:
     if out is not None:
         _check_figure_format(out)
         check_folder_can_be_made(out.parent, f"--out {out}")
+    if _range_tests(folders):
+        from knn_cli.range_plots import compare_range_tests
+
+        figure = out if out is not None else new_run_dir(runs_dir, "compare") / "compare.png"
+        table, written = compare_range_tests(folders, figure)
+        click.echo(table, nl=False)
+        click.echo(f"written: {', '.join(map(str, written))}")
+        return
     runs = read_compared(folders)  # bad input fails here, before any folder is made
     figure = out if out is not None else new_run_dir(runs_dir, "compare") / "compare.png"
     table, written = write_comparison(runs, figure)
     click.echo(table, nl=False)
     click.echo(f"written: {', '.join(map(str, written))}")
+
+
+def _range_tests(folders: Sequence[Path]) -> bool:
+    """Whether the folders are range tests (compared as such); a mix with runs is refused."""
+    from knn_cli.listing import LR_RANGE, folder_kind
+
+    kinds = [folder_kind(f) == LR_RANGE if f.is_dir() else False for f in folders]
+    if any(kinds) and not all(kinds):
+        raise KnnError("compare range tests with range tests, and runs with runs, not a mix")
+    return all(kinds)
 
 
 def _check_figure_format(path: Path) -> None:

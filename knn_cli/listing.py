@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from knn_cli.errors import KnnError, RunFolderError
+from knn_cli.lr_range import SETTINGS_FILE as RANGE_SETTINGS_FILE
 from knn_cli.runs import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -29,7 +30,7 @@ from knn_cli.runs import (
 )
 
 STUDY_FILE = "study.json"
-RUN, GRADCHECK, STUDY = "run", "gradcheck", "study"
+RUN, GRADCHECK, STUDY, LR_RANGE = "run", "gradcheck", "study", "lr-range"
 DONE = ("finished", "passed")  # a gradcheck part of a study passes rather than finishes
 STAMP = re.compile(r"^(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})_(.+)$")
 STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
@@ -71,6 +72,8 @@ def folder_kind(folder: Path) -> str | None:
             return "sweep"
     if (folder / SUMMARY_FILE).is_file() and summary_or_empty(folder).get("command") == GRADCHECK:
         return GRADCHECK
+    if (folder / RANGE_SETTINGS_FILE).is_file():
+        return LR_RANGE
     if any((folder / name).is_file() for name in (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)):
         return RUN
     return None
@@ -85,7 +88,7 @@ def list_rows(parent: Path) -> tuple[list[Row], int]:
         raise RunFolderError(f"folder {parent} does not exist")
     if not parent.is_dir():
         raise RunFolderError(f"{parent} is a file, not a folder of runs")
-    if folder_kind(parent) in (RUN, GRADCHECK):
+    if folder_kind(parent) in (RUN, GRADCHECK, LR_RANGE):
         return [read_row(parent)], 0
     if folder_kind(parent) == STUDY:
         return newest_first(_part_rows(parent)), 0
@@ -114,6 +117,8 @@ def read_row(folder: Path) -> Row:
             return _run_row(folder)
         if kind == GRADCHECK:
             return _gradcheck_row(folder)
+        if kind == LR_RANGE:
+            return _range_row(folder)
         if kind == STUDY:
             return _study_row(folder)
         return _sweep_row(folder)
@@ -206,6 +211,33 @@ def _gradcheck_row(folder: Path) -> Row:
 
 
 # -- sweeps ---------------------------------------------------------------------------------------
+
+
+def _range_row(folder: Path) -> Row:
+    """A range test: its schedule and suggested bounds; its peak validation accuracy."""
+    summary = summary_or_empty(folder)
+    schedule = summary.get("schedule") or {}
+    parts = [str(summary.get("name", ""))]
+    if schedule:
+        parts.append(f"{schedule['shape']} {schedule['low']:g} to {schedule['high']:g}")
+    suggested = summary.get("suggested") or {}
+    low, high = (suggested.get(key, {}).get("value") for key in ("eta_min", "eta_max"))
+    if low is not None and high is not None:
+        parts.append(f"suggests {low:.2g} to {high:.2g}")
+    peaks = [
+        seed["suggestions"]["peak_accuracy"]
+        for seed in summary.get("seeds", [])
+        if "suggestions" in seed
+    ]
+    status = str(summary.get("status", "unfinished"))
+    return _row(
+        folder,
+        LR_RANGE,
+        status,
+        ", ".join(p for p in parts if p),
+        val_accuracy=max(peaks) if peaks else None,
+        wall_seconds=summary.get("wall_seconds"),
+    )
 
 
 def sweep_records(sweep_dir: Path) -> tuple[str, Any, list[Any]]:

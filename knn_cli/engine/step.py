@@ -135,6 +135,7 @@ class Engine:
         self._rules: StackedRule | None = None
         self._driver: RuleDriver | None = None
         self._decayed = frozenset(self.network.decayed)
+        self.last_losses: np.ndarray | None = None
 
     @property
     def members(self) -> int:
@@ -277,6 +278,9 @@ class Engine:
             assert following_batches is not None and split is not None
             split.prepared_for(following_batches, self._version, params[split.W])
         costs = losses + lambdas[:, 0, 0] * (penalties[0] + penalties[1] + penalties[2])
+        # The data term alone, per member, for whoever watches it without the weight penalty
+        # (the range test: at large rates the decay shrinks the penalty as the loss runs away).
+        self.last_losses = losses
         return float(costs[0]) if self.lone else costs
 
     def write_back(self) -> None:

@@ -1,0 +1,635 @@
+"""`knn lr-range` as a function: a config in, a range-test folder out.
+
+From the config's init, batches, update rule and lambda, the rate rises from `low` to `high`
+(`lr_range.RangeSchedule`) while every step's training loss (the data term, without the weight
+penalty) and its smoothed value are recorded, and the validation set is measured every
+`eval_every` steps; a seed stops once its smoothed loss passes `diverge_factor` times its
+lowest. Several seeds train side by side as one population (`knn_cli/engine`), each exactly as
+it would alone. With `grid`, a short run at each of a dozen constant rates checks the
+suggestions against where constant rates train well.
+
+The folder: `config.yaml`, `lr_range.json` (the test's settings), `lr_range.csv` (a row per seed
+and step), `lr_range.png`, `summary.json` (the suggestions of each seed, their spread, the
+grid), `grid/` (the constant-rate runs, ordinary run folders). A stop (Ctrl-C, SIGTERM) saves
+`checkpoint.npz`, as does every `training.checkpoint_minutes`, from which `resume` continues to
+the numbers the uninterrupted test would have reached.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from knn_cli.augment import Augmentation
+from knn_cli.config import RunConfig, dump_config
+from knn_cli.data.cifar10 import Dataset
+from knn_cli.engine import Engine
+from knn_cli.errors import RunFolderError
+from knn_cli.experiment import (
+    OPTIMIZER_PREFIX,
+    build_network,
+    build_update_rule,
+    open_run,
+    saved_state,
+    train_population,
+)
+from knn_cli.interrupts import StopRequests
+from knn_cli.lr_range import (
+    EXPONENTIAL,
+    LINEAR,
+    SETTINGS_FILE,
+    RangeSchedule,
+    RangeTestError,
+    SmoothedLoss,
+    Suggestions,
+    combined,
+    suggest,
+)
+from knn_cli.network import Network
+from knn_cli.optim import UpdateRule
+from knn_cli.runs import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    machine,
+    provenance,
+    read_checkpoint,
+    read_summary,
+    write_checkpoint,
+)
+from knn_cli.trainer import NOISE_STREAM, BatchStream, Checkpointing, evaluate_members
+
+RANGE_COMMAND = "lr-range"  # summary.json's "command", by which `knn runs` knows the folder
+RANGE_FILE, RANGE_FIGURE, GRID_FOLDER = "lr_range.csv", "lr_range.png", "grid"
+FIELDS = ("seed", "step", "eta", "loss", "cost", "smoothed_loss", "val_loss", "val_accuracy")
+# Smith ran his linear test over several epochs (8 in his CIFAR-10 example); fastai's
+# exponential one takes 100 steps by default: ours takes 1,000 (2.2 epochs of 45,000 images at
+# batch 100), enough for 100 validation points and a smoothed loss that settles in each decade.
+LINEAR_EPOCHS, EXPONENTIAL_STEPS = 8, 1000
+POINTS = 100  # validation points over the whole test, by default
+GRID_RATES = 12
+
+
+@dataclass(frozen=True)
+class RangeSettings:
+    """What `knn lr-range` is asked for (its options, by the same names)."""
+
+    low: float = 1e-5
+    high: float = 10.0
+    schedule: str = EXPONENTIAL
+    steps: int | None = None  # None: LINEAR_EPOCHS epochs (linear) or EXPONENTIAL_STEPS
+    seeds: int = 1
+    smoothing: float = 0.98
+    diverge_factor: float = 4.0
+    eval_every: int | None = None  # None: POINTS points over the test
+    grid: bool = False
+
+    def schedule_for(self, n_train: int, batch_size: int) -> RangeSchedule:
+        steps = self.steps
+        if steps is None:
+            per_epoch = n_train // batch_size
+            steps = LINEAR_EPOCHS * per_epoch if self.schedule == LINEAR else EXPONENTIAL_STEPS
+        return RangeSchedule(self.low, self.high, steps, self.schedule)
+
+    def every(self, steps: int) -> int:
+        return self.eval_every or max(1, steps // POINTS)
+
+    def check(self) -> None:
+        """The settings' own checks, before any data is loaded or folder made."""
+        RangeSchedule(self.low, self.high, max(self.steps or 0, 10**6), self.schedule)
+        if self.steps is not None:
+            RangeSchedule(self.low, self.high, self.steps, self.schedule)
+        SmoothedLoss(self.smoothing)
+        if not self.diverge_factor > 1:
+            raise RangeTestError(f"--diverge-factor must be above 1, got {self.diverge_factor}")
+        if self.seeds < 1:
+            raise RangeTestError(f"--seeds must be at least 1, got {self.seeds}")
+
+
+@dataclass
+class SeedTest:
+    """One seed's range test as it runs: its network, rule, smoothed loss and where it stopped."""
+
+    seed: int
+    network: Network
+    rule: UpdateRule
+    smoothed: SmoothedLoss
+    diverged_step: int | None = None
+    steps_done: int = 0
+
+
+def run_range_test(
+    config: RunConfig,
+    settings: RangeSettings,
+    run_dir: Path,
+    dataset: Dataset,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    stop_between_steps: bool = False,
+) -> dict[str, Any]:
+    """Run (or continue) the range test in `run_dir`; its summary. A stop or an interrupt saves
+    a checkpoint and the rows so far before it goes on up."""
+    started = time.time()
+    n_train = len(dataset.X_train)
+    schedule = settings.schedule_for(n_train, config.training.batch_size)
+    every = settings.every(schedule.steps)
+    tests = [
+        _seed_test(config, config.training.seed + i, settings, dataset)
+        for i in range(settings.seeds)
+    ]
+    start_step, earlier_seconds = 0, 0.0
+    if resume:
+        start_step, earlier_seconds = _restore(run_dir, tests, settings)
+    else:
+        atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))
+    stop_context = StopRequests() if stop_between_steps else nullcontext(lambda: False)
+    minutes = config.training.checkpoint_minutes
+    with stop_context as stopping, _RangeLog(run_dir / RANGE_FILE) as log:
+
+        def save(step: int) -> None:
+            log.flush()  # the rows up to the checkpoint on disk before it
+            _save_checkpoint(run_dir, tests, step, earlier_seconds + time.time() - started)
+
+        saving = Checkpointing(None if minutes is None else 60.0 * minutes, stopping)
+        _train(
+            config,
+            schedule,
+            every,
+            settings,
+            dataset,
+            tests,
+            log,
+            start_step,
+            saving,
+            save,
+            progress,
+        )
+        # The test done: a stop in the grid that follows continues with the grid.
+        save(schedule.steps)
+    grid = []
+    if settings.grid:
+        grid = _train_grid(config, schedule, settings, run_dir, dataset, progress)
+    summary = _summary(config, settings, schedule, run_dir, tests, grid)
+    summary["wall_seconds"] = round(earlier_seconds + time.time() - started, 3)
+    atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    from knn_cli.range_plots import plot_range_test
+
+    plot_range_test(run_dir)
+    return summary
+
+
+def _seed_test(config: RunConfig, seed: int, settings: RangeSettings, dataset: Dataset) -> SeedTest:
+    seeded = replace(config, training=replace(config.training, seed=seed))
+    return SeedTest(
+        seed,
+        build_network(seeded, dataset.n_features),
+        build_update_rule(seeded),
+        SmoothedLoss(settings.smoothing),
+    )
+
+
+def _train(
+    config: RunConfig,
+    schedule: RangeSchedule,
+    every: int,
+    settings: RangeSettings,
+    dataset: Dataset,
+    tests: Sequence[SeedTest],
+    log: _RangeLog,
+    start_step: int,
+    checkpointing: Checkpointing,
+    save: Callable[[int], None],
+    progress: bool,
+) -> None:
+    """The range test's loop: every seed still running takes a step at the schedule's rate,
+    its loss is smoothed and checked for divergence, and every `every` steps the validation
+    set is measured. Between two steps, as `checkpointing` says, the seeds are saved (`save`);
+    after a stop asked for, KeyboardInterrupt is raised there."""
+    training = config.training
+    augmentation = Augmentation(**asdict(config.augment))
+    X_train, y_train = np.asarray(dataset.X_train), np.asarray(dataset.y_train)
+    running = [t for t in tests if t.diverged_step is None]
+    if not running:
+        return
+    streams = {
+        t.seed: BatchStream(
+            X_train,
+            training.batch_size,
+            t.seed,
+            augmentation if augmentation.active else None,
+            start_step,
+        )
+        for t in running
+    }
+    bar = tqdm(
+        total=schedule.steps,
+        initial=start_step,
+        desc=f"{config.name} lr-range",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    with (
+        Engine([t.network for t in running], groups=list(range(len(running)))) as engine,
+        np.errstate(over="ignore", invalid="ignore"),  # divergence is what the test looks for
+        bar,
+    ):
+        last_save = time.monotonic()
+        for step in range(start_step, schedule.steps):
+            eta = schedule.rate(step)
+            batches = [streams[t.seed].next() for t in running]
+            costs = engine.step(
+                batches,
+                [y_train[b.rows] for b in batches],
+                training.lambda_,
+                eta,
+                [t.rule for t in running],
+                noise=[(t.seed, NOISE_STREAM, step) for t in running],
+            )
+            losses = np.atleast_1d(engine.last_losses)
+            rows = []
+            for test, cost, loss in zip(running, np.atleast_1d(costs), losses, strict=True):
+                smoothed = test.smoothed.add(float(loss))
+                test.steps_done = step + 1
+                if test.smoothed.diverged(smoothed, settings.diverge_factor):
+                    test.diverged_step = step
+                rows.append(_row(test.seed, step, eta, float(loss), float(cost), smoothed))
+            if (step + 1) % every == 0:
+                engine.write_back()
+                _measure(running, rows, dataset, training.lambda_)
+            log.append(rows)
+            bar.update(1)
+            stopped = [k for k, t in enumerate(running) if t.diverged_step is not None]
+            if stopped:
+                running = [t for t in running if t.diverged_step is None]
+                if not running:
+                    break
+                engine.remove(stopped)
+            stop = checkpointing.stop_requested()
+            every_seconds = checkpointing.every_seconds
+            if stop or (
+                every_seconds is not None and time.monotonic() - last_save >= every_seconds
+            ):
+                engine.write_back()
+                save(step + 1)
+                last_save = time.monotonic()
+                if stop:
+                    raise KeyboardInterrupt
+
+
+def _measure(
+    tests: Sequence[SeedTest], rows: list[dict[str, Any]], dataset: Dataset, lambda_: float
+) -> None:
+    """The validation set's loss and accuracy of each running seed, into its row."""
+    found = evaluate_members(
+        [t.network for t in tests], dataset.X_val, dataset.y_val, [lambda_] * len(tests)
+    )
+    for row, (_cost, loss, accuracy) in zip(rows, found, strict=True):
+        row["val_loss"], row["val_accuracy"] = loss, accuracy
+
+
+def _row(
+    seed: int, step: int, eta: float, loss: float, cost: float, smoothed: float
+) -> dict[str, Any]:
+    return {
+        "seed": seed,
+        "step": step,
+        "eta": eta,
+        "loss": loss,
+        "cost": cost,
+        "smoothed_loss": smoothed,
+        "val_loss": "",
+        "val_accuracy": "",
+    }
+
+
+class _RangeLog:
+    """lr_range.csv, appended a step at a time (all seeds' rows of a step together)."""
+
+    def __init__(self, path: Path) -> None:
+        is_new = not path.exists()
+        self._handle = path.open("a", newline="")
+        self._writer = csv.DictWriter(self._handle, fieldnames=FIELDS)
+        if is_new:
+            self._writer.writeheader()
+
+    def append(self, rows: Sequence[dict[str, Any]]) -> None:
+        self._writer.writerows(rows)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def __enter__(self) -> _RangeLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._handle.close()
+
+
+def read_range_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """lr_range.csv's rows, typed; a line cut short by a crash mid-write is left out."""
+    path = run_dir / RANGE_FILE
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir} is not a range test: it has no {RANGE_FILE}")
+    rows = []
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                rows.append(
+                    {
+                        "seed": int(row["seed"]),
+                        "step": int(row["step"]),
+                        "eta": float(row["eta"]),
+                        "loss": float(row["loss"]),
+                        "cost": float(row["cost"]),
+                        "smoothed_loss": float(row["smoothed_loss"]),
+                        "val_loss": float(row["val_loss"]) if row["val_loss"] else None,
+                        "val_accuracy": float(row["val_accuracy"]) if row["val_accuracy"] else None,
+                    }
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+    return rows
+
+
+# -- stop and continue ---------------------------------------------------------------------------
+
+
+def _save_checkpoint(run_dir: Path, tests: Sequence[SeedTest], step: int, seconds: float) -> None:
+    """Every running seed's network and rule, and the step they stopped after (the test's
+    length once it is done). The rows up to it are in lr_range.csv, from which the smoothed
+    losses are replayed on `resume`."""
+    running = [t for t in tests if t.diverged_step is None]
+    arrays = {
+        f"seed{t.seed}.{key}": value
+        for t in running
+        for key, value in saved_state(t.network, t.rule).items()
+    }
+    write_checkpoint(run_dir, arrays, {"step": step, "seconds": seconds})
+
+
+def _restore(
+    run_dir: Path, tests: Sequence[SeedTest], settings: RangeSettings
+) -> tuple[int, float]:
+    """The seeds as the checkpoint left them, their smoothed losses replayed from the rows up to
+    it (the later rows dropped: the continued test writes them again); the step to start at and
+    the seconds spent before."""
+    state, info = read_checkpoint(run_dir)
+    step, seconds = int(info["step"]), float(info["seconds"])
+    rows = [r for r in read_range_rows(run_dir) if r["step"] < step]
+    for test in tests:
+        for row in (r for r in rows if r["seed"] == test.seed):
+            smoothed = test.smoothed.add(row["loss"])
+            test.steps_done = row["step"] + 1
+            if test.smoothed.diverged(smoothed, settings.diverge_factor):
+                test.diverged_step = row["step"]
+        prefix = f"seed{test.seed}."
+        if test.diverged_step is None:
+            own = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            try:
+                test.network.load_state(own)
+                test.rule.load_state_dict(
+                    {
+                        k.removeprefix(OPTIMIZER_PREFIX): v
+                        for k, v in own.items()
+                        if k.startswith(OPTIMIZER_PREFIX)
+                    },
+                    test.network.params,
+                )
+            except (KeyError, ValueError) as error:
+                raise RunFolderError(
+                    f"{run_dir / CHECKPOINT_FILE} does not fit this test: {error}"
+                ) from None
+    _rewrite_rows(run_dir / RANGE_FILE, rows)
+    return step, seconds
+
+
+def _rewrite_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    kept = [
+        {**r, "val_loss": _blank(r["val_loss"]), "val_accuracy": _blank(r["val_accuracy"])}
+        for r in rows
+    ]
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(kept)
+    tmp.replace(path)
+
+
+def _blank(value: float | None) -> Any:
+    return "" if value is None else value
+
+
+def resumable_range_test(run_dir: Path) -> RangeSettings:
+    """The settings of a range test that can be continued; a one-line error otherwise."""
+    settings_file = run_dir / SETTINGS_FILE
+    if not (run_dir / CONFIG_FILE).is_file() or not settings_file.is_file():
+        raise RunFolderError(f"{run_dir} is not a range-test folder (no {SETTINGS_FILE})")
+    if (run_dir / SUMMARY_FILE).is_file():
+        raise RunFolderError(f"{run_dir} has finished: there is nothing to continue")
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        raise RunFolderError(
+            f"{run_dir} has no {CHECKPOINT_FILE}: it stopped before saving one (start it again)"
+        )
+    try:
+        return RangeSettings(**json.loads(settings_file.read_text()))
+    except (OSError, ValueError, TypeError) as error:
+        raise RunFolderError(f"{settings_file} cannot be read: {error}") from None
+
+
+def write_settings(run_dir: Path, settings: RangeSettings) -> None:
+    """The test's own settings beside its config, so `--resume` continues it as it was."""
+    atomic_write_json(run_dir / SETTINGS_FILE, asdict(settings))
+
+
+# -- the check: constant rates -------------------------------------------------------------------
+
+
+def grid_rates(schedule: RangeSchedule) -> list[float]:
+    """A dozen constant rates, log-spaced over the range test's interval."""
+    return [float(r) for r in np.geomspace(schedule.low, schedule.high, GRID_RATES)]
+
+
+def _train_grid(
+    config: RunConfig,
+    schedule: RangeSchedule,
+    settings: RangeSettings,
+    run_dir: Path,
+    dataset: Dataset,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """One run per constant rate, as long as the range test, trained side by side as one
+    population (they differ in their rates alone); each one's final validation accuracy. A run
+    already finished (a continued test) is read, not trained again."""
+    parent = run_dir / GRID_FOLDER
+    parent.mkdir(exist_ok=True)
+    runs, found = [], []
+    for index, rate in enumerate(grid_rates(schedule)):
+        folder = parent / f"{index:02d}-eta-{rate:.2e}"
+        found.append((rate, folder))
+        if (folder / SUMMARY_FILE).is_file() and read_summary(folder).get("status") in (
+            "finished",
+            "diverged",
+        ):
+            continue
+        resume = (folder / CHECKPOINT_FILE).is_file()
+        if folder.exists() and not resume:
+            shutil.rmtree(folder)  # it stopped before its first checkpoint: start it again
+        folder.mkdir(exist_ok=True)
+        runs.append(
+            open_run(
+                constant_rate_config(config, rate, schedule.steps),
+                folder,
+                dataset,
+                resume=resume,
+                evaluate_test=False,
+                population=GRID_RATES,
+            )
+        )
+    if runs:
+        if progress:
+            print(f"grid: {len(runs)} runs at constant rates, side by side")
+        train_population(runs, dataset, stop_between_steps=True)
+    results = []
+    for rate, folder in found:
+        summary = read_summary(folder)
+        results.append(
+            {
+                "eta": rate,
+                "status": summary.get("status"),
+                "final_val_accuracy": summary.get("final_val_accuracy"),
+                "best_val_accuracy": summary.get("best_val_accuracy"),
+                "folder": str(folder.relative_to(run_dir)),
+            }
+        )
+    return results
+
+
+def constant_rate_config(config: RunConfig, rate: float, steps: int) -> RunConfig:
+    """The config trained at one constant rate for about `steps` steps: one cycle whose bounds
+    are both `rate`; its training curve and layer diagnostics left out (nothing reads them)."""
+    training = replace(
+        config.training, eta_min=rate, eta_max=rate, n_s=max(1, steps // 2), cycles=1
+    )
+    return replace(
+        config,
+        name=f"{config.name}-eta-{rate:.2e}",
+        training=training,
+        evaluation=replace(config.evaluation, train_curve_rows=0),
+        diagnostics=replace(config.diagnostics, layers=False, landscape=False),
+    )
+
+
+# -- the summary ---------------------------------------------------------------------------------
+
+
+def _summary(
+    config: RunConfig,
+    settings: RangeSettings,
+    schedule: RangeSchedule,
+    run_dir: Path,
+    tests: Sequence[SeedTest],
+    grid: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """summary.json: each seed's suggestions (or why it has none), their spread, the grid."""
+    rows = read_range_rows(run_dir)
+    per_seed, found = [], []
+    for test in tests:
+        mine = [r for r in rows if r["seed"] == test.seed]
+        entry: dict[str, Any] = {
+            "seed": test.seed,
+            "steps": test.steps_done,
+            "diverged_step": test.diverged_step,
+            "diverged_eta": None
+            if test.diverged_step is None
+            else schedule.rate(test.diverged_step),
+        }
+        try:
+            memory = round(1 / (1 - settings.smoothing))
+            suggestions = suggestions_of(mine, test.diverged_step, memory)
+        except RangeTestError as error:
+            entry["error"] = str(error)
+        else:
+            entry["suggestions"] = suggestions.as_dict()
+            found.append(suggestions)
+        per_seed.append(entry)
+    errors = [e["error"] for e in per_seed if "error" in e]
+    status = "finished" if found else "no suggestion"
+    return {
+        "command": RANGE_COMMAND,
+        "name": config.name,
+        "status": status,
+        "message": errors[0] if errors and not found else "",
+        "schedule": {
+            "shape": schedule.shape,
+            "low": schedule.low,
+            "high": schedule.high,
+            "steps": schedule.steps,
+            "eval_every": settings.every(schedule.steps),
+            "smoothing": settings.smoothing,
+            "diverge_factor": settings.diverge_factor,
+        },
+        "config_bounds": {"eta_min": config.training.eta_min, "eta_max": config.training.eta_max},
+        "seeds": per_seed,
+        "suggested": combined(found) if found else {},
+        "grid": grid,
+        "machine": machine(),
+        "versions": provenance(),
+    }
+
+
+def suggestions_of(
+    rows: Sequence[dict[str, Any]], diverged_step: int | None, memory: int = 1
+) -> Suggestions:
+    """One seed's suggestions from its rows of lr_range.csv (up to the step it stopped at: the
+    step that diverged is not a rate it trained at)."""
+    kept = [r for r in rows if diverged_step is None or r["step"] < diverged_step]
+    points = [r for r in kept if r["val_accuracy"] is not None and math.isfinite(r["val_accuracy"])]
+    if not kept:
+        raise RangeTestError("the loss diverged at the first step: --low is too high")
+    return suggest(
+        [r["eta"] for r in kept],
+        [r["smoothed_loss"] for r in kept],
+        [r["eta"] for r in points],
+        [r["val_accuracy"] for r in points],
+        None if diverged_step is None else len(kept),
+        memory=memory,
+    )
+
+
+def suggested_config(config: RunConfig, summary: dict[str, Any]) -> RunConfig:
+    """The config with the range test's suggested bounds (over seeds, their geometric mean)."""
+    suggested = summary.get("suggested") or {}
+    eta_min = suggested.get("eta_min", {}).get("value")
+    eta_max = suggested.get("eta_max", {}).get("value")
+    if eta_min is None or eta_max is None:
+        raise RangeTestError("the range test suggested no bounds: nothing to write")
+    training = replace(
+        config.training, eta_min=float(f"{eta_min:.3g}"), eta_max=float(f"{eta_max:.3g}")
+    )
+    return replace(config, training=training)
+
+
+__all__ = [
+    "EXPONENTIAL",
+    "LINEAR",
+    "RANGE_COMMAND",
+    "RangeSettings",
+    "run_range_test",
+]

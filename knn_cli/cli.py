@@ -150,6 +150,9 @@ def train(
         )
     if summary["status"] != "finished":
         raise RunFailed(f"run {summary['status']}: {summary['message']} (see {run_dir})")
+    ensemble = summary.get("test_accuracy_snapshot_ensemble")
+    if ensemble is not None:
+        click.echo(f"snapshot ensemble of the last cycles' networks: test accuracy {ensemble:.2%}")
     click.echo(
         f"test accuracy {summary['test_accuracy']:.2%}, final validation accuracy "
         f"{summary['final_val_accuracy']:.2%} (best {summary['best_val_accuracy']:.2%}) "

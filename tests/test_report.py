@@ -238,8 +238,8 @@ def test_every_figure_is_embedded_and_decodes_as_an_image(reported: Path) -> Non
     pngs = embedded_pngs((reported / "report.html").read_text())
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
     # BN against none at 3 and 9 layers, lambda, the grid; what the layers see: gradients by
-    # layer, the percentile picture, the landscape.
-    assert len(pngs) == len(linked) == 7
+    # layer, the percentile picture, the landscape; the range tests.
+    assert len(pngs) == len(linked) == 8
     for png, link in zip(pngs, linked, strict=True):
         image = matplotlib.image.imread(io.BytesIO(png), format="png")
         height, width = image.shape[:2]
@@ -281,8 +281,9 @@ def test_a_half_finished_study_shows_what_exists_and_marks_the_rest(study_copy: 
     # What did run is reported as before.
     assert table_with(section(markdown, "2."), "each seed")
     # BN against none at 3 and 9 layers, lambda; and from the configs' 9-layer runs what their
-    # layers saw (gradients by layer, the percentile picture, the landscape): not the grid's.
-    assert len(embedded_pngs((study_copy / "report.html").read_text())) == 6
+    # layers saw (gradients by layer, the percentile picture, the landscape), the range tests:
+    # not the grid's.
+    assert len(embedded_pngs((study_copy / "report.html").read_text())) == 7
 
 
 def test_a_study_with_no_part_run_is_still_a_report(tmp_path: Path) -> None:
@@ -445,13 +446,13 @@ def images_in_browser(page: Path, tmp_path: Path) -> tuple[int, int]:
 @requires_chromium
 def test_every_figure_loads_in_chromium(reported: Path, tmp_path: Path) -> None:
     page = reported / "report.html"
-    assert images_in_browser(page, tmp_path) == (7, 0)
+    assert images_in_browser(page, tmp_path) == (8, 0)
     # The probe can see a broken figure: one figure's data cut short.
     damaged = tmp_path / "damaged.html"
     text = page.read_text()
     start = text.index("data:image/png;base64,") + len("data:image/png;base64,")
     damaged.write_text(text[:start] + text[start + 2000 :])
-    assert images_in_browser(damaged, tmp_path) == (7, 1)
+    assert images_in_browser(damaged, tmp_path) == (8, 1)
 
 
 @requires_chromium
@@ -519,3 +520,64 @@ def test_knn_study_refuses_a_folder_that_is_no_study_in_one_line(tmp_path: Path)
     result = CliRunner().invoke(cli, ["study", "--resume", str(tmp_path), "--workers", "1"])
     assert result.exit_code == 2
     assert result.output == f"error: {tmp_path} is not a study folder: it has no study.json\n"
+
+
+# -- 6. the usable rates -------------------------------------------------------------------------
+
+
+def test_the_usable_rates_section_is_written_from_the_range_tests(reported: Path) -> None:
+    from knn_cli.study.rates import LABELS
+
+    text = section((reported / "report.md").read_text(), "6.")
+    rows = {row["network"]: row for row in table_with(text, "learns up to")}
+    assert set(rows) == set(LABELS.values())
+    for name, label in LABELS.items():
+        summary = json.loads(
+            (reported / "usable-rates" / f"range-{name}" / "summary.json").read_text()
+        )
+        learns = (summary["suggested"].get("still_learns") or {}).get("value")
+        if learns is not None:  # the table shows the test's own number
+            assert rows[label]["learns up to"].startswith(f"{learns:.3g}")
+    retrained = json.loads((reported / "usable-rates" / "retrain" / "sweep.json").read_text())
+    names = [trial["config"]["name"] for trial in retrained["trials"]]
+    assert names.count("3layer_bn-suggested") == 2  # the quick study's seeds
+    suggested = json.loads(
+        (reported / "usable-rates" / "range-3layer_bn" / "summary.json").read_text()
+    )["suggested"]
+    trained = retrained["trials"][0]["config"]["training"]
+    assert trained["eta_min"] == float(f"{suggested['eta_min']['value']:.3g}")
+    assert trained["eta_max"] == float(f"{suggested['eta_max']['value']:.3g}")
+    assert "Retrained at its suggested bounds" in text and "with the study's bounds" in text
+
+
+def test_the_widening_and_the_bounds_are_computed_from_the_suggestions() -> None:
+    from knn_cli.range_plots import DrawnTest
+    from knn_cli.study.rates import Rates, bounds_sentence, widening_sentence
+
+    def test(learns: float, low: float, high: float) -> DrawnTest:
+        suggested = {
+            "still_learns": {"value": learns, "low": learns, "high": learns},
+            "eta_min": {"value": low, "low": low, "high": low},
+            "eta_max": {"value": high, "low": high, "high": high},
+        }
+        return DrawnTest("", (), {"suggested": suggested})
+
+    rates = Rates(
+        {
+            "3layer": test(0.5, 1e-3, 0.03),
+            "3layer_bn": test(4.0, 1e-3, 0.2),
+            "9layer": test(1.0, 2e-3, 0.1),
+            "9layer_bn": test(2.5, 1e-3, 0.3),
+            "9layer-sigma0.1": None,
+        },
+        (),
+    )
+    widening = widening_sentence(rates)
+    assert widening is not None
+    assert "8.0 times on 3 layers (4 against 0.5)" in widening
+    assert "2.5 times on 9 layers (2.5 against 1)" in widening
+    bounds = bounds_sentence(rates)
+    assert bounds is not None
+    factor = "the study's eta_min below it by a factor of 100"
+    assert f"3 layers, no BN: suggested [0.001, 0.03], {factor}, its eta_max above" in bounds
+    assert f"3 layers, BN: suggested [0.001, 0.2], {factor}, its eta_max inside" in bounds

@@ -180,7 +180,8 @@ def test_a_part_runs_after_the_part_it_needs_and_others_run_beside_them() -> Non
     by_name = {part.name: part for part in PARTS}
     found = [[part.name for part in chain] for chain in chains(list(PARTS))]
     assert found == [
-        ["gradcheck"], ["configs"], ["lambda-search", "lambda-9layer"], ["init-sensitivity"]
+        ["gradcheck"], ["configs"], ["lambda-search", "lambda-9layer"], ["init-sensitivity"],
+        ["usable-rates"],
     ]  # fmt: skip
     # A resumed study whose search finished: its 9-layer retrain runs alone.
     rest = [by_name["lambda-9layer"], by_name["init-sensitivity"]]
@@ -218,9 +219,22 @@ def test_parts_run_together_on_two_workers_in_order_of_need_and_a_failure_stays_
     statuses = {name: part["status"] for name, part in doc.items()}
     assert statuses == {
         "gradcheck": "failed", "configs": "finished", "lambda-search": "finished",
-        "lambda-9layer": "finished", "init-sensitivity": "finished",
+        "lambda-9layer": "finished", "init-sensitivity": "finished", "usable-rates": "finished",
     }, result.output  # fmt: skip
     assert "made to fail" in doc["gradcheck"]["message"]
     assert doc["lambda-9layer"]["started"] >= doc["lambda-search"]["ended"]
     assert doc["init-sensitivity"]["started"] < doc["lambda-search"]["ended"]  # beside it
     assert result.exit_code == 1 and "gradcheck" in result.output
+
+
+def test_a_retrain_takes_the_suggested_bounds_else_a_decade_below_the_divergence() -> None:
+    from knn_cli.study.parts import allowed_bounds, suggested_bounds
+
+    suggested = {"suggested": {"eta_min": {"value": 0.0012345}, "eta_max": {"value": 0.15678}}}
+    assert suggested_bounds(suggested) == (0.00123, 0.157)
+    # Nothing suggested (its loss never fell) but its seeds diverged at 64 and 70: a peak of 6.4,
+    # and below it the study's ratio of eta_max to eta_min.
+    nothing = {"suggested": {}, "seeds": [{"diverged_eta": 64.0}, {"diverged_eta": 70.0}]}
+    assert suggested_bounds(nothing) is None
+    assert allowed_bounds(nothing) == (0.00064, 6.4)
+    assert allowed_bounds({"suggested": {}, "seeds": [{"diverged_eta": None}]}) is None

@@ -19,7 +19,8 @@ from knn_cli.errors import RunFolderError
 from knn_cli.gradcheck_run import CSV_FILE
 from knn_cli.runs import summary_or_empty
 from knn_cli.study.folder import read_study_file
-from knn_cli.study.parts import CONFIGS, GRADCHECK, GRID, PART_NAMES, SEARCH, SEARCH_9
+from knn_cli.study.parts import CONFIGS, GRADCHECK, GRID, PART_NAMES, RATES, SEARCH, SEARCH_9
+from knn_cli.study.rates import Rates, read_rates
 from knn_cli.sweeps.config_runs import config_trials
 from knn_cli.sweeps.folder import (
     TrialRecord,
@@ -95,6 +96,7 @@ class Study:
     search: LambdaSearch | None = None
     retrain_9layer: tuple[TrialRecord, ...] = ()
     grid: Grid | None = None
+    rates: Rates | None = None
 
     @property
     def quick(self) -> bool:
@@ -107,10 +109,11 @@ def read_study(study_dir: str | Path) -> Study:
     parts = {name: _part_state(study_dir, name, doc) for name in PART_NAMES}
     readers = {
         GRADCHECK: ("gradchecks", _read_gradchecks),
-        CONFIGS: ("configs", _read_config_sweep),
+        CONFIGS: ("configs", read_config_sweep),
         SEARCH: ("search", _read_lambda_search),
-        SEARCH_9: ("retrain_9layer", _read_config_sweep),
+        SEARCH_9: ("retrain_9layer", read_config_sweep),
         GRID: ("grid", _read_grid),
+        RATES: ("rates", read_rates),
     }
     found: dict[str, Any] = {}
     for name, (attribute, reader) in readers.items():
@@ -164,7 +167,7 @@ def _csv_rows(path: Path) -> tuple[dict[str, str], ...]:
         return tuple(csv.DictReader(handle))
 
 
-def _read_config_sweep(folder: Path) -> tuple[TrialRecord, ...]:
+def read_config_sweep(folder: Path) -> tuple[TrialRecord, ...]:
     spec = load_sweep_of_kind(folder, CONFIG_SWEEP)
     return tuple(trial_record(folder, trial) for trial in config_trials(spec))
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from knn_cli.errors import RunFolderError
 from knn_cli.runs import atomic_write_json, machine, new_run_dir, provenance
-from knn_cli.study.parts import PARTS
+from knn_cli.study.parts import PARTS, Part
 from knn_cli.study.settings import StudySettings
 
 STUDY_FILE = "study.json"
@@ -40,19 +40,21 @@ def start_study(runs_dir: str | Path, settings: StudySettings, data: str) -> Pat
             "machine": f"{machine()}; {found['platform']}",
             "data": data,
         },
-        "parts": {
-            part.name: {
-                "folder": part.name,
-                "kind": part.kind,
-                "status": "pending",
-                "seconds": None,
-                "message": "",
-            }
-            for part in PARTS
-        },
+        "parts": {part.name: pending_entry(part) for part in PARTS},
     }
     write_study_file(study_dir, doc)
     return study_dir
+
+
+def pending_entry(part: Part) -> dict[str, Any]:
+    """A part's entry in study.json before it has run."""
+    return {
+        "folder": part.name,
+        "kind": part.kind,
+        "status": "pending",
+        "seconds": None,
+        "message": "",
+    }
 
 
 def read_study_file(study_dir: Path) -> dict[str, Any]:

@@ -9,16 +9,21 @@ finished trials).
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from knn_cli.config import config_from_dict, config_to_dict
+from knn_cli.config import RunConfig, config_from_dict, config_to_dict
+from knn_cli.data import load_cifar10
 from knn_cli.executors import Executor
 from knn_cli.gradcheck_run import GRADCHECK_COMMAND, GradcheckSettings, run_gradcheck
 from knn_cli.locks import folder_lock
-from knn_cli.runs import summary_or_empty
+from knn_cli.lr_range import EXPONENTIAL
+from knn_cli.range_test import RANGE_COMMAND, RangeSettings, run_range_test, write_settings
+from knn_cli.runs import CHECKPOINT_FILE, summary_or_empty
+from knn_cli.stack import default_hidden
 from knn_cli.study.settings import (
     CONFIG_NAMES,
     GRADCHECK_DEPTHS,
@@ -252,6 +257,141 @@ def run_grid_part(
         return _sweep_status(records)
 
 
+# -- the usable rates: range tests, and retrains at the bounds they suggest -----------------------
+
+SIGMA_CASE = "9layer-sigma0.1"  # the init grid's cell that stays at chance (section 5)
+RANGE_NETWORKS = (*CONFIG_NAMES, SIGMA_CASE)
+RANGE_SEEDS = 2
+# From below where any of the study's networks learns to past where each diverges (measured:
+# the loss of all four runs away above 50): exponential, as `knn lr-range` by default.
+RANGE_LOW, RANGE_HIGH = 1e-5, 100.0
+RANGE_STEPS, QUICK_RANGE_STEPS = 1000, 200
+# Validation points of each test: the measurements of 5,000 images cost more than its steps, and
+# 50 over seven decades still place a bound to within a seventh of a decade.
+RANGE_POINTS = 50
+RETRAINED = ("3layer_bn", SIGMA_CASE)
+
+
+def range_config(settings: StudySettings, name: str) -> RunConfig:
+    """A network of the part: one of the four configs, or the init grid's 9-layer network
+    without batch norm from normal(0, 0.1), built as the grid builds it."""
+    if name != SIGMA_CASE:
+        return study_config(settings, name)
+    sizes = settings.sizes
+    cell = {
+        "name": SIGMA_CASE,
+        "model": {
+            "hidden": list(default_hidden(9)),
+            "batch_norm": False,
+            "init": "normal",
+            "sigma": 0.1,
+        },
+        "training": {"cycles": sizes.grid_cycles, "n_s": sizes.grid_n_s, "seed": settings.seed},
+    }
+    return config_from_dict(cell, [*STUDY_OVERRIDES, *settings.overrides])
+
+
+def range_settings(settings: StudySettings) -> RangeSettings:
+    steps = QUICK_RANGE_STEPS if settings.quick else RANGE_STEPS
+    return RangeSettings(
+        low=RANGE_LOW,
+        high=RANGE_HIGH,
+        schedule=EXPONENTIAL,
+        steps=steps,
+        seeds=RANGE_SEEDS,
+        eval_every=steps // RANGE_POINTS,
+    )
+
+
+def range_test_job(job: tuple[dict[str, Any], RangeSettings, Path]) -> dict[str, Any]:
+    """One network's range test into its folder (a job on any worker); its summary. A test
+    stopped before continues from its checkpoint; one that never saved starts again."""
+    raw, test_settings, folder = job
+    config = config_from_dict(raw)
+    resume = (folder / CHECKPOINT_FILE).is_file()
+    if folder.exists() and not resume:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_settings(folder, test_settings)
+    dataset = load_cifar10(config.data.dir, config.data.validation_size)
+    return run_range_test(config, test_settings, folder, dataset, resume=resume)
+
+
+def suggested_bounds(summary: Mapping[str, Any]) -> tuple[float, float] | None:
+    """A test's suggested (eta_min, eta_max), over its seeds, to three figures; None if none."""
+    suggested = summary.get("suggested") or {}
+    low = (suggested.get("eta_min") or {}).get("value")
+    high = (suggested.get("eta_max") or {}).get("value")
+    if low is None or high is None:
+        return None
+    return float(f"{low:.3g}"), float(f"{high:.3g}")
+
+
+def allowed_bounds(summary: Mapping[str, Any]) -> tuple[float, float] | None:
+    """Where a test suggests nothing (its loss never fell) but its loss diverged: a peak rate a
+    decade below the lowest rate at which any seed's loss diverged, and the study's ratio of
+    eta_max to eta_min (1e4) below it; None where it did not diverge either."""
+    stops = [seed["diverged_eta"] for seed in summary.get("seeds", []) if seed.get("diverged_eta")]
+    if not stops:
+        return None
+    peak = float(f"{min(stops) / ALLOWED_BELOW_DIVERGENCE:.3g}")
+    return float(f"{peak / STUDY_RATIO:.3g}"), peak
+
+
+ALLOWED_BELOW_DIVERGENCE = 10.0
+STUDY_RATIO = 1e4  # eta_max / eta_min in every config of the study: 0.1 / 1e-5
+
+
+def run_rates_part(
+    folder: Path,
+    settings: StudySettings,
+    running: Running,
+    earlier: Any,
+) -> PartRun:
+    """The range test of each network (2 seeds each, a job each), then `RETRAINED` trained
+    with the study's seeds at the bounds its test suggests."""
+    test_settings = range_settings(settings)
+    jobs = []
+    for name in RANGE_NETWORKS:
+        where = folder / f"range-{name}"
+        if summary_or_empty(where).get("command") == RANGE_COMMAND:
+            continue
+        jobs.append((config_to_dict(range_config(settings, name)), test_settings, where))
+    failed = [
+        f"{job[2].name}: {outcome.error}"
+        for job, outcome in running.executor.run(jobs, range_test_job)
+        if not outcome.ok
+    ]
+    if failed:
+        return PartRun("failed", f"range tests did not run: {'; '.join(failed)}")
+    runs, bounds = [], {}
+    for name in RETRAINED:
+        summary = summary_or_empty(folder / f"range-{name}")
+        found, how = suggested_bounds(summary), SUGGESTED
+        if found is None:
+            found, how = allowed_bounds(summary), ALLOWED
+        if found is None:
+            continue  # nothing suggested and nothing diverged: the report says so
+        bounds[name] = found
+        retrained = replace(range_config(settings, name), name=f"{name}-{how}")
+        training = replace(retrained.training, eta_min=found[0], eta_max=found[1])
+        entry = config_to_dict(replace(retrained, training=training))
+        runs.append({"config": entry, "seeds": settings.seeds})
+    notes = {"suggested_bounds": {name: list(b) for name, b in bounds.items()}}
+    if not runs:
+        return PartRun("finished", "no range test suggested bounds to retrain with", notes)
+    spec = ConfigSweepSpec(name=RATES, runs=tuple(runs))
+    run = _run_configs(folder / RETRAIN_FOLDER, spec, running)
+    run.notes = notes
+    return run
+
+
+RETRAIN_FOLDER = "retrain"
+# How a retrain's bounds were found, in its name: suggested by its range test, or (nothing
+# suggested) the largest its test allows (`allowed_bounds`).
+SUGGESTED, ALLOWED = "suggested", "allowed"
+
+
 @dataclass(frozen=True)
 class Part:
     """One part of the study: `name` is also its folder."""
@@ -266,13 +406,15 @@ class Part:
     urgency: int = 2
 
 
-GRADCHECK, CONFIGS, SEARCH, SEARCH_9, GRID = (
+GRADCHECK, CONFIGS, SEARCH, SEARCH_9, GRID, RATES = (
     "gradcheck",
     "configs",
     "lambda-search",
     "lambda-9layer",
     "init-sensitivity",
+    "usable-rates",
 )
+RATES_KIND = "usable-rates"  # range tests and a config sweep, in one folder
 # In the order the study runs them and the report tells them.
 PARTS = (
     Part(GRADCHECK, GRADCHECK_COMMAND, "Gradient check", run_gradcheck_part, urgency=1),
@@ -292,6 +434,7 @@ PARTS = (
         urgency=0,
     ),
     Part(GRID, INIT_SENSITIVITY, "Sensitivity to initialization", run_grid_part, urgency=3),
+    Part(RATES, RATES_KIND, "The usable rates: what batch norm widens", run_rates_part, urgency=3),
 )
 PART_NAMES = tuple(part.name for part in PARTS)
 TITLES = {part.name: part.title for part in PARTS}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from knn_cli.config import RunConfig
 from knn_cli.estimate import (
     UNMODELLED_OVERHEAD,
     PlannedRun,
@@ -14,7 +15,21 @@ from knn_cli.estimate import (
     work_seconds,
 )
 from knn_cli.memory import check_memory
-from knn_cli.study.parts import CONFIGS, GRADCHECK, GRID, SEARCH, SEARCH_9, watched
+from knn_cli.study.parts import (
+    CONFIGS,
+    GRADCHECK,
+    GRID,
+    RANGE_NETWORKS,
+    RANGE_POINTS,
+    RANGE_SEEDS,
+    RATES,
+    RETRAINED,
+    SEARCH,
+    SEARCH_9,
+    range_config,
+    range_settings,
+    watched,
+)
 from knn_cli.study.settings import CONFIG_NAMES, GRADCHECK_DEPTHS, StudySettings, study_config
 from knn_cli.sweeps.plan import FINAL_HOLD_OUT
 from knn_cli.sweeps.populations import AUTO, Populations, plan_populations
@@ -66,6 +81,11 @@ def plan_study(settings: StudySettings, n_images: int) -> list[PlannedPart]:
     for config in four:  # an impossible size (--set model.hidden=...) stops here, in one line
         check_memory(config, images=n_images + TEST_IMAGES)
     trials, seeds = sizes.search_trials, settings.seeds
+    # A range test trains like one cycle of its steps, measuring the validation set alone at
+    # its points.
+    steps = range_settings(settings).steps or 0
+    range_tests = [study_config_of(range_config(settings, name), steps) for name in RANGE_NETWORKS]
+    retrained = [range_config(settings, name) for name in RETRAINED]
     stage = [run(search, sizes.search_cycles, sizes.search_n_s, k, False) for k in range(trials)]
     retrain = [run(final, sizes.final_cycles, sizes.final_n_s, k) for k in range(seeds)]
     return [
@@ -97,7 +117,24 @@ def plan_study(settings: StudySettings, n_images: int) -> list[PlannedPart]:
                 ]
             ],
         ),
+        PlannedPart(
+            RATES,
+            f"usable rates: range tests of {len(RANGE_NETWORKS)} networks, {RANGE_SEEDS} seeds "
+            f"each, then {', '.join(RETRAINED)} at their suggested bounds, {seeds} seeds each",
+            [
+                [run(c, 1, c.training.n_s, k) for c in range_tests for k in range(RANGE_SEEDS)],
+                [run(c, seed=k) for c in retrained for k in range(seeds)],
+            ],
+        ),
     ]
+
+
+def study_config_of(config: RunConfig, steps: int) -> RunConfig:
+    """A range test of `steps` steps as the estimate sees it: a run of one cycle."""
+    every = max(1, steps // RANGE_POINTS)
+    training = replace(config.training, n_s=steps // 2, cycles=1, eval_every=every)
+    evaluation = replace(config.evaluation, train_curve_rows=0)
+    return replace(config, training=training, evaluation=evaluation)
 
 
 def estimate_seconds(

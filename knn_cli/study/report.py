@@ -41,6 +41,7 @@ from knn_cli.study.published import (
     published_numbers,
     published_sources,
 )
+from knn_cli.study.rates import draw_rates, rates_section
 from knn_cli.study.render import (
     Block,
     Document,
@@ -152,6 +153,13 @@ def draw_figures(study: Study) -> dict[str, Figure]:
             "Loss curves from a normal(0, sigma) init, rows: depth and batch norm, columns: "
             "sigma; training and validation, the dotted line is chance (ln 10).",
         )
+    if study.rates is not None and any(study.rates.tests.values()):
+        add(
+            "rates-range",
+            draw_rates(study.rates),
+            "Range tests: the smoothed training loss (top) and the validation accuracy (bottom) "
+            "as the rate rises exponentially, each network's two seeds in one colour.",
+        )
     return figures
 
 
@@ -184,6 +192,7 @@ def build_report(
         lambda_section(study, figures, found, tables),
         init_section(study, figures, found),
         why_section(study, figures, 5),
+        rates_section(study, figures, 6),
     ]
     return Document(
         title="Study report: k-layer networks with and without batch normalization on CIFAR-10"

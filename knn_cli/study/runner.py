@@ -21,7 +21,13 @@ from typing import Any
 from knn_cli.data import load_cifar10
 from knn_cli.errors import KnnError
 from knn_cli.executors import Executor, ProcessExecutor, SharedProcesses
-from knn_cli.study.folder import now, read_study_file, study_settings, write_study_file
+from knn_cli.study.folder import (
+    now,
+    pending_entry,
+    read_study_file,
+    study_settings,
+    write_study_file,
+)
 from knn_cli.study.parts import PARTS, Part, PartRun, Running
 from knn_cli.study.settings import StudySettings, study_config
 from knn_cli.sweeps.populations import AUTO, Populations
@@ -36,6 +42,8 @@ class StudyRun:
     def __init__(self, study_dir: Path, say: Callable[[str], None]) -> None:
         self.study_dir = study_dir
         self.doc = read_study_file(study_dir)
+        for part in PARTS:  # a study begun by an earlier version runs the parts added since
+            self.doc["parts"].setdefault(part.name, pending_entry(part))
         self.settings = study_settings(self.doc)
         self.say = say
         self._lock = threading.Lock()

@@ -23,7 +23,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ from knn_cli.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     SUMMARY_FILE,
+    CsvLog,
     atomic_write_json,
     atomic_write_text,
     machine,
@@ -109,9 +110,7 @@ class RangeSettings:
 
     def check(self) -> None:
         """The settings' own checks, before any data is loaded or folder made."""
-        RangeSchedule(self.low, self.high, max(self.steps or 0, 10**6), self.schedule)
-        if self.steps is not None:
-            RangeSchedule(self.low, self.high, self.steps, self.schedule)
+        RangeSchedule(self.low, self.high, self.steps or EXPONENTIAL_STEPS, self.schedule)
         SmoothedLoss(self.smoothing)
         if not self.diverge_factor > 1:
             raise RangeTestError(f"--diverge-factor must be above 1, got {self.diverge_factor}")
@@ -141,8 +140,11 @@ def run_range_test(
     progress: bool = False,
     stop_between_steps: bool = False,
 ) -> dict[str, Any]:
-    """Run (or continue) the range test in `run_dir`; its summary. A stop or an interrupt saves
-    a checkpoint and the rows so far before it goes on up."""
+    """Run (or continue) the range test in `run_dir`; its summary. With `stop_between_steps`,
+    Ctrl-C and SIGTERM stop it at the next step boundary, where the seeds and the rows so far
+    are saved before KeyboardInterrupt goes on up; they are saved every
+    `training.checkpoint_minutes` too, and once the test is done (a stop in its grid then
+    continues with the grid)."""
     started = time.time()
     n_train = len(dataset.X_train)
     schedule = settings.schedule_for(n_train, config.training.batch_size)
@@ -158,10 +160,10 @@ def run_range_test(
         atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))
     stop_context = StopRequests() if stop_between_steps else nullcontext(lambda: False)
     minutes = config.training.checkpoint_minutes
-    with stop_context as stopping, _RangeLog(run_dir / RANGE_FILE) as log:
+    log = CsvLog(run_dir / RANGE_FILE, FIELDS)  # flushed as each step's rows are appended
+    with stop_context as stopping, closing(log):
 
         def save(step: int) -> None:
-            log.flush()  # the rows up to the checkpoint on disk before it
             _save_checkpoint(run_dir, tests, step, earlier_seconds + time.time() - started)
 
         saving = Checkpointing(None if minutes is None else 60.0 * minutes, stopping)
@@ -210,7 +212,7 @@ def _train(
     settings: RangeSettings,
     dataset: Dataset,
     tests: Sequence[SeedTest],
-    log: _RangeLog,
+    log: CsvLog,
     start_step: int,
     checkpointing: Checkpointing,
     save: Callable[[int], None],
@@ -316,29 +318,6 @@ def _row(
         "val_loss": "",
         "val_accuracy": "",
     }
-
-
-class _RangeLog:
-    """lr_range.csv, appended a step at a time (all seeds' rows of a step together)."""
-
-    def __init__(self, path: Path) -> None:
-        is_new = not path.exists()
-        self._handle = path.open("a", newline="")
-        self._writer = csv.DictWriter(self._handle, fieldnames=FIELDS)
-        if is_new:
-            self._writer.writeheader()
-
-    def append(self, rows: Sequence[dict[str, Any]]) -> None:
-        self._writer.writerows(rows)
-
-    def flush(self) -> None:
-        self._handle.flush()
-
-    def __enter__(self) -> _RangeLog:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._handle.close()
 
 
 def read_range_rows(run_dir: Path) -> list[dict[str, Any]]:

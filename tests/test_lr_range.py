@@ -261,19 +261,19 @@ def test_a_stopped_range_test_resumes_to_the_uninterrupted_result(
 ) -> None:
     whole = lr_range(tmp_path, fake_cifar_dir, "whole", "--seeds", "2", "--grid")
     assert whole.exit_code == 0, whole.output
-    from knn_cli import range_test
+    from knn_cli.runs import CsvLog
 
-    real_append = range_test._RangeLog.append
+    real_append = CsvLog.append
     sent: list[int] = []
 
-    def append(self, rows):  # Ctrl-C once the 50th step's rows are written
+    def append(self, rows):  # Ctrl-C once the range test's 50th step is written
         real_append(self, rows)
-        if rows and rows[0]["step"] == 49 and not sent:
+        if self.path.name == "lr_range.csv" and rows and rows[0]["step"] == 49 and not sent:
             sent.append(1)
             os.kill(os.getpid(), signal.SIGINT)
 
     with monkeypatch.context() as patch:
-        patch.setattr(range_test._RangeLog, "append", append)
+        patch.setattr(CsvLog, "append", append)
         cut = lr_range(tmp_path, fake_cifar_dir, "cut", "--seeds", "2", "--grid")
     assert_one_line_error(cut, EXIT_INTERRUPTED, "interrupted")
     folder = only_folder(tmp_path / "cut")

@@ -292,6 +292,34 @@ def test_a_stopped_range_test_resumes_to_the_uninterrupted_result(
     assert_one_line_error(again, 2, "nothing to continue")
 
 
+def test_a_killed_range_test_resumes_from_its_last_periodic_checkpoint(
+    tmp_path: Path, fake_cifar_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash (as kill -9: nothing saved at the end) after step 70: the checkpoint saved every
+    step (checkpoint_minutes tiny) has the seeds after step 69; rows past it are written again."""
+    often = ("--set", "training.checkpoint_minutes=1e-9")
+    whole = lr_range(tmp_path, fake_cifar_dir, "whole", "--seeds", "2", *often)
+    assert whole.exit_code == 0, whole.output
+    from knn_cli.runs import CsvLog
+
+    real_append = CsvLog.append
+
+    def append(self, rows):
+        real_append(self, rows)
+        if self.path.name == "lr_range.csv" and rows and rows[0]["step"] == 70:
+            raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="killed"):
+        patch.setattr(CsvLog, "append", append)
+        lr_range(tmp_path, fake_cifar_dir, "cut", "--seeds", "2", *often)
+    folder = only_folder(tmp_path / "cut")
+    assert "70," in (folder / "lr_range.csv").read_text()  # a row past the checkpoint
+    resumed = run("lr-range", "--resume", str(folder))
+    assert resumed.exit_code == 0, resumed.output
+    reference = only_folder(tmp_path / "whole")
+    assert (folder / "lr_range.csv").read_bytes() == (reference / "lr_range.csv").read_bytes()
+
+
 def test_the_grid_trains_a_dozen_constant_rates_beside_the_test(
     tmp_path: Path, fake_cifar_dir: Path
 ) -> None:

@@ -409,6 +409,8 @@ _TOP_KEYS = ("name", *_SECTIONS)
 # `training.optimizer`; config files of earlier runs hold all four. Still read: each reaches the
 # rule that declares the setting of that name, and is ignored by the others, as it was.
 LEGACY_RULE_KEYS = {"momentum": "momentum", "beta1": "beta1", "beta2": "beta2", "adam_eps": "eps"}
+# What the version with those keys wrote into every run's config.yaml, whatever the rule.
+LEGACY_DEFAULTS = {"momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "adam_eps": 1e-8}
 _MAPPING_FIELDS = {"training.optimizer_settings"}  # overridden one entry at a time
 _SETTING_KEYS = (
     "name",
@@ -466,10 +468,22 @@ def _resolve_optimizer_settings(
     optimizer: str, given: Mapping[str, Any], legacy: Mapping[str, Any]
 ) -> dict[str, float]:
     """Every setting the rule declares, from `given`, else from an earlier version's key, else
-    its default; a setting the rule does not declare is an error (a legacy key is ignored, as
-    earlier versions ignored it)."""
+    its default; a setting the rule does not declare is an error, and so is a legacy key the
+    rule does not use unless it holds that version's default (every config that version wrote
+    holds all four: those still load)."""
     declared = UPDATE_RULES[optimizer].settings
     where = "training.optimizer_settings"
+    for old_key, value in legacy.items():
+        unused = LEGACY_RULE_KEYS[old_key] not in declared
+        if unused and _as_float(value) != LEGACY_DEFAULTS[old_key]:
+            users = [
+                n for n, rule in UPDATE_RULES.items() if LEGACY_RULE_KEYS[old_key] in rule.settings
+            ]
+            raise ConfigError(
+                f"training.{old_key} ({_show(value)}): the {optimizer} rule has no setting "
+                f"{LEGACY_RULE_KEYS[old_key]!r}; it is used by training.optimizer "
+                f"{', '.join(users)}"
+            )
     for name in given:
         if name not in declared:
             close = difflib.get_close_matches(name, list(declared), n=1)

@@ -584,13 +584,31 @@ def test_a_rules_settings_are_filled_in_from_its_declared_defaults() -> None:
 
 def test_earlier_spellings_of_the_settings_are_still_read() -> None:
     """Config files of earlier runs hold training.momentum, beta1, beta2 and adam_eps, whatever
-    the rule: each reaches the rule that has it, and the others ignore it, as before."""
-    old = {"optimizer": "adam", "momentum": 0.5, "beta1": 0.8, "beta2": 0.99, "adam_eps": 1e-6}
+    the rule (at their defaults where the rule does not use them): each reaches the rule that
+    has it, and the others let it be."""
+    old = {"optimizer": "adam", "momentum": 0.9, "beta1": 0.8, "beta2": 0.99, "adam_eps": 1e-6}
     cfg = config_from_dict({"training": old})
     assert cfg.training.optimizer_settings == {"beta1": 0.8, "beta2": 0.99, "eps": 1e-6}
     assert "adam_eps" not in dump_config(cfg) and "momentum" not in dump_config(cfg)
-    sgd = config_from_dict({"training": {**old, "optimizer": "sgd"}})
+    defaults = {"momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "adam_eps": 1e-8}
+    sgd = config_from_dict({"training": {**defaults, "optimizer": "sgd"}})
     assert sgd.training.optimizer_settings == {}
+
+
+@pytest.mark.parametrize(
+    ("training", "expected"),
+    [
+        ({"optimizer": "sgd", "momentum": 0.5},
+         "training.momentum (0.5): the sgd rule has no setting 'momentum'; it is used by "
+         "training.optimizer momentum, nesterov"),
+        ({"optimizer": "momentum", "beta1": 0.5}, "the momentum rule has no setting 'beta1'"),
+        ({"optimizer": "adam", "momentum": 0.99}, "the adam rule has no setting 'momentum'"),
+    ],
+)  # fmt: skip
+def test_an_earlier_spelling_the_rule_does_not_use_is_refused_unless_at_its_default(
+    training: dict, expected: str
+) -> None:
+    assert expected in error_of({"training": training})
     assert config_from_dict({}, ["training.momentum=0.7", "training.optimizer=momentum"]) == (
         config_from_dict(
             {}, ["training.optimizer=momentum", "training.optimizer_settings={momentum: 0.7}"]

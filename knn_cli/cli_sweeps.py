@@ -7,7 +7,7 @@ different one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -275,6 +275,7 @@ def lambda_search(
 
             click.echo(lambda_search_plan(spec, executor.workers or 1, populations), nl=False)
             return
+        data_found([spec.base])  # a sweep that cannot start makes no folder
         sweep_dir = start_sweep(runs_dir, LAMBDA_SEARCH, spec)
     with folder_lock(sweep_dir):
         click.echo(f"sweep folder: {sweep_dir}")
@@ -298,6 +299,15 @@ def lambda_search(
         _echo_finals(result.finals)
     click.echo(f"written: {sweep_dir}/trials.csv, table.md, lambda_vs_accuracy.png")
     _fail_unless_usable(result.records, sweep_dir)
+
+
+def data_found(configs: Sequence[Mapping[str, Any]]) -> None:
+    """Find (or fetch) the data each config names, before a new sweep makes its folder: a
+    sweep whose data cannot be had fails in one line and leaves nothing behind."""
+    from knn_cli.data.locate import find_data_dir
+
+    for folder in dict.fromkeys((c.get("data") or {}).get("dir") for c in configs):
+        find_data_dir(folder, progress=progress_wanted())
 
 
 def _check_final_settings(spec: Any) -> None:
@@ -449,6 +459,7 @@ def init_sensitivity(
             workers_ = executor.workers or 1
             click.echo(planned_sweep(resolved, grid_plan(spec), workers_, populations), nl=False)
             return
+        data_found([spec.base])
         sweep_dir = start_sweep(runs_dir, INIT_SENSITIVITY, spec)
     with folder_lock(sweep_dir):
         click.echo(f"sweep folder: {sweep_dir}")
@@ -513,6 +524,7 @@ def sweep(
                 nl=False,
             )
             return
+        data_found([entry["config"] for entry in spec.runs])
         sweep_dir = start_sweep(runs_dir, CONFIG_SWEEP, spec, name=spec.name)
     with folder_lock(sweep_dir):
         click.echo(f"sweep folder: {sweep_dir}")

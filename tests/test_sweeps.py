@@ -676,3 +676,26 @@ def test_a_sweep_of_a_config_that_cannot_fit_is_refused_before_its_folder(
         assert result.exit_code == 2, result.output
         assert "needs about" in result.output and len(result.output.splitlines()) == 1
     assert not runs.exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["lambda-search", "--coarse", "--set", "data.dir={missing}"],
+        ["init-sensitivity", "--set", "data.dir={missing}"],
+        ["sweep", "{plan}"],
+    ],
+)
+def test_a_sweep_whose_data_cannot_be_had_fails_in_one_line_and_leaves_no_folder(
+    tmp_path: Path, command: list[str]
+) -> None:
+    missing = tmp_path / "no-cifar"
+    plan = tmp_path / "plan.yaml"
+    (tmp_path / "c.yaml").write_text(f"name: c\ndata: {{dir: {missing}}}\n")
+    plan.write_text("name: p\nruns: [c.yaml]\n")
+    args = [part.format(missing=missing, plan=plan) for part in command]
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(cli, [*args, "--runs-dir", str(runs)])
+    assert result.exit_code == 2, result.output
+    assert "folder does not exist" in result.output and "Traceback" not in result.output
+    assert not runs.exists() or not any(runs.iterdir())

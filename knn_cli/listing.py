@@ -11,15 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import re
-import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from knn_cli.errors import KnnError, RunFolderError
+from knn_cli.locks import holder_alive
 from knn_cli.lr_range import SETTINGS_FILE as RANGE_SETTINGS_FILE
 from knn_cli.runs import (
     CONFIG_FILE,
@@ -279,33 +278,6 @@ def count_text(statuses: Sequence[str], total: int, *, running: bool = False) ->
     return ", ".join(counts + ["running"] * running)
 
 
-def lock_holder_alive(folder: Path) -> bool:
-    """Whether the process named in the folder's lock file (the last to hold it) still lives on
-    this machine: a look at the file, never at the lock, which a probe could steal for a moment
-    from a `--resume` starting just then."""
-    from knn_cli.locks import LOCK_FILE
-
-    try:
-        holder = re.match(r"process (\d+) on (\S+)", (folder / LOCK_FILE).read_text())
-    except OSError:
-        return False
-    if holder is None or holder.group(2) != socket.gethostname():
-        return False
-    pid = int(holder.group(1))
-    try:
-        os.kill(pid, 0)
-    except PermissionError:  # alive, another user's
-        pass
-    except (OSError, OverflowError):
-        return False
-    if not Path("/proc/self").is_dir():
-        return True
-    try:  # the pid may have been reused since by another program
-        return b"knn" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
 def _sweep_row(folder: Path) -> Row:
     from knn_cli.sweeps.plan import SEARCH_STAGES
     from knn_cli.sweeps.tables import final_test_summary
@@ -322,7 +294,7 @@ def _sweep_row(folder: Path) -> Row:
     return _row(
         folder,
         kind,
-        count_text([r.status for r in records], total, running=lock_holder_alive(folder)),
+        count_text([r.status for r in records], total, running=holder_alive(folder)),
         sweep_settings(kind, spec),
         test_accuracy=final[0] if final else None,
         val_accuracy=max((s for s in scores if _number(s) is not None), default=None),

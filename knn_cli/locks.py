@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,9 @@ from pathlib import Path
 from knn_cli.errors import RunFolderError
 
 LOCK_FILE = ".lock"
+# The line a holder writes into the lock file, and how `holder_alive` reads it back.
+HOLDER = "process {pid} on {host}\n"
+HOLDER_PATTERN = re.compile(r"process (\d+) on (\S+)")
 
 try:
     import fcntl
@@ -47,8 +51,33 @@ def folder_lock(folder: Path) -> Iterator[None]:
             ) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.write(HOLDER.format(pid=os.getpid(), host=socket.gethostname()))
         handle.flush()
         yield
     finally:
         handle.close()  # releases the lock; the file stays, naming the last holder
+
+
+def holder_alive(folder: Path) -> bool:
+    """Whether the process named in the folder's lock file (the last to hold it) still lives on
+    this machine: a look at the file, never at the lock, which a probe could steal for a moment
+    from a `--resume` starting just then."""
+    try:
+        holder = HOLDER_PATTERN.match((folder / LOCK_FILE).read_text())
+    except OSError:
+        return False
+    if holder is None or holder.group(2) != socket.gethostname():
+        return False
+    pid = int(holder.group(1))
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # alive, another user's
+        pass
+    except (OSError, OverflowError):
+        return False
+    if not Path("/proc/self").is_dir():
+        return True
+    try:  # the pid may have been reused since by another program
+        return b"knn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False

@@ -21,6 +21,7 @@ import yaml
 
 from knn_cli.augment import PADDINGS
 from knn_cli.errors import ConfigError
+from knn_cli.formatting import one_line
 from knn_cli.network import DTYPES
 from knn_cli.optim import UPDATE_RULES
 from knn_cli.schedule import check_batch_size
@@ -559,25 +560,20 @@ def _check_together(cfg: RunConfig) -> None:
 # --- YAML and overrides -----------------------------------------------------------------------
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _load_yaml(source: str | bytes, where: str) -> Any:
     try:
         return yaml.safe_load(source)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = _one_line(err.problem or str(err))
+        problem = one_line(err.problem or str(err))
         raise ConfigError(f"{where} is not valid YAML: {problem}{at}") from err
     except Exception as err:
         # Not only YAMLError: PyYAML lets some failures through as plain exceptions, e.g. an
         # integer with more digits than Python converts (ValueError), a document nested
         # thousands of levels deep (RecursionError) or `!!timestamp x` (AttributeError).
         # Whatever the cause, it lies in the user's text, so it is the user's error.
-        raise ConfigError(f"{where} is not valid YAML: {_one_line(str(err))}") from err
+        raise ConfigError(f"{where} is not valid YAML: {one_line(str(err))}") from err
 
 
 def _apply_override(doc: dict[Any, Any], text: Any) -> None:
@@ -661,7 +657,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
         raise ConfigError(f"config file not found: {shown}") from err
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise ConfigError(f"cannot read config file {shown}: {_one_line(reason)}") from err
+        raise ConfigError(f"cannot read config file {shown}: {one_line(reason)}") from err
     doc = _load_yaml(source, f"config file {shown}")
     if doc is not None and not isinstance(doc, Mapping):
         raise ConfigError(f"config file {shown} must hold a mapping of settings, got {_kind(doc)}")

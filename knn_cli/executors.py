@@ -30,6 +30,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from knn_cli import formatting
 from knn_cli.blas import one_thread_environment
 from knn_cli.errors import KnnError
 from knn_cli.interrupts import STOP_SIGNALS
@@ -51,8 +52,7 @@ class Outcome:
 
 def one_line(error: BaseException) -> str:
     """`Type: message` on one line, short enough for a table cell and a terminal."""
-    text = " ".join(f"{type(error).__name__}: {error}".split())
-    return text if len(text) <= _ERROR_LIMIT else text[: _ERROR_LIMIT - 3] + "..."
+    return formatting.one_line(f"{type(error).__name__}: {error}", _ERROR_LIMIT)
 
 
 def guarded(fn: Callable[[T], Any], item: T) -> Outcome:

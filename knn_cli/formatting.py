@@ -84,3 +84,10 @@ def duration(seconds: float | None) -> str | None:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """`text` on one line (its whitespace runs made single spaces), cut to `limit` characters
+    with an ellipsis: short enough for an error line, a table cell and a terminal."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -20,15 +20,13 @@ import numpy as np
 import yaml
 
 from knn_cli.augment import PADDINGS
+from knn_cli.data.cifar10 import TRAIN_IMAGES
 from knn_cli.errors import ConfigError
 from knn_cli.formatting import one_line
 from knn_cli.network import DTYPES
 from knn_cli.optim import UPDATE_RULES
 from knn_cli.schedule import check_batch_size
 from knn_cli.stack import BN_POSITIONS, INITS
-
-CIFAR10_TRAIN_IMAGES = 50_000
-"""Images in the five CIFAR-10 training batches; the validation set is carved out of these."""
 
 _NAME_MAX = 100  # keeps `<timestamp>_<name>` run folders well inside file-name limits
 
@@ -91,7 +89,7 @@ class DataConfig:
     @property
     def n_train(self) -> int:
         """Training images left once the validation set has been held out."""
-        return CIFAR10_TRAIN_IMAGES - self.validation_size
+        return TRAIN_IMAGES - self.validation_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,7 +399,7 @@ _SECTIONS: dict[str, tuple[type, tuple[_Field, ...]]] = {
         DataConfig,
         (
             _Field("dir", _folder_or_null),
-            _Field("validation_size", _integer(1, CIFAR10_TRAIN_IMAGES)),
+            _Field("validation_size", _integer(1, TRAIN_IMAGES)),
         ),
     ),
 }

@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from knn_cli.config import RunConfig
+from knn_cli.data.cifar10 import N_FEATURES, TRAIN_IMAGES
 from knn_cli.errors import ConfigError
 from knn_cli.optim import UPDATE_RULES
 
 CIFAR_IMAGES = 60_000  # 50,000 training (validation included) and 10,000 test
-CIFAR_FEATURES = 3072
-CIFAR_TRAIN_IMAGES = 45_000  # the default 5,000 held out
+CIFAR_TRAIN_IMAGES = TRAIN_IMAGES - 5_000  # the default 5,000 held out
 DATA_ITEMSIZE = 4  # the cache holds float32 whatever the run's dtype
 BASELINE_BYTES = 120 * 2**20  # Python, NumPy, matplotlib and the BLAS, before any array
 EVALUATION_ROWS = 10_000  # the largest block evaluation and prediction work on
@@ -59,7 +59,7 @@ def estimate_memory(
     config: RunConfig,
     *,
     images: int = CIFAR_IMAGES,
-    features: int = CIFAR_FEATURES,
+    features: int = N_FEATURES,
     train_images: int = CIFAR_TRAIN_IMAGES,
     members: int = 1,
 ) -> MemoryEstimate:
@@ -130,7 +130,7 @@ def check_memory(
     config: RunConfig,
     *,
     images: int = CIFAR_IMAGES,
-    features: int = CIFAR_FEATURES,
+    features: int = N_FEATURES,
     train_images: int = CIFAR_TRAIN_IMAGES,
     members: int = 1,
 ) -> MemoryEstimate:

@@ -17,8 +17,10 @@ TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
 REQUIRED_FILES = (*TRAIN_FILES, TEST_FILE, META_FILE)
-N_FEATURES = 3072
+N_FEATURES = 3072  # 3 channels x 32 x 32 pixels
 N_CLASSES = 10
+TRAIN_IMAGES = 50_000  # in the five training batches; the validation set is held out of these
+TEST_IMAGES = 10_000
 
 
 def missing_files(folder: Path) -> list[str]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from knn_cli.config import RunConfig
+from knn_cli.data.cifar10 import TEST_IMAGES
 from knn_cli.estimate import (
     UNMODELLED_OVERHEAD,
     PlannedRun,
@@ -34,7 +35,6 @@ from knn_cli.study.settings import CONFIG_NAMES, GRADCHECK_DEPTHS, StudySettings
 from knn_cli.sweeps.plan import FINAL_HOLD_OUT
 from knn_cli.sweeps.populations import AUTO, Populations, plan_populations
 
-TEST_IMAGES = 10_000  # CIFAR-10's test split, beside the training and validation images
 # 4 depths x 3 variants in float64 (9 s measured, 2-core Xeon, 2026-12-01).
 GRADCHECK_SECONDS = 10.0
 

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import yaml
 
+from knn_cli import memory
 from knn_cli.config import RunConfig, config_from_dict, dump_config
 from knn_cli.data.cifar10 import N_FEATURES
 from knn_cli.estimate import PlannedRun, Speeds, runs_seconds, train_seconds
 from knn_cli.formatting import duration
-from knn_cli.memory import available_memory, check_memory, human
+from knn_cli.memory import check_memory, human
 from knn_cli.runs import machine
 from knn_cli.sweeps.lambda_search import FINE_TOP, fine_range, source_records
 from knn_cli.sweeps.plan import LambdaSearchSpec, Trial
@@ -63,7 +64,7 @@ def memory_line(config: RunConfig) -> str:
         for name, value in estimate.to_dict().items()
         if name != "total"
     )
-    available = available_memory()
+    available = memory.available_memory()
     free = f"; {human(available)} available" if available is not None else ""
     return f"memory: about {human(estimate.total)} a run ({parts}){free}"
 

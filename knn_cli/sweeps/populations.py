@@ -17,9 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from knn_cli import memory
 from knn_cli.config import config_from_dict
 from knn_cli.errors import ConfigError
-from knn_cli.memory import available_memory, estimate_memory
+from knn_cli.memory import estimate_memory
 
 T = TypeVar("T")
 
@@ -81,7 +82,7 @@ def shared_settings(config: Mapping[str, Any], looks_at_test: bool) -> str:
 def memory_limit(config: Mapping[str, Any], workers: int) -> int:
     """The most members of this config that fit in a worker's share of the memory
     available (at least 1: a run that does not fit alone is refused by its own check)."""
-    available = available_memory()
+    available = memory.available_memory()
     if available is None:
         return AUTO_LIMIT
     run = config_from_dict(config)

@@ -228,7 +228,6 @@ def test_knn_train_shows_every_evaluation_as_it_arrives_and_no_made_up_one(
     from test_train import small_config, synthetic_dataset
 
     monkeypatch.setattr(knn_cli.progress, "tqdm", RecordingBar)
-    monkeypatch.setattr(knn_cli.experiment, "tqdm", RecordingBar, raising=False)  # the old bar
     RecordingBar.latest = None
     run_dir = new_run_dir(tmp_path, "tiny")
     train_run(small_config(), run_dir, dataset=synthetic_dataset(), progress=True)

@@ -79,6 +79,7 @@ def study(
     from knn_cli.locks import folder_lock
     from knn_cli.study.folder import read_study_file, start_study, study_settings
     from knn_cli.study.plan import estimate_plan, plan_study
+    from knn_cli.study.progress import StudyBar
     from knn_cli.study.report import write_report
     from knn_cli.study.runner import run_study, study_data
     from knn_cli.study.settings import StudySettings, check_overrides
@@ -134,13 +135,10 @@ def study(
         remember_resume("study", study_dir)
         show_plan()
         started = time.perf_counter()
-        doc = run_study(
-            study_dir,
-            executor,
-            progress=progress_wanted(),
-            say=click.echo,
-            population=populations,
-        )
+        planned = sum(len(part.runs) for part in parts)
+        # One bar for the whole study (quiet off a terminal); the parts' own bars stay off.
+        with StudyBar(study_dir, planned, total, enabled=progress_wanted()) as bar:
+            doc = run_study(study_dir, executor, say=bar.say, population=populations)
         elapsed = time.perf_counter() - started
         markdown, html = write_report(study_dir)  # an interrupted study reports when resumed
         click.echo(f"report: {markdown}, {html}")

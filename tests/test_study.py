@@ -3,6 +3,7 @@ is the study's while the study runs it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -238,3 +239,43 @@ def test_a_retrain_takes_the_suggested_bounds_else_a_decade_below_the_divergence
     assert suggested_bounds(nothing) is None
     assert allowed_bounds(nothing) == (0.00064, 6.4)
     assert allowed_bounds({"suggested": {}, "seeds": [{"diverged_eta": None}]}) is None
+
+
+def test_the_study_bar_counts_ended_runs_and_a_range_test_per_seed(tmp_path: Path) -> None:
+    from knn_cli.study.progress import running_parts, runs_done
+
+    def summary(folder: str, **values: object) -> None:
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "summary.json").write_text(json.dumps(values))
+
+    summary("configs/000", status="finished", total_steps=10)
+    summary("configs/001", status="diverged", total_steps=10)
+    summary("configs/002", status="interrupted", total_steps=10)
+    summary("gradcheck/k2", status="passed")  # a check, not a run
+    summary("usable-rates/range-3layer", command="lr-range", seeds=[{}, {}])
+    assert runs_done(tmp_path) == 2 + 2
+    doc = {"parts": {"configs": {"status": "running"}, "gradcheck": {"status": "finished"}}}
+    (tmp_path / "study.json").write_text(json.dumps(doc))
+    assert running_parts(tmp_path) == ["configs"]
+
+
+def test_the_time_left_moves_from_the_plan_to_the_pace_of_the_runs() -> None:
+    from knn_cli.study.progress import seconds_left
+
+    assert seconds_left(300.0, 0.0, 0, 100) == 300.0  # nothing done: the plan
+    assert seconds_left(300.0, 400.0, 0, 100) == 0.0  # past the plan, nothing to go on yet
+    # Half done in 100 s: the plan says 200 s left, the pace 100 s; halfway between.
+    assert seconds_left(300.0, 100.0, 50, 100) == 150.0
+    assert seconds_left(300.0, 100.0, 100, 100) == 0.0
+
+
+def test_the_study_bar_is_quiet_off_a_terminal(tmp_path: Path, capsys) -> None:
+    import click
+
+    from knn_cli.study.progress import StudyBar
+
+    with StudyBar(tmp_path, 10, 60.0, enabled=False) as bar:
+        assert bar.say is click.echo
+        bar.say("a part's line")
+    captured = capsys.readouterr()
+    assert captured.out == "a part's line\n" and captured.err == ""

@@ -581,3 +581,19 @@ def test_the_widening_and_the_bounds_are_computed_from_the_suggestions() -> None
     factor = "the study's eta_min below it by a factor of 100"
     assert f"3 layers, no BN: suggested [0.001, 0.03], {factor}, its eta_max above" in bounds
     assert f"3 layers, BN: suggested [0.001, 0.2], {factor}, its eta_max inside" in bounds
+
+
+def test_the_collapse_is_set_against_the_divergence_as_measured() -> None:
+    from knn_cli.range_plots import DrawnTest
+    from knn_cli.study.rates import Rates, collapse_sentence
+
+    def test(collapse: float, diverges: float | None) -> DrawnTest:
+        suggested = {"collapse": {"value": collapse}, "last_stable": {"value": diverges}}
+        return DrawnTest("", (), {"suggested": suggested})
+
+    before = collapse_sentence(Rates({"3layer": test(0.7, 56.0), "3layer_bn": test(5.0, None)}, ()))
+    assert before is not None and before.startswith("Each stops learning before its loss")
+    assert "3 layers, no BN collapses at 0.7, its loss diverging only after 56 (80 times" in before
+    assert "3 layers, BN collapses at 5, its loss never diverging" in before
+    after = collapse_sentence(Rates({"3layer": test(0.7, 0.5)}, ()))
+    assert after is not None and after.startswith("Where each stops learning")

@@ -151,21 +151,36 @@ def widening_sentence(rates: Rates) -> str | None:
     if not parts:
         return None
     return (
-        "Batch norm widens the rates at which a network still learns: the largest rate before "
-        "validation accuracy collapses is " + " and ".join(parts) + " with batch norm. "
-        "Where the smoothed loss blows up is no different with or without it "
-        f"({_diverge_range(rates)}): "
-        "the networks without batch norm do not blow up first, they stop learning first, their "
-        "accuracy falling back to chance while the loss sits near ln 10."
+        "The largest rate at which a network still learns, before its validation accuracy "
+        "collapses, is " + " and ".join(parts) + " with batch norm."
     )
 
 
-def _diverge_range(rates: Rates) -> str:
-    found = [value(test, "last_stable") for test in rates.tests.values()]
-    found = [f for f in found if f is not None]
-    if not found:
-        return "none of them diverged"
-    return f"after rates of {min(found):.2g} to {max(found):.2g}"
+def collapse_sentence(rates: Rates) -> str | None:
+    """For each network, whether it stops learning before its loss diverges, and by how much:
+    a network whose units die falls to chance with its loss near ln 10, no blow-up."""
+    parts, first = [], True
+    for name, test in rates.tests.items():
+        collapse, diverges = value(test, "collapse"), value(test, "last_stable")
+        if collapse is None:
+            continue
+        first = first and (diverges is None or collapse < diverges)
+        if diverges is None:
+            parts.append(f"{LABELS[name]} collapses at {collapse:.2g}, its loss never diverging")
+        else:
+            parts.append(
+                f"{LABELS[name]} collapses at {collapse:.2g}, its loss diverging only after "
+                f"{diverges:.2g} ({diverges / collapse:.0f} times higher)"
+            )
+    if not parts:
+        return None
+    head = (
+        "Each stops learning before its loss blows up, so the loss's divergence test alone "
+        "would put the top of the usable rates too high: "
+        if first
+        else "Where each stops learning, and where its loss blows up: "
+    )
+    return head + "; ".join(parts) + "."
 
 
 def bounds_sentence(rates: Rates) -> str | None:
@@ -317,6 +332,7 @@ def rates_section(study: Any, figures: Mapping[str, Figure], number: int) -> Sec
     grid = study.grid.records if study.grid is not None else ()
     for sentence in (
         widening_sentence(rates),
+        collapse_sentence(rates),
         bounds_sentence(rates),
         retrain_sentence(rates, study.configs),
         sigma_sentence(rates, grid),

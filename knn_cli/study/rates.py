@@ -139,20 +139,29 @@ def rates_table(rates: Rates) -> Table:
 
 def widening_sentence(rates: Rates) -> str | None:
     """How many times larger the largest rate that still learns is with batch norm, per depth."""
-    parts = []
+    parts, ratios = [], []
     for depth in (3, 9):
         without = value(rates.tests.get(f"{depth}layer"), "still_learns")
         with_bn = value(rates.tests.get(f"{depth}layer_bn"), "still_learns")
         if without is None or with_bn is None:
             continue
+        ratios.append(with_bn / without)
         parts.append(
             f"{with_bn / without:.1f} times on {depth} layers ({with_bn:.2g} against {without:.2g})"
         )
     if not parts:
         return None
+    if all(r > 1 for r in ratios):
+        direction = "the direction Bjorck et al. (2018) report: batch norm allows larger rates"
+    elif all(r <= 1 for r in ratios):
+        direction = (
+            "against the direction Bjorck et al. (2018) report: here it allows no larger rate"
+        )
+    else:
+        direction = "only in part the direction Bjorck et al. (2018) report (larger rates with it)"
     return (
         "The largest rate at which a network still learns, before its validation accuracy "
-        "collapses, is " + " and ".join(parts) + " with batch norm."
+        "collapses, is " + " and ".join(parts) + f" with batch norm: {direction}."
     )
 
 

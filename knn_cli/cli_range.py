@@ -85,6 +85,7 @@ def lr_range(
     """
     from knn_cli.config import dump_config, load_config
     from knn_cli.data import load_cifar10
+    from knn_cli.lr_range import MIN_POINTS
     from knn_cli.range_test import (
         RangeSettings,
         resumable_range_test,
@@ -119,6 +120,13 @@ def lr_range(
         raise KnnError(f"cannot write {write_config}: {write_config.parent} is not a folder")
     dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress_wanted())
     schedule_used = settings.schedule_for(len(dataset.X_train), config.training.batch_size)
+    points = schedule_used.steps // settings.every(schedule_used.steps)
+    if points < MIN_POINTS:
+        raise KnnError(
+            f"{schedule_used.steps} steps with a validation point every "
+            f"{settings.every(schedule_used.steps)} give {points} points: too few to suggest "
+            f"anything (at least {MIN_POINTS}; a smaller --eval-every)"
+        )
     run_dir = resume or new_run_dir(runs_dir, f"lr-range-{config.name}")
     click.echo(
         f"{'continuing' if resume else 'range test folder:'} {run_dir}\n"

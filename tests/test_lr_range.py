@@ -348,6 +348,7 @@ def test_the_grid_trains_a_dozen_constant_rates_beside_the_test(
         (("--seeds", "0"), "--seeds must be at least 1"),
         (("--smoothing", "1"), "--smoothing must be in [0, 1)"),
         (("--diverge-factor", "1"), "--diverge-factor must be above 1"),
+        (("--eval-every", "20"), "give 6 points: too few to suggest anything"),
     ],
 )
 def test_bad_settings_get_one_line_and_nothing_written(

@@ -171,17 +171,22 @@ class ProcessExecutor:
         except BaseException:
             # An interrupt (or the consumer closing the iterator): no worker may outlive us.
             pool.shutdown(wait=False, cancel_futures=True)
-            workers = set(multiprocessing.active_children()) - before
-            for process in workers:
-                process.terminate()
-            for process in workers:
-                process.join(timeout=5)
-                if process.is_alive():  # busy machine or a stuck worker: do not leave it behind
-                    process.kill()
-                    process.join(timeout=5)
+            end_workers(set(multiprocessing.active_children()) - before)
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def end_workers(workers: set[Any]) -> None:
+    """End worker processes now (an interrupt): SIGTERM to all, then SIGKILL to any still there
+    after 5 s -- a busy machine or a stuck worker must not be left behind."""
+    for process in workers:
+        process.terminate()
+    for process in workers:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
 
 
 def _outcome_of(future: Future[Outcome]) -> Outcome:
@@ -387,14 +392,7 @@ class SharedProcesses:
             return
         self._pool.shutdown(wait=not terminate, cancel_futures=True)
         if terminate:
-            workers = set(multiprocessing.active_children()) - self._before
-            for process in workers:
-                process.terminate()
-            for process in workers:
-                process.join(timeout=5)
-                if process.is_alive():
-                    process.kill()
-                    process.join(timeout=5)
+            end_workers(set(multiprocessing.active_children()) - self._before)
 
 
 class _SharedView:

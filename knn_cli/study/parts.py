@@ -220,10 +220,9 @@ def run_search_9layer_part(
         f"training.lambda={search['chosen_lambda']!r}",
         f"training.cycles={search['final_cycles']}",
         f"data.validation_size={search['final_validation_size']}",
+        seed=search["final_seeds"][0],
     )
-    entry = config_to_dict(config)
-    entry["training"]["seed"] = search["final_seeds"][0]
-    runs = ({"config": entry, "seeds": len(search["final_seeds"])},)
+    runs = ({"config": config_to_dict(config), "seeds": len(search["final_seeds"])},)
     spec = ConfigSweepSpec(name=SEARCH_9, runs=runs)
     return _run_configs(folder, spec, running)
 

@@ -94,10 +94,14 @@ def check_overrides(settings: StudySettings) -> None:
     config_from_dict({"name": "init"}, overrides)  # the init grid's base
 
 
-def study_config(settings: StudySettings, name: str, *extra: str) -> RunConfig:
-    """One of the study's configs as the checkout ships it, with the study's overrides."""
+def study_config(
+    settings: StudySettings, name: str, *extra: str, seed: int | None = None
+) -> RunConfig:
+    """One of the study's configs as the checkout ships it, with the study's overrides and its
+    seed (or `seed`), every value set through the override grammar and so validated."""
     path = Path(settings.configs_dir) / f"{name}.yaml"
     if not path.is_file():
         raise KnnError(f"the study's config {path} is missing: run knn study from a checkout")
     overrides = [*STUDY_OVERRIDES, *settings.overrides, *settings.sizes.run_overrides, *extra]
-    return load_config(path, [*overrides, f"training.seed={settings.seed}"])
+    chosen = settings.seed if seed is None else seed
+    return load_config(path, [*overrides, f"training.seed={chosen}"])

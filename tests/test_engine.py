@@ -192,7 +192,7 @@ def test_a_flush_during_training_reaches_params_and_state_and_drops_work_done_ah
     with Engine(net, two_lanes=True) as engine:
         for _ in range(FLUSH_EVERY - 1):  # eta 0: nothing moves
             engine.step(batch, y[:40], 0.0, 0.0, rule, following=batch)
-        assert engine.workspace(40).split._prepared is not None  # computed ahead
+        assert engine.workspace(40).split.ahead  # computed ahead
         net.params["W1"][0, 0] = 1e-33
         rule.state["velocity"]["b1"][0] = -1e-34  # b1 feeds batch norm: no update touches it
         engine.step(batch, y[:40], 0.0, 0.0, rule)

@@ -314,7 +314,7 @@ def test_a_first_product_computed_ahead_is_used_only_for_what_it_was_computed_fo
     with split:
         split.step(Batch(X, first), y[first], 0.01, 0.1, following=Batch(X, announced))
         whole.step(X[first], y[first], 0.01, 0.1)
-        assert split.workspace(40).split._prepared is not None  # computed ahead
+        assert split.workspace(40).split.ahead  # computed ahead
         rows, source = announced, X
         if change == "other rows":
             rows = actual

@@ -12,7 +12,6 @@ from conftest import REAL_DATA_DIR, interrupt_at, requires_real_data
 
 from knn_cli.config import TrainingConfig, config_from_dict
 from knn_cli.data.cifar10 import Dataset
-from knn_cli.engine import Engine
 from knn_cli.experiment import evaluate_run, load_trained, load_trained_network, train_run
 from knn_cli.network import Network
 from knn_cli.runs import new_run_dir, read_metrics
@@ -136,22 +135,22 @@ def test_interrupted_run_keeps_metrics_model_and_says_interrupted(
     tmp_path: Path, monkeypatch
 ) -> None:
     """A KeyboardInterrupt raised mid-training (as Ctrl-C or SIGTERM would) loses nothing."""
-    calls = {"n": 0}
-    original = Engine.step
+    from knn_cli.recorder import RunRecorder
 
-    def interrupting_step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 55:
+    original = RunRecorder.on_step
+
+    def interrupted_after(self, step, eta):  # the run hears of its 54th step, then Ctrl-C
+        original(self, step, eta)
+        if step == 54:
             raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Engine, "step", interrupting_step)
+    monkeypatch.setattr(RunRecorder, "on_step", interrupted_after)
     run_dir = new_run_dir(tmp_path, "ctrl-c")
     with pytest.raises(KeyboardInterrupt):
         train_run(small_config(), run_dir, dataset=synthetic_dataset())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted"
-    assert summary["steps"] == 54  # the 55th step was interrupted before it finished
+    assert summary["steps"] == 54
     assert max(m["step"] for m in read_metrics(run_dir)) == 50  # evaluations every 10 steps
     assert (run_dir / "model.npz").is_file()
     load_trained_network(run_dir)  # the saved model is complete and loadable
@@ -403,19 +402,17 @@ def test_a_failure_while_saving_does_not_hide_the_error_that_ended_the_run(
     goes on up, the second is said on stderr, and the summary still says what happened."""
     import knn_cli.recorder as recorder
 
-    calls = {"n": 0}
-    original = Engine.step
+    original = recorder.RunRecorder.on_step
 
-    def breaking_step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 25:
+    def breaking_step(self, step, eta):  # type: ignore[no-untyped-def]
+        original(self, step, eta)
+        if step == 24:
             raise FloatingPointError("the step broke")
-        return original(self, *args, **kwargs)
 
     def broken_plot(run_dir):  # type: ignore[no-untyped-def]
         raise OSError("no fonts")
 
-    monkeypatch.setattr(Engine, "step", breaking_step)
+    monkeypatch.setattr(recorder.RunRecorder, "on_step", breaking_step)
     monkeypatch.setattr(recorder, "plot_run", broken_plot)
     run_dir = new_run_dir(tmp_path, "broken")
     with pytest.raises(FloatingPointError, match="the step broke"):

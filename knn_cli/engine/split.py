@@ -100,6 +100,11 @@ class SplitAffineKernel:
         `version`."""
         self._prepared = (batches.kept(), version, W)  # the caller may reuse its rows arrays
 
+    @property
+    def ahead(self) -> bool:
+        """Whether a next batch's first product waits, computed ahead, for the next step."""
+        return self._prepared is not None
+
     def forward(
         self, batches: Batches, params: Mapping[str, np.ndarray], version: int, lanes: Lanes | None
     ) -> np.ndarray:

@@ -95,9 +95,15 @@ def lr_range(
     )
     from knn_cli.runs import CONFIG_FILE, atomic_write_text, new_run_dir
 
-    if (config_path is None) == (resume is None):
+    if config_path is not None and resume is not None:
+        raise click.UsageError("give a CONFIG to test or --resume TEST_DIR, not both")
+    if config_path is None and resume is None:
         raise click.UsageError("give a CONFIG to test, or --resume TEST_DIR to continue a test")
     if resume is not None:
+        given = [name for name in RANGE_OPTIONS if _given(name)]
+        if given or overrides:
+            shown = ", ".join(f"--{n.replace('_', '-')}" for n in given) or "--set"
+            raise click.UsageError(f"--resume continues the test as it was; drop {shown}")
         settings = resumable_range_test(resume)
         config = load_config(resume / CONFIG_FILE)
     else:
@@ -155,6 +161,18 @@ def lr_range(
         click.echo(f"config with the suggested bounds: {write_config}")
 
 
+# The options that make a test what it is: a --resume continues the test as it was started.
+RANGE_OPTIONS = (
+    "low", "high", "schedule", "steps", "seeds", "smoothing", "diverge_factor", "eval_every",
+    "grid",
+)  # fmt: skip
+
+
+def _given(name: str) -> bool:
+    source = click.get_current_context().get_parameter_source(name)
+    return source is click.core.ParameterSource.COMMANDLINE
+
+
 def range_report(summary: dict) -> str:
     """The suggestions as a few lines: each seed's, then over seeds with their spread."""
     lines = []
@@ -166,17 +184,25 @@ def range_report(summary: dict) -> str:
         )
         if "suggestions" in seed:
             s = seed["suggestions"]
+            steepest = "-" if s["steepest"] is None else f"{s['steepest']:.3g}"
             lines.append(
-                f"seed {seed['seed']}: eta_min {s['eta_min']:.3g}, eta_max {s['eta_max']:.3g}, "
-                f"steepest {s['steepest']:.3g}, lowest loss {s['lowest_loss']:.3g}; "
-                f"peak val accuracy {s['peak_accuracy']:.2%}, {collapse_text(s)}; loss {stop}"
+                f"seed {seed['seed']}: eta_min {s['eta_min']:.3g}, eta_max {s['eta_max']:.3g}; "
+                f"steepest descent at {steepest}, lowest loss at {s['lowest_loss']:.3g}; "
+                f"peak val accuracy (smoothed) {s['peak_accuracy']:.2%}, {collapse_text(s)}; "
+                f"loss {stop}"
             )
         else:
             lines.append(f"seed {seed['seed']}: no suggestion: {seed['error']}")
     suggested = summary.get("suggested") or {}
     if suggested and len(summary["seeds"]) > 1:
+        seeds = len(summary["seeds"])
         parts = [
-            f"{key} {value['value']:.3g} ({value['low']:.3g} to {value['high']:.3g})"
+            f"{key} {value['value']:.3g} ({value['low']:.3g} to {value['high']:.3g}"
+            + (
+                f", {value['seeds']} of {seeds} seeds)"
+                if value.get("seeds", seeds) < seeds
+                else ")"
+            )
             for key, value in suggested.items()
             if value["value"] is not None
         ]
@@ -196,6 +222,6 @@ def range_report(summary: dict) -> str:
 
 def collapse_text(suggestions: dict) -> str:
     if suggestions["collapse"] is None:
-        return "still learning at the last rate"
+        return "no collapse of its accuracy before the test ended"
     learns, collapse = suggestions["still_learns"], suggestions["collapse"]
     return f"learns up to {learns:.3g}, collapses at {collapse:.3g}"

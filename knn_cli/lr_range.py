@@ -70,7 +70,7 @@ class RangeSchedule:
         if self.steps < 2 * MIN_POINTS:
             raise RangeTestError(
                 f"{self.steps} steps are too few to suggest anything: a range test needs at "
-                f"least {2 * MIN_POINTS} (more epochs or --steps)"
+                f"least {2 * MIN_POINTS} (a larger --steps)"
             )
 
     def rate(self, step: int) -> float:
@@ -115,7 +115,7 @@ class Suggestions:
 
     eta_min: float  # where validation accuracy starts to rise
     eta_max: float  # where it stops rising
-    steepest: float  # where the smoothed loss falls fastest against log(rate)
+    steepest: float | None  # where the smoothed loss falls fastest against log(rate)
     lowest_loss: float  # where the smoothed loss is lowest
     last_stable: float | None  # the last rate before the loss diverged (None: it never did)
     still_learns: float  # the largest rate before validation accuracy collapses
@@ -153,7 +153,8 @@ def suggest(
     - eta_max: the first rate at which it comes within `PLATEAU_GAP` of its peak -- Smith's
       "slows, becomes ragged, or starts to fall", whichever of them comes first;
     - steepest: where the smoothed loss falls fastest per unit of log(rate), before its lowest
-      point, the loss smoothed with a memory of `memory` steps (fastai's "steep");
+      point, the loss smoothed with a memory of `memory` steps (fastai's "steep"); None where
+      the test has too few steps before that point to take such a slope;
     - lowest_loss: the rate at the smoothed loss's lowest point;
     - last_stable: the rate of the step before the loss diverged;
     - collapse: past the peak, the first rate at which the accuracy has fallen back below
@@ -176,12 +177,13 @@ def suggest(
     start = min(memory, len(loss) // 4)
     if not loss[start:].min() < (1.0 - MIN_FALL) * loss[start]:
         raise RangeTestError(
-            f"the loss never fell (from {loss[start]:.4g} it got no lower than "
-            f"{loss[start:].min():.4g}) between the rates tried: the range starts too high or "
-            "ends too low, or the network does not train (check the init)"
+            f"the loss never fell by {MIN_FALL:.0%} (from {loss[start]:.4g} it got no lower "
+            f"than {loss[start:].min():.4g}) between the rates tried: the range starts too high "
+            "or ends too low, or the network does not train (check the init)"
         )
     rate_array = np.asarray(rates, dtype=np.float64)
     steepest = steepest_descent(loss[: lowest + 1], rate_array[: lowest + 1], memory)
+    steepest_rate = None if steepest is None else float(rate_array[steepest])
     accuracy = moving_average(val_accuracy, ACCURACY_HALF_WINDOW)
     peak = float(accuracy.max())
     start = float(accuracy[0])
@@ -202,7 +204,7 @@ def suggest(
     return Suggestions(
         eta_min=float(point_rates[rising]),
         eta_max=float(point_rates[max(stopped, rising)]),
-        steepest=float(rate_array[steepest]),
+        steepest=steepest_rate,
         lowest_loss=float(rate_array[lowest]),
         last_stable=last_stable,
         still_learns=float(point_rates[len(point_rates) - 1 if collapse is None else collapse - 1]),
@@ -211,7 +213,7 @@ def suggest(
     )
 
 
-def steepest_descent(loss: np.ndarray, rates: np.ndarray, memory: int) -> int:
+def steepest_descent(loss: np.ndarray, rates: np.ndarray, memory: int) -> int | None:
     """The step at which `loss`, smoothed with a memory of `memory` steps (1 / (1 - beta)),
     falls fastest per unit of log(rate). Each slope is taken across 2 * memory steps each side,
     and the first 3 * memory steps are skipped (until then the bias-corrected average is made
@@ -222,7 +224,7 @@ def steepest_descent(loss: np.ndarray, rates: np.ndarray, memory: int) -> int:
     last = len(loss) - 1
     centre = np.arange(max(window, skip), last - window + 1)
     if len(centre) == 0:
-        return last
+        return None  # too few steps before the lowest loss for a slope that means anything
     rise = loss[centre + window] - loss[centre - window]
     run = np.log(rates[centre + window]) - np.log(rates[centre - window])
     return int(centre[np.argmin(rise / run)])
@@ -240,12 +242,13 @@ def combined(suggestions: Sequence[Suggestions]) -> dict[str, dict[str, float | 
     for key in KEYS:
         values = [getattr(s, key) for s in suggestions if getattr(s, key) is not None]
         if not values:
-            found[key] = {"value": None, "low": None, "high": None, "spread": None}
+            found[key] = {"value": None, "low": None, "high": None, "spread": None, "seeds": 0}
             continue
         found[key] = {
             "value": geometric_mean(values),
             "low": min(values),
             "high": max(values),
             "spread": max(values) / min(values),
+            "seeds": len(values),  # of len(suggestions): a seed may have none (no divergence)
         }
     return found

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, LogLocator
 
 from knn_cli.plots import DPI, write_figure
-from knn_cli.runs import SUMMARY_FILE, read_summary
+from knn_cli.runs import SUMMARY_FILE, atomic_write_text, read_summary
 
 FIGSIZE = (9.0, 7.5)
 # The loss axis stops at this multiple of a curve's start: past it a diverging loss would
@@ -142,8 +142,9 @@ def _mark(top: Any, bottom: Any, summary: Mapping[str, Any]) -> None:
         for s in summary.get("seeds", [])
         if (s.get("suggestions") or {}).get("collapse")
     ]
+    over_seeds = (suggested.get("collapse") or {}).get("value")
     for k, rate in enumerate(collapses):
-        label = f"accuracy collapses at {min(collapses):.2g}" if k == 0 else None
+        label = f"accuracy collapses (over seeds: {over_seeds:.2g})" if k == 0 else None
         bottom.axvline(rate, color="tab:red", ls=":", lw=1.0, label=label)
     bounds = summary.get("config_bounds") or {}
     for key in ("eta_min", "eta_max"):
@@ -192,6 +193,7 @@ def compare_range_tests(folders: Sequence[Path], figure: Path) -> tuple[str, lis
     title = "Learning-rate range tests: " + (
         ", ".join(sorted({t.summary.get("name", "") for t in tests}))
     )
+    figure.parent.mkdir(parents=True, exist_ok=True)
     written = [write_figure(draw_range_tests(tests, title), figure)]
     keys = ("eta_min", "eta_max", "still_learns", "collapse", "last_stable")
     rows = [
@@ -211,7 +213,10 @@ def compare_range_tests(folders: Sequence[Path], figure: Path) -> tuple[str, lis
         ],
         rows,
     )
-    return table, written
+    markdown = figure.with_suffix(".md")
+    shown = "\n".join(f"- {t.label}: `{f}`" for t, f in zip(tests, folders, strict=True))
+    atomic_write_text(markdown, f"# {title}\n\n![]({figure.name})\n\n{table}\n{shown}\n")
+    return table, [*written, markdown]
 
 
 def suggested_text(summary: Mapping[str, Any], key: str) -> str:

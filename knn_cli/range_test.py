@@ -460,7 +460,7 @@ def _train_grid(
     parent.mkdir(exist_ok=True)
     runs, found = [], []
     for index, rate in enumerate(grid_rates(schedule)):
-        folder = parent / f"{index:02d}-eta-{rate:.2e}"
+        folder = parent / f"{index:02d}-eta-{rate:.3g}"
         found.append((rate, folder))
         if (folder / SUMMARY_FILE).is_file() and read_summary(folder).get("status") in (
             "finished",
@@ -508,7 +508,7 @@ def constant_rate_config(config: RunConfig, rate: float, steps: int) -> RunConfi
     )
     return replace(
         config,
-        name=f"{config.name}-eta-{rate:.2e}",
+        name=f"{config.name}-eta-{rate:.3g}",  # a valid run name: no '+' of an exponent
         training=training,
         evaluation=replace(config.evaluation, train_curve_rows=0),
         diagnostics=replace(config.diagnostics, layers=False, landscape=False),

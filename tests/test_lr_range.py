@@ -329,7 +329,10 @@ def test_the_grid_trains_a_dozen_constant_rates_beside_the_test(
     summary = json.loads((folder / "summary.json").read_text())
     rates = [point["eta"] for point in summary["grid"]]
     assert len(rates) == 12 and rates[0] == pytest.approx(1e-4) and rates[-1] == pytest.approx(30)
+    from knn_cli.config import load_config
+
     for point in summary["grid"]:
+        load_config(folder / point["folder"] / "config.yaml")  # an ordinary run's, valid
         run_summary = json.loads((folder / point["folder"] / "summary.json").read_text())
         assert run_summary["test_accuracy"] is None  # a model choice never looks at the test set
         assert run_summary["total_steps"] == 120
@@ -380,5 +383,35 @@ def test_a_loss_that_never_falls_is_said_so(tmp_path: Path, fake_cifar_dir: Path
 
 def test_usage_errors_of_lr_range(tmp_path: Path) -> None:
     assert_one_line_error(run("lr-range"), 2, "give a CONFIG to test, or --resume")
+    both = run("lr-range", "c.yaml", "--resume", str(tmp_path))
+    assert_one_line_error(both, 2, "not both")
     missing = run("lr-range", "--resume", str(tmp_path / "nowhere"))
     assert_one_line_error(missing, 2, "not a range-test folder")
+    changed = run("lr-range", "--resume", str(tmp_path), "--seeds", "3", "--high", "2")
+    assert_one_line_error(changed, 2, "continues the test as it was; drop --high, --seeds")
+    changed = run("lr-range", "--resume", str(tmp_path), "--set", "training.lambda=0.1")
+    assert_one_line_error(changed, 2, "drop --set")
+
+
+def test_a_test_too_short_for_a_slope_has_no_steepest_descent() -> None:
+    rates = np.geomspace(1e-5, 10.0, 200)
+    found = suggest(
+        rates, falling_loss(rates), POINTS, constructed_accuracy(POINTS), None, memory=50
+    )
+    assert found.steepest is None  # 5 x 50 steps needed before the lowest loss
+    assert found.eta_min is not None and found.lowest_loss == rates[-1]
+
+
+def test_knn_compare_overlays_range_tests_and_tabulates_them(
+    tmp_path: Path, fake_cifar_dir: Path
+) -> None:
+    for runs, extra in (("a", ()), ("b", ("--set", "model.batch_norm=false"))):
+        assert lr_range(tmp_path, fake_cifar_dir, runs, *extra).exit_code == 0
+    figure = tmp_path / "out" / "compare.png"
+    folders = [str(only_folder(tmp_path / runs)) for runs in ("a", "b")]
+    result = run("compare", *folders, "--out", str(figure))
+    assert result.exit_code == 0, result.output
+    assert "batch_norm=true" in result.output and "batch_norm=false" in result.output
+    assert figure.is_file() and "learns up to" in figure.with_suffix(".md").read_text()
+    mixed = run("compare", folders[0], str(tmp_path))
+    assert_one_line_error(mixed, 2)

@@ -120,7 +120,8 @@ def plan_study(settings: StudySettings, n_images: int) -> list[PlannedPart]:
         PlannedPart(
             RATES,
             f"usable rates: range tests of {len(RANGE_NETWORKS)} networks, {RANGE_SEEDS} seeds "
-            f"each, then {', '.join(RETRAINED)} at their suggested bounds, {seeds} seeds each",
+            f"each, then {', '.join(RETRAINED)} at the bounds their tests suggest (or allow), "
+            f"{seeds} seeds each",
             [
                 [run(c, 1, c.training.n_s, k) for c in range_tests for k in range(RANGE_SEEDS)],
                 [run(c, seed=k) for c in retrained for k in range(seeds)],

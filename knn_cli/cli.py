@@ -298,9 +298,16 @@ def gradcheck(
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def plot(run_dir: Path) -> None:
-    """Redraw a run's cost, loss and accuracy plots from its metrics file."""
+    """Redraw a run's cost, loss and accuracy plots from its metrics file (a range test's
+    lr_range.png from its lr_range.csv)."""
+    from knn_cli.listing import LR_RANGE, folder_kind
     from knn_cli.plots import plot_run
 
+    if run_dir.is_dir() and folder_kind(run_dir) == LR_RANGE:
+        from knn_cli.range_plots import plot_range_test
+
+        click.echo(str(plot_range_test(run_dir)))
+        return
     for path in plot_run(run_dir):
         click.echo(str(path))
 

@@ -74,6 +74,7 @@ from knn_cli.runs import (
 from knn_cli.trainer import NOISE_STREAM, BatchStream, Checkpointing, evaluate_members
 
 RANGE_COMMAND = "lr-range"  # summary.json's "command", by which `knn runs` knows the folder
+ENDED = ("finished", "no suggestion")  # a test with either status has nothing to continue
 RANGE_FILE, RANGE_FIGURE, GRID_FOLDER = "lr_range.csv", "lr_range.png", "grid"
 FIELDS = ("seed", "step", "eta", "loss", "cost", "smoothed_loss", "val_loss", "val_accuracy")
 # Smith ran his linear test over several epochs (8 in his CIFAR-10 example); fastai's
@@ -158,33 +159,48 @@ def run_range_test(
         start_step, earlier_seconds = _restore(run_dir, tests, settings)
     else:
         atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))
-    stop_context = StopRequests() if stop_between_steps else nullcontext(lambda: False)
-    minutes = config.training.checkpoint_minutes
-    log = CsvLog(run_dir / RANGE_FILE, FIELDS)  # flushed as each step's rows are appended
-    with stop_context as stopping, closing(log):
+    try:
+        stop_context = StopRequests() if stop_between_steps else nullcontext(lambda: False)
+        minutes = config.training.checkpoint_minutes
+        log = CsvLog(run_dir / RANGE_FILE, FIELDS)  # flushed as each step's rows are appended
+        with stop_context as stopping, closing(log):
 
-        def save(step: int) -> None:
-            _save_checkpoint(run_dir, tests, step, earlier_seconds + time.time() - started)
+            def save(step: int) -> None:
+                _save_checkpoint(run_dir, tests, step, earlier_seconds + time.time() - started)
 
-        saving = Checkpointing(None if minutes is None else 60.0 * minutes, stopping)
-        _train(
-            config,
-            schedule,
-            every,
-            settings,
-            dataset,
-            tests,
-            log,
-            start_step,
-            saving,
-            save,
-            progress,
-        )
-        # The test done: a stop in the grid that follows continues with the grid.
-        save(schedule.steps)
-    grid = []
-    if settings.grid:
-        grid = _train_grid(config, schedule, settings, run_dir, dataset, progress)
+            saving = Checkpointing(None if minutes is None else 60.0 * minutes, stopping)
+            _train(
+                config,
+                schedule,
+                every,
+                settings,
+                dataset,
+                tests,
+                log,
+                start_step,
+                saving,
+                save,
+                progress,
+            )
+            # The test done: a stop in the grid that follows continues with the grid.
+            save(schedule.steps)
+        grid = []
+        if settings.grid:
+            grid = _train_grid(config, schedule, settings, run_dir, dataset, progress)
+    except KeyboardInterrupt:
+        # Saved between two steps (or by the grid's runs): say so, for knn runs and the user.
+        interrupted = {
+            "command": RANGE_COMMAND,
+            "name": config.name,
+            "status": "interrupted",
+            "message": "interrupted (Ctrl-C or a stop signal); continue with --resume",
+            "schedule": _schedule_facts(schedule, settings),
+            "seeds": [],
+            "steps": max(t.steps_done for t in tests),
+            "wall_seconds": round(earlier_seconds + time.time() - started, 3),
+        }
+        atomic_write_json(run_dir / SUMMARY_FILE, interrupted)
+        raise
     summary = _summary(config, settings, schedule, run_dir, tests, grid)
     summary["wall_seconds"] = round(earlier_seconds + time.time() - started, 3)
     atomic_write_json(run_dir / SUMMARY_FILE, summary)
@@ -420,7 +436,8 @@ def resumable_range_test(run_dir: Path) -> RangeSettings:
     settings_file = run_dir / SETTINGS_FILE
     if not (run_dir / CONFIG_FILE).is_file() or not settings_file.is_file():
         raise RunFolderError(f"{run_dir} is not a range-test folder (no {SETTINGS_FILE})")
-    if (run_dir / SUMMARY_FILE).is_file():
+    status = read_summary(run_dir).get("status") if (run_dir / SUMMARY_FILE).is_file() else None
+    if status in ENDED:
         raise RunFolderError(f"{run_dir} has finished: there is nothing to continue")
     if not (run_dir / CHECKPOINT_FILE).is_file():
         raise RunFolderError(
@@ -555,21 +572,25 @@ def _summary(
         "name": config.name,
         "status": status,
         "message": errors[0] if errors and not found else "",
-        "schedule": {
-            "shape": schedule.shape,
-            "low": schedule.low,
-            "high": schedule.high,
-            "steps": schedule.steps,
-            "eval_every": settings.every(schedule.steps),
-            "smoothing": settings.smoothing,
-            "diverge_factor": settings.diverge_factor,
-        },
+        "schedule": _schedule_facts(schedule, settings),
         "config_bounds": {"eta_min": config.training.eta_min, "eta_max": config.training.eta_max},
         "seeds": per_seed,
         "suggested": combined(found) if found else {},
         "grid": grid,
         "machine": machine(),
         "versions": provenance(),
+    }
+
+
+def _schedule_facts(schedule: RangeSchedule, settings: RangeSettings) -> dict[str, Any]:
+    return {
+        "shape": schedule.shape,
+        "low": schedule.low,
+        "high": schedule.high,
+        "steps": schedule.steps,
+        "eval_every": settings.every(schedule.steps),
+        "smoothing": settings.smoothing,
+        "diverge_factor": settings.diverge_factor,
     }
 
 

@@ -239,6 +239,9 @@ def test_lr_range_writes_its_folder_and_suggests_bounds(
     assert written.training.eta_max == float(f"{bounds['eta_max']:.3g}")
     listed = run("runs", str(tmp_path / "runs"))
     assert "lr-range" in listed.output, listed.output
+    (folder / "lr_range.png").unlink()
+    redrawn = run("plot", str(folder))
+    assert redrawn.exit_code == 0 and (folder / "lr_range.png").is_file(), redrawn.output
 
 
 def test_seeds_side_by_side_are_each_the_test_alone(tmp_path: Path, fake_cifar_dir: Path) -> None:
@@ -278,7 +281,10 @@ def test_a_stopped_range_test_resumes_to_the_uninterrupted_result(
     assert_one_line_error(cut, EXIT_INTERRUPTED, "interrupted")
     folder = only_folder(tmp_path / "cut")
     assert f"knn lr-range --resume {folder}" in cut.output
-    assert (folder / "checkpoint.npz").is_file() and not (folder / "summary.json").exists()
+    assert (folder / "checkpoint.npz").is_file()
+    said = json.loads((folder / "summary.json").read_text())
+    assert said["status"] == "interrupted" and said["steps"] == 50
+    assert "interrupted" in run("runs", str(tmp_path / "cut")).output
     resumed = run("lr-range", "--resume", str(folder))
     assert resumed.exit_code == 0, resumed.output
     reference = only_folder(tmp_path / "whole")

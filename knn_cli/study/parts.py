@@ -21,7 +21,8 @@ from knn_cli.executors import Executor
 from knn_cli.gradcheck_run import GRADCHECK_COMMAND, GradcheckSettings, run_gradcheck
 from knn_cli.locks import folder_lock
 from knn_cli.lr_range import EXPONENTIAL
-from knn_cli.range_test import RANGE_COMMAND, RangeSettings, run_range_test, write_settings
+from knn_cli.range_test import ENDED as RANGE_ENDED
+from knn_cli.range_test import RangeSettings, run_range_test, write_settings
 from knn_cli.runs import CHECKPOINT_FILE, summary_or_empty
 from knn_cli.stack import default_hidden
 from knn_cli.study.settings import (
@@ -353,7 +354,7 @@ def run_rates_part(
     jobs = []
     for name in RANGE_NETWORKS:
         where = folder / f"range-{name}"
-        if summary_or_empty(where).get("command") == RANGE_COMMAND:
+        if summary_or_empty(where).get("status") in RANGE_ENDED:
             continue
         jobs.append((config_to_dict(range_config(settings, name)), test_settings, where))
     failed = [

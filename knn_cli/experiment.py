@@ -20,6 +20,7 @@ from knn_cli.data import load_cifar10
 from knn_cli.data.cifar10 import N_CLASSES, Dataset
 from knn_cli.diagnostics import Probe
 from knn_cli.errors import RunFolderError
+from knn_cli.evaluation import accuracy, ensemble_accuracy
 from knn_cli.interrupts import StopRequests
 from knn_cli.memory import check_memory, estimate_memory
 from knn_cli.network import Network
@@ -44,8 +45,6 @@ from knn_cli.trainer import (
     Splits,
     Trainer,
     TrainingOutcome,
-    accuracy,
-    ensemble_accuracy,
 )
 
 OPTIMIZER_PREFIX = "optimizer."

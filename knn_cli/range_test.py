@@ -6,7 +6,7 @@ penalty) and its smoothed value are recorded, and the validation set is measured
 `eval_every` steps; a seed stops once its smoothed loss passes `diverge_factor` times its
 lowest. Several seeds train side by side as one population (`knn_cli/engine`), each exactly as
 it would alone. With `grid`, a short run at each of a dozen constant rates checks the
-suggestions against where constant rates train well.
+suggestions against where constant rates train well (`range_grid.py`).
 
 The folder: `config.yaml`, `lr_range.json` (the test's settings), `lr_range.csv` (a row per seed
 and step), `lr_range.png`, `summary.json` (the suggestions of each seed, their spread, the
@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing, nullcontext
@@ -36,13 +35,12 @@ from knn_cli.config import RunConfig, dump_config
 from knn_cli.data.cifar10 import Dataset
 from knn_cli.engine import Engine
 from knn_cli.errors import RunFolderError
+from knn_cli.evaluation import evaluate_members
 from knn_cli.experiment import (
     OPTIMIZER_PREFIX,
     build_network,
     build_update_rule,
-    open_run,
     saved_state,
-    train_population,
 )
 from knn_cli.interrupts import StopRequests
 from knn_cli.lr_range import (
@@ -58,6 +56,7 @@ from knn_cli.lr_range import (
 )
 from knn_cli.network import Network
 from knn_cli.optim import UpdateRule
+from knn_cli.range_grid import train_grid
 from knn_cli.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -71,18 +70,17 @@ from knn_cli.runs import (
     read_summary,
     write_checkpoint,
 )
-from knn_cli.trainer import NOISE_STREAM, BatchStream, Checkpointing, evaluate_members
+from knn_cli.trainer import NOISE_STREAM, BatchStream, Checkpointing
 
 RANGE_COMMAND = "lr-range"  # summary.json's "command", by which `knn runs` knows the folder
 ENDED = ("finished", "no suggestion")  # a test with either status has nothing to continue
-RANGE_FILE, RANGE_FIGURE, GRID_FOLDER = "lr_range.csv", "lr_range.png", "grid"
+RANGE_FILE, RANGE_FIGURE = "lr_range.csv", "lr_range.png"
 FIELDS = ("seed", "step", "eta", "loss", "cost", "smoothed_loss", "val_loss", "val_accuracy")
 # Smith ran his linear test over several epochs (8 in his CIFAR-10 example); fastai's
 # exponential one takes 100 steps by default: ours takes 1,000 (2.2 epochs of 45,000 images at
 # batch 100), enough for 100 validation points and a smoothed loss that settles in each decade.
 LINEAR_EPOCHS, EXPONENTIAL_STEPS = 8, 1000
 POINTS = 100  # validation points over the whole test, by default
-GRID_RATES = 12
 
 
 @dataclass(frozen=True)
@@ -186,7 +184,7 @@ def run_range_test(
             save(schedule.steps)
         grid = []
         if settings.grid:
-            grid = _train_grid(config, schedule, settings, run_dir, dataset, progress)
+            grid = train_grid(config, schedule, run_dir, dataset, progress)
     except KeyboardInterrupt:
         # Saved between two steps (or by the grid's runs): say so, for knn runs and the user.
         interrupted = {
@@ -452,84 +450,6 @@ def resumable_range_test(run_dir: Path) -> RangeSettings:
 def write_settings(run_dir: Path, settings: RangeSettings) -> None:
     """The test's own settings beside its config, so `--resume` continues it as it was."""
     atomic_write_json(run_dir / SETTINGS_FILE, asdict(settings))
-
-
-# -- the check: constant rates -------------------------------------------------------------------
-
-
-def grid_rates(schedule: RangeSchedule) -> list[float]:
-    """A dozen constant rates, log-spaced over the range test's interval."""
-    return [float(r) for r in np.geomspace(schedule.low, schedule.high, GRID_RATES)]
-
-
-def _train_grid(
-    config: RunConfig,
-    schedule: RangeSchedule,
-    settings: RangeSettings,
-    run_dir: Path,
-    dataset: Dataset,
-    progress: bool,
-) -> list[dict[str, Any]]:
-    """One run per constant rate, as long as the range test, trained side by side as one
-    population (they differ in their rates alone); each one's final validation accuracy. A run
-    already finished (a continued test) is read, not trained again."""
-    parent = run_dir / GRID_FOLDER
-    parent.mkdir(exist_ok=True)
-    runs, found = [], []
-    for index, rate in enumerate(grid_rates(schedule)):
-        folder = parent / f"{index:02d}-eta-{rate:.3g}"
-        found.append((rate, folder))
-        if (folder / SUMMARY_FILE).is_file() and read_summary(folder).get("status") in (
-            "finished",
-            "diverged",
-        ):
-            continue
-        resume = (folder / CHECKPOINT_FILE).is_file()
-        if folder.exists() and not resume:
-            shutil.rmtree(folder)  # it stopped before its first checkpoint: start it again
-        folder.mkdir(exist_ok=True)
-        runs.append(
-            open_run(
-                constant_rate_config(config, rate, schedule.steps),
-                folder,
-                dataset,
-                resume=resume,
-                evaluate_test=False,
-                population=GRID_RATES,
-            )
-        )
-    if runs:
-        if progress:
-            print(f"grid: {len(runs)} runs at constant rates, side by side")
-        train_population(runs, dataset, stop_between_steps=True)
-    results = []
-    for rate, folder in found:
-        summary = read_summary(folder)
-        results.append(
-            {
-                "eta": rate,
-                "status": summary.get("status"),
-                "final_val_accuracy": summary.get("final_val_accuracy"),
-                "best_val_accuracy": summary.get("best_val_accuracy"),
-                "folder": str(folder.relative_to(run_dir)),
-            }
-        )
-    return results
-
-
-def constant_rate_config(config: RunConfig, rate: float, steps: int) -> RunConfig:
-    """The config trained at one constant rate for about `steps` steps: one cycle whose bounds
-    are both `rate`; its training curve and layer diagnostics left out (nothing reads them)."""
-    training = replace(
-        config.training, eta_min=rate, eta_max=rate, n_s=max(1, steps // 2), cycles=1
-    )
-    return replace(
-        config,
-        name=f"{config.name}-eta-{rate:.3g}",  # a valid run name: no '+' of an exponent
-        training=training,
-        evaluation=replace(config.evaluation, train_curve_rows=0),
-        diagnostics=replace(config.diagnostics, layers=False, landscape=False),
-    )
 
 
 # -- the summary ---------------------------------------------------------------------------------

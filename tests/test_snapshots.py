@@ -19,12 +19,13 @@ from knn_cli.cli import cli
 from knn_cli.config import TrainingConfig, config_from_dict, load_config
 from knn_cli.data.cifar10 import Dataset
 from knn_cli.errors import ConfigError
+from knn_cli.evaluation import accuracy, ensemble_accuracy
 from knn_cli.experiment import build_network, open_run, train_population, train_run
 from knn_cli.layers import softmax
 from knn_cli.listing import ENSEMBLE_HEADER, list_rows, rows_table
 from knn_cli.network import Network
 from knn_cli.runs import new_run_dir, read_metrics
-from knn_cli.trainer import Listener, Splits, accuracy, ensemble_accuracy, train
+from knn_cli.trainer import Listener, Splits, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from knn_cli import memory
-from knn_cli.config import RunConfig, config_from_dict, dump_config
+from knn_cli.config import RunConfig, commented_yaml, config_from_dict
 from knn_cli.data.cifar10 import N_FEATURES
 from knn_cli.estimate import PlannedRun, Speeds, runs_seconds, train_seconds
 from knn_cli.formatting import duration
@@ -80,7 +80,7 @@ def train_plan(config: RunConfig) -> str:
         f"time: about {duration(seconds)} on this machine ({machine()}), from a training step "
         "and an evaluation timed here",
     ]
-    return dump_config(config) + comment("\n".join(plan)) + "\n"
+    return commented_yaml(config) + comment("\n".join(plan)) + "\n"
 
 
 def sweep_plan(

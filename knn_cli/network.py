@@ -20,6 +20,7 @@ import numpy as np
 from knn_cli import layers as L
 from knn_cli.stack import (
     INITS,
+    LAYER_OPTIONS,
     TRAINING,
     Affine,
     BatchNorm,
@@ -43,35 +44,28 @@ class Network:
     """
 
     def __init__(
-        self,
-        input_dim: int,
-        hidden: Sequence[int],
-        n_classes: int,
-        *,
-        batch_norm: bool = False,
-        bn_position: str = "before_relu",
-        init: str = "he",
-        sigma: float = 0.1,
-        seed: int = 0,
-        dtype: str = "float32",
-        bn_eps: float = 1e-12,
-        bn_alpha: float = 0.8,
-        dropout: float | Sequence[float] = 0.0,
-        label_smoothing: float = 0.0,
+        self, input_dim: int, hidden: Sequence[int], n_classes: int, **options: Any
     ) -> None:
+        """The study's stack (`standard_layers`) for widths (input_dim, *hidden, n_classes).
+
+        `options` are the config's model settings by name (`knn_cli.config.ModelConfig`) plus
+        `seed`, `dtype` and `label_smoothing`: those `standard_layers` takes shape the layers,
+        the rest reach `from_layers`; each has its default in the one function that takes it.
+        """
         widths = (int(input_dim), *(int(w) for w in hidden), int(n_classes))
-        stack = standard_layers(
-            widths,
-            batch_norm=bool(batch_norm),
-            bn_position=bn_position,
-            bn_eps=float(bn_eps),
-            dropout=dropout,
-        )
-        self._build(stack, Init(init, float(sigma)), seed, dtype, bn_alpha, label_smoothing)
+        shape = {key: options.pop(key) for key in list(options) if key in LAYER_OPTIONS}
+        self._build(standard_layers(widths, **shape), **options)
 
     @classmethod
-    def from_layers(
-        cls,
+    def from_layers(cls, stack: Sequence[Layer], **options: Any) -> Network:
+        """A network of any stack of layers, e.g. one with a layer of your own; `options` as
+        `_build` takes them."""
+        network = cls.__new__(cls)
+        network._build(list(stack), **options)
+        return network
+
+    def _build(
+        self,
         stack: Sequence[Layer],
         *,
         init: str = "he",
@@ -80,23 +74,11 @@ class Network:
         dtype: str = "float32",
         bn_alpha: float = 0.8,
         label_smoothing: float = 0.0,
-    ) -> Network:
-        """A network of any stack of layers, e.g. one with a layer of your own."""
-        network = cls.__new__(cls)
-        network._build(
-            list(stack), Init(init, float(sigma)), seed, dtype, bn_alpha, label_smoothing
-        )
-        return network
-
-    def _build(
-        self,
-        stack: list[Layer],
-        init: Init,
-        seed: int,
-        dtype: str,
-        bn_alpha: float,
-        label_smoothing: float,
     ) -> None:
+        """Parameters drawn for the stack: He or normal(`sigma`) weights from `seed`, held in
+        `dtype`; `bn_alpha` is the moving averages' momentum."""
+        stack = list(stack)
+        init = Init(init, float(sigma))
         if init.scheme not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init.scheme!r}")
         if dtype not in DTYPES:

@@ -11,6 +11,7 @@ the gradient check and saving take it as it is (README, Development).
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -248,7 +249,7 @@ class ReLU(Layer):
 def standard_layers(
     widths: Sequence[int],
     *,
-    batch_norm: bool,
+    batch_norm: bool = False,
     bn_position: str = "before_relu",
     bn_eps: float = 1e-12,
     dropout: float | Sequence[float] = 0.0,
@@ -268,13 +269,17 @@ def standard_layers(
         if index == k:
             break
         block: list[Layer] = [ReLU()]
-        if batch_norm:
-            norm = BatchNorm(index, widths[index], bn_eps)
+        if bool(batch_norm):
+            norm = BatchNorm(index, widths[index], float(bn_eps))
             block = [norm, *block] if bn_position == "before_relu" else [*block, norm]
         if rates[index - 1] > 0:
             block.append(Dropout(index, float(rates[index - 1])))
         stack.extend(block)
     return stack
+
+
+# The network options that shape the stack: `Network` hands these keywords to `standard_layers`.
+LAYER_OPTIONS = frozenset(inspect.signature(standard_layers).parameters) - {"widths"}
 
 
 def zero_gradient_parameters(stack: Sequence[Layer]) -> frozenset[str]:

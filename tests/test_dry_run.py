@@ -45,7 +45,7 @@ def test_train_prints_a_config_that_trains_the_same_run_and_its_plan(tmp_path: P
         CONFIGS / "3layer_bn.yaml", ["training.cycles=3", "training.optimizer=momentum"]
     )
     assert config_from_dict(yaml.safe_load(output)) == expected  # every default filled in
-    assert "optimizer_settings:\n    momentum: 0.9" in output
+    assert "optimizer_settings: {momentum: 0.9}" in output
     plan = [line for line in output.splitlines() if line.startswith("#")]
     assert "13,500 steps (3 cycles of 2 x 2,250) in batches of 100: 30.0 epochs" in plan[1]
     assert "31 evaluations" in plan[1]

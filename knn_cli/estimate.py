@@ -11,15 +11,16 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from knn_cli.blas import one_thread_limit
-from knn_cli.config import RunConfig, config_to_dict
+from knn_cli.config import ModelConfig, RunConfig, config_to_dict
 from knn_cli.engine import Engine
 from knn_cli.network import Network
 from knn_cli.schedule import total_steps
+from knn_cli.stack import standard_layers_of
 
 START_SECONDS = 1.0  # a population's start: a worker taking it, opening the cache
 FINISH_SECONDS = 0.5  # a run's end: its test accuracy, model, summary and plots
@@ -102,10 +103,13 @@ class Speeds:
         self._found: dict[tuple[object, ...], tuple[float, float, float]] = {}
 
     def of(self, config: RunConfig, members: int = 1) -> tuple[float, float]:
-        model = config.model
-        key = (model.hidden, model.batch_norm, config.training.batch_size)
+        model, batch = config.model, config.training.batch_size
+        # Timed once per stack of layers: the init and the moving averages' momentum do not
+        # change a step's cost.
+        widths = (self.features, *model.hidden, 10)
+        key = (tuple(standard_layers_of(widths, asdict(model))), batch)
         if key not in self._found:
-            self._found[key] = measure_speed(self.features, *key)
+            self._found[key] = measure_speed(self.features, model, batch)
         alone, together, row = self._found[key]
         shared = max(0.0, (alone - together) * TIMED_MEMBERS / (TIMED_MEMBERS - 1))
         return alone - shared + shared / members, row
@@ -115,14 +119,13 @@ TIMED_MEMBERS = 8
 
 
 def measure_speed(
-    features: int, hidden: tuple[int, ...], batch_norm: bool, batch_size: int = 100
+    features: int, model: ModelConfig, batch_size: int = 100
 ) -> tuple[float, float, float]:
     """(seconds a training step of `batch_size` rows takes alone, a member's share of a step of
     TIMED_MEMBERS networks sharing the batch, seconds per row of an evaluation), on one thread,
     the medians of a few repeats: the machine's speed jumps from one second to the next."""
     networks = [
-        Network(features, hidden, 10, batch_norm=batch_norm, seed=seed)
-        for seed in range(TIMED_MEMBERS)
+        Network(features, n_classes=10, **asdict(model), seed=seed) for seed in range(TIMED_MEMBERS)
     ]
     rng = np.random.default_rng(0)
     rows = max(1000, batch_size)

@@ -20,6 +20,7 @@ from knn_cli.config import RunConfig
 from knn_cli.data.cifar10 import N_FEATURES, TRAIN_IMAGES
 from knn_cli.errors import ConfigError
 from knn_cli.optim import UPDATE_RULES
+from knn_cli.stack import Affine, standard_layers_of
 
 CIFAR_IMAGES = 60_000  # 50,000 training (validation included) and 10,000 test
 CIFAR_TRAIN_IMAGES = TRAIN_IMAGES - 5_000  # the default 5,000 held out
@@ -27,9 +28,6 @@ DATA_ITEMSIZE = 4  # the cache holds float32 whatever the run's dtype
 BASELINE_BYTES = 120 * 2**20  # Python, NumPy, matplotlib and the BLAS, before any array
 EVALUATION_ROWS = 10_000  # the largest block evaluation and prediction work on
 LANES = 2  # training steps computed side by side, each with its own workspace
-# Per hidden unit and example: the affine output, the normalized and the activated values, their
-# gradients, and the BN/ReLU/dropout masks a backward pass keeps.
-BUFFERS_PER_UNIT = 8
 # Per parameter: its value, one gradient per lane, the copy written to a checkpoint.
 COPIES_PER_PARAMETER = 2 + LANES
 
@@ -68,14 +66,17 @@ def estimate_memory(
     hold their parameters and activations side by side."""
     itemsize = 8 if config.training.dtype == "float64" else 4
     widths = (features, *config.model.hidden, 10)
-    weights = sum(d_in * d_out for d_in, d_out in itertools.pairwise(widths))
-    per_unit = 4 if config.model.batch_norm else 1  # bias; or bias, gamma, beta and a mean
-    parameter_count = weights + per_unit * sum(widths[1:])
+    # The layers say what they hold and keep; each buffer is as wide as the units it follows.
+    layers = standard_layers_of(widths, asdict(config.model))
+    parameter_count = sum(layer.parameter_count() for layer in layers)
     copies = COPIES_PER_PARAMETER + len(UPDATE_RULES[config.training.optimizer].slots)
     copies += config.evaluation.snapshot_ensemble  # the snapshots, loaded together at the end
-    hidden_units = sum(widths[1:])
+    buffers, width = 0, features
+    for layer in layers:
+        width = layer.fan_out if isinstance(layer, Affine) else width
+        buffers += layer.step_buffers * width
     batch = config.training.batch_size
-    step = batch * (BUFFERS_PER_UNIT * hidden_units + 2 * features)  # the input, gathered
+    step = batch * (buffers + 2 * features)  # the input, gathered
     evaluation = EVALUATION_ROWS * (2 * max(widths[1:]) + features)
     if config.evaluation.precise_bn and config.model.batch_norm:
         # Precise BN passes every training row through one layer at a time: a layer's input

@@ -27,7 +27,7 @@ from knn_cli.stack import (
     Init,
     Layer,
     Mode,
-    standard_layers,
+    standard_layers_of,
     zero_gradient_parameters,
 )
 
@@ -53,8 +53,8 @@ class Network:
         the rest reach `from_layers`; each has its default in the one function that takes it.
         """
         widths = (int(input_dim), *(int(w) for w in hidden), int(n_classes))
-        shape = {key: options.pop(key) for key in list(options) if key in LAYER_OPTIONS}
-        self._build(standard_layers(widths, **shape), **options)
+        rest = {key: value for key, value in options.items() if key not in LAYER_OPTIONS}
+        self._build(standard_layers_of(widths, options), **rest)
 
     @classmethod
     def from_layers(cls, stack: Sequence[Layer], **options: Any) -> Network:

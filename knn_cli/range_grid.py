@@ -6,13 +6,12 @@ their final validation accuracy is drawn beside the test's curve."""
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from knn_cli.config import RunConfig
+from knn_cli.config import RunConfig, with_overrides
 from knn_cli.data.cifar10 import Dataset
 from knn_cli.experiment import open_run, train_population
 from knn_cli.lr_range import RangeSchedule
@@ -82,13 +81,16 @@ def train_grid(
 def constant_rate_config(config: RunConfig, rate: float, steps: int) -> RunConfig:
     """The config trained at one constant rate for about `steps` steps: one cycle whose bounds
     are both `rate`; its training curve and layer diagnostics left out (nothing reads them)."""
-    training = replace(
-        config.training, eta_min=rate, eta_max=rate, n_s=max(1, steps // 2), cycles=1
-    )
-    return replace(
+    return with_overrides(
         config,
-        name=f"{config.name}-eta-{rate:.3g}",  # a valid run name: no '+' of an exponent
-        training=training,
-        evaluation=replace(config.evaluation, train_curve_rows=0),
-        diagnostics=replace(config.diagnostics, layers=False, landscape=False),
+        {
+            "name": f"{config.name}-eta-{rate:.3g}",  # a valid run name: no '+' of an exponent
+            "training.eta_min": rate,
+            "training.eta_max": rate,
+            "training.n_s": max(1, steps // 2),
+            "training.cycles": 1,
+            "evaluation.train_curve_rows": 0,
+            "diagnostics.layers": False,
+            "diagnostics.landscape": False,
+        },
     )

@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing, nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from knn_cli.augment import Augmentation
-from knn_cli.config import RunConfig, dump_config
+from knn_cli.config import RunConfig, dump_config, with_overrides
 from knn_cli.data.cifar10 import Dataset
 from knn_cli.engine import Engine
 from knn_cli.errors import RunFolderError
@@ -210,7 +210,7 @@ def run_range_test(
 
 
 def _seed_test(config: RunConfig, seed: int, settings: RangeSettings, dataset: Dataset) -> SeedTest:
-    seeded = replace(config, training=replace(config.training, seed=seed))
+    seeded = with_overrides(config, {"training.seed": seed})
     return SeedTest(
         seed,
         build_network(seeded, dataset.n_features),
@@ -540,10 +540,11 @@ def suggested_config(config: RunConfig, summary: dict[str, Any]) -> RunConfig:
     eta_max = suggested.get("eta_max", {}).get("value")
     if eta_min is None or eta_max is None:
         raise RangeTestError("the range test suggested no bounds: nothing to write")
-    training = replace(
-        config.training, eta_min=float(f"{eta_min:.3g}"), eta_max=float(f"{eta_max:.3g}")
-    )
-    return replace(config, training=training)
+    bounds = {
+        "training.eta_min": float(f"{eta_min:.3g}"),
+        "training.eta_max": float(f"{eta_max:.3g}"),
+    }
+    return with_overrides(config, bounds)
 
 
 __all__ = [

@@ -115,6 +115,17 @@ class Layer:
         """How far the input is from a point where the layer is not differentiable."""
         return math.inf
 
+    # -- what it costs: the memory estimate (`knn_cli/memory.py`) asks each layer --------------
+
+    def parameter_count(self) -> int:
+        """Numbers the layer holds for good: its parameters and its moving averages."""
+        shapes = [*self.parameters().values(), *self.statistics().values()]
+        return sum(math.prod(shape) for shape in shapes)
+
+    # Arrays as wide as the layer's output that a training step keeps per example: the output
+    # and the gradient flowing back through it, and what the backward pass caches beyond them.
+    step_buffers = 2
+
 
 @dataclass(frozen=True)
 class Affine(Layer):
@@ -168,6 +179,7 @@ class BatchNorm(Layer):
     eps: float = 1e-12
 
     removes_input_shift = True
+    step_buffers = 3  # the normalized input too
 
     @property
     def names(self) -> tuple[str, str, str, str]:
@@ -278,8 +290,14 @@ def standard_layers(
     return stack
 
 
-# The network options that shape the stack: `Network` hands these keywords to `standard_layers`.
+# The network options that shape the stack, those `standard_layers` takes.
 LAYER_OPTIONS = frozenset(inspect.signature(standard_layers).parameters) - {"widths"}
+
+
+def standard_layers_of(widths: Sequence[int], options: Mapping[str, Any]) -> list[Layer]:
+    """`standard_layers` for a network's options (the config's model section), of which it
+    takes those that shape the stack."""
+    return standard_layers(widths, **{k: v for k, v in options.items() if k in LAYER_OPTIONS})
 
 
 def zero_gradient_parameters(stack: Sequence[Layer]) -> frozenset[str]:

@@ -4,13 +4,13 @@ with no module of the package changed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import numpy as np
 import pytest
 
-from knn_cli.config import TrainingConfig
+from knn_cli.config import ModelConfig, RunConfig, TrainingConfig
 from knn_cli.engine import Engine
 from knn_cli.engine.batches import Batch
 from knn_cli.gradcheck import check_network_paths, choose_check_point
@@ -178,3 +178,46 @@ def test_a_new_update_rule_with_a_hyperparameter_is_set_from_a_config(
     with pytest.raises(ConfigError, match=r"rmsprop has no setting 'roh' \(did you mean 'rho'"):
         config_from_dict({}, ["training.optimizer=rmsprop", "training.optimizer_settings.roh=0.5"])
     assert load_config(None, ["training.optimizer=rmsprop"]).training.optimizer == "rmsprop"
+
+
+def test_a_new_model_option_is_one_declaration_read_by_the_loader_overrides_and_docs() -> None:
+    """A config option added from outside: its declaration (default, parser, help) alone gives
+    the loader, `--set` with its bounds and did-you-mean, and the documented block; the code
+    that uses it builds the network."""
+    from knn_cli.config import commented_yaml, config_from_dict, section, setting, with_overrides
+    from knn_cli.config import values as v
+    from knn_cli.errors import ConfigError
+    from knn_cli.stack import standard_layers_of
+
+    @dataclass(frozen=True, slots=True)
+    class LeakyModel(ModelConfig):
+        leak: float = setting(0.0, v.number(0, below=1), "slope of the hidden ReLUs below 0")
+
+    @dataclass(frozen=True, slots=True)
+    class LeakyRun(RunConfig):
+        model: LeakyModel = section(LeakyModel)
+
+    config = config_from_dict({"model": {"leak": 0.2}}, schema=LeakyRun)
+    assert config.model.leak == 0.2 and config.model.hidden == (50, 50)
+    assert with_overrides(config, ["model.leak=0.3"]).model.leak == 0.3
+    assert with_overrides(config, {"model.leak": 0.0}).model.leak == 0.0
+    assert "  leak: 0.2             # slope of the hidden ReLUs below 0" in commented_yaml(config)
+    with pytest.raises(ConfigError, match=r"^model\.leak must be a number >= 0 and < 1, got 1\.5"):
+        config_from_dict({}, ["model.leak=1.5"], schema=LeakyRun)
+    with pytest.raises(ConfigError, match=r"did you mean 'model\.leak'"):
+        config_from_dict({}, ["model.leek=0.1"], schema=LeakyRun)
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.leak'"):
+        config_from_dict({}, ["model.leak=0.1"])  # the package's own schema is unchanged
+
+    # The code that uses it: the study's stack with its ReLUs made leaky.
+    model = config.model
+    layers = [
+        LeakyReLU(model.leak) if isinstance(layer, ReLU) else layer
+        for layer in standard_layers_of((9, *model.hidden, 5), asdict(model))
+    ]
+    network = Network.from_layers(layers, init=model.init, dtype="float64", seed=1)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((14, 9)), rng.integers(0, 5, 14)
+    assert choose_check_point(network, X, rng) >= 6e-4
+    for path, rows in check_network_paths(network, X, y, 0.01).items():
+        assert all(row.passed for row in rows), path

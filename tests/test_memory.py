@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import knn_cli.memory as memory
 from knn_cli.cli import cli
 from knn_cli.config import config_from_dict
 from knn_cli.errors import ConfigError
+from knn_cli.experiment import build_network
 from knn_cli.memory import check_memory, estimate_memory
 
 
@@ -20,9 +22,13 @@ def config(**settings: object):  # type: ignore[no-untyped-def]
 
 
 def test_the_parameters_counted_are_the_networks() -> None:
-    estimate = estimate_memory(config(**{"model.hidden": "[50, 50]"}))
-    # W: 3072x50, 50x50, 50x10; per unit (BN): bias, gamma, beta and a moving mean.
-    count = 3072 * 50 + 50 * 50 + 50 * 10 + 4 * (50 + 50 + 10)
+    run = config(**{"model.hidden": "[50, 40]", "model.dropout": 0.1})
+    estimate = estimate_memory(run)
+    network = build_network(run, 3072)
+    shapes = [*network.shapes.values(), *network.statistic_shapes.values()]
+    count = sum(math.prod(shape) for shape in shapes)
+    # W: 3072x50, 50x40, 40x10, biases, and per BN unit gamma, beta, mean and variance.
+    assert count == 3072 * 50 + 50 * 40 + 40 * 10 + (50 + 40 + 10) + 4 * (50 + 40)
     copies = memory.COPIES_PER_PARAMETER  # SGD keeps no state
     assert estimate.parameters == count * copies * 4
     # The data, and the probe's 1,000 rows the run keeps a copy of.
@@ -103,8 +109,13 @@ def test_precise_bn_counts_a_layer_of_every_training_row_in_and_out() -> None:
     precise = estimate_memory(config(**wide, **{"evaluation.precise_bn": "true"}))
     assert precise.activations >= 2 * 45_000 * 1024 * 4 > plain.activations
     assert precise.parameters == plain.parameters
-    no_bn = {**wide, "model.batch_norm": "false", "evaluation.precise_bn": "true"}
-    assert estimate_memory(config(**no_bn)).activations == plain.activations  # nothing to redo
+    no_bn = {**wide, "model.batch_norm": "false"}
+    precise_no_bn = estimate_memory(config(**no_bn, **{"evaluation.precise_bn": "true"}))
+    assert precise_no_bn.activations == estimate_memory(config(**no_bn)).activations  # no BN
+    # A step keeps, per example and unit, the affine output and gradient, and batch norm's
+    # normalized input, output and gradient: 3 more buffers per hidden unit with BN.
+    bn_buffers = 3 * (1024 + 512) * 100 * memory.LANES * 4
+    assert plain.activations - estimate_memory(config(**no_bn)).activations == bn_buffers
 
 
 @pytest.mark.parametrize(

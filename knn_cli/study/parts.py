@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from knn_cli.config import RunConfig, config_from_dict, config_to_dict
+from knn_cli.config import RunConfig, config_from_dict, config_to_dict, with_overrides
 from knn_cli.data import load_cifar10
 from knn_cli.executors import Executor
 from knn_cli.gradcheck_run import GRADCHECK_COMMAND, GradcheckSettings, run_gradcheck
@@ -373,9 +373,11 @@ def run_rates_part(
         if found is None:
             continue  # nothing suggested and nothing diverged: the report says so
         bounds[name] = found
-        retrained = replace(range_config(settings, name), name=f"{name}-{how}")
-        training = replace(retrained.training, eta_min=found[0], eta_max=found[1])
-        entry = config_to_dict(replace(retrained, training=training))
+        retrained = with_overrides(
+            range_config(settings, name),
+            {"name": f"{name}-{how}", "training.eta_min": found[0], "training.eta_max": found[1]},
+        )
+        entry = config_to_dict(retrained)
         runs.append({"config": entry, "seeds": settings.seeds})
     notes = {"suggested_bounds": {name: list(b) for name, b in bounds.items()}}
     if not runs:

@@ -4,9 +4,9 @@ of each part's time on this machine (`knn_cli/estimate.py`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from knn_cli.config import RunConfig
+from knn_cli.config import RunConfig, with_overrides
 from knn_cli.data.cifar10 import TEST_IMAGES
 from knn_cli.estimate import (
     UNMODELLED_OVERHEAD,
@@ -69,7 +69,7 @@ def plan_study(settings: StudySettings, n_images: int) -> list[PlannedPart]:
     sizes = settings.sizes
 
     def run(config, cycles=None, n_s=None, seed=0, test=True) -> PlannedRun:  # type: ignore[no-untyped-def]
-        config = replace(config, training=replace(config.training, seed=seed))
+        config = with_overrides(config, {"training.seed": seed})
         n_train = n_images - config.data.validation_size
         return PlannedRun.of(config, n_train, cycles, n_s, looks_at_test=test)
 
@@ -133,9 +133,15 @@ def plan_study(settings: StudySettings, n_images: int) -> list[PlannedPart]:
 def study_config_of(config: RunConfig, steps: int) -> RunConfig:
     """A range test of `steps` steps as the estimate sees it: a run of one cycle."""
     every = max(1, steps // RANGE_POINTS)
-    training = replace(config.training, n_s=steps // 2, cycles=1, eval_every=every)
-    evaluation = replace(config.evaluation, train_curve_rows=0)
-    return replace(config, training=training, evaluation=evaluation)
+    return with_overrides(
+        config,
+        {
+            "training.n_s": steps // 2,
+            "training.cycles": 1,
+            "training.eval_every": every,
+            "evaluation.train_curve_rows": 0,
+        },
+    )
 
 
 def estimate_seconds(

@@ -66,13 +66,9 @@ NEW, RESUME, RETRIED = "new", "resume", "retried"
 
 
 def trial_config(base: Mapping[str, Any], name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """`base` with dotted `settings` applied, validated like any config file, as plain data."""
-    doc = {key: dict(value) if isinstance(value, Mapping) else value for key, value in base.items()}
-    doc["name"] = name
-    for dotted, value in settings.items():
-        section, key = dotted.split(".")
-        doc[section][key] = value
-    return config_to_dict(config_from_dict(doc))
+    """`base` named `name`, with the dotted `settings` applied as overrides: validated like a
+    user's `--set`, returned as plain data."""
+    return config_to_dict(config_from_dict(base, {"name": name, **settings}))
 
 
 def sample_log_lambda(

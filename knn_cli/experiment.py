@@ -51,7 +51,8 @@ OPTIMIZER_PREFIX = "optimizer."
 
 
 def build_network(config: RunConfig, input_dim: int) -> Network:
-    """The network a config describes: `model` holds the Network's own keywords by name."""
+    """The network a config describes: the `model` section is the Network's options by name;
+    the seed, dtype and label smoothing come from `training`."""
     training = config.training
     return Network(
         input_dim,

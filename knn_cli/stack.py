@@ -263,7 +263,7 @@ def standard_layers(
     *,
     batch_norm: bool = False,
     bn_position: str = "before_relu",
-    bn_eps: float = 1e-12,
+    bn_eps: float = BatchNorm.eps,
     dropout: float | Sequence[float] = 0.0,
 ) -> list[Layer]:
     """The study's stack for widths (d, m1, ..., C): every hidden layer affine, ReLU and, with

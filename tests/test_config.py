@@ -638,3 +638,33 @@ def test_a_wrong_rule_setting_is_one_line_that_says_what_is_allowed(
     overrides: list[str], expected: str
 ) -> None:
     assert expected in error_of({}, overrides)
+
+
+def test_knn_config_prints_every_key_with_its_help_and_loads_back(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from knn_cli.cli import cli
+    from knn_cli.config import load_config, options, sections
+
+    configs = Path(__file__).parent.parent / "configs"
+    overrides = ["training.lambda=0.01", "training.optimizer=adam"]
+    args = ["config", str(configs / "9layer_bn.yaml")]
+    for text in overrides:
+        args += ["--set", text]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    saved = tmp_path / "9layer_bn.yaml"
+    saved.write_text(result.output)
+    assert load_config(saved) == load_config(configs / "9layer_bn.yaml", overrides)
+    lines = result.output.splitlines()
+    for cls, _ in sections(RunConfig).values():
+        for option in options(cls):
+            (line,) = [x for x in lines if x.startswith(f"  {option.key}: ")]
+            assert option.help == "" or "# " in line, line  # its help beside it
+    assert "  optimizer_settings: {beta1: 0.9, beta2: 0.999, eps: 1.0e-08}" in result.output
+
+    defaults = CliRunner().invoke(cli, ["config"])
+    assert config_from_dict(yaml.safe_load(defaults.output)) == RunConfig(name="3layer_bn")
+    bad = CliRunner().invoke(cli, ["config", "--set", "model.hiden=[10]"])
+    assert bad.exit_code == 2 and len(bad.output.splitlines()) == 1
+    assert "did you mean 'model.hidden'" in bad.output

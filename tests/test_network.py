@@ -314,3 +314,29 @@ def test_precise_statistics_are_each_layers_over_all_rows(bn_position: str) -> N
         H = np.maximum(H, 0)
     np.testing.assert_allclose(stats["mu2"], H.mean(axis=0), rtol=1e-10)
     np.testing.assert_allclose(stats["var2"], H.var(axis=0), rtol=1e-10)
+
+
+def test_the_configs_model_defaults_are_the_python_apis() -> None:
+    """`Network(d, hidden, C, **options)` and a config's `model:` section mean the same network
+    when an option is left out (batch norm aside: the config's default is on, the API's off)."""
+    import inspect
+    from dataclasses import fields
+
+    from knn_cli.config import ModelConfig
+    from knn_cli.stack import standard_layers
+
+    keywords = {
+        name: parameter.default
+        for function in (standard_layers, Network._build)
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    config = ModelConfig()
+    for option in fields(ModelConfig):
+        if option.name == "hidden":
+            continue
+        assert option.name in keywords, f"Network does not take model.{option.name}"
+        expected = (
+            (not keywords["batch_norm"]) if option.name == "batch_norm" else keywords[option.name]
+        )
+        assert getattr(config, option.name) == expected, option.name

@@ -22,7 +22,7 @@ from knn_cli.diagnostics import Probe
 from knn_cli.errors import RunFolderError
 from knn_cli.evaluation import accuracy, ensemble_accuracy
 from knn_cli.interrupts import StopRequests
-from knn_cli.memory import check_memory, estimate_memory
+from knn_cli.memory import DataSize, check_memory, estimate_memory
 from knn_cli.network import Network
 from knn_cli.optim import UpdateRule, make_update_rule
 from knn_cli.recorder import RunFacts, RunRecorder
@@ -86,11 +86,6 @@ def build_probe(config: RunConfig, dataset: Dataset) -> Probe | None:
     )
 
 
-def images_of(dataset: Dataset) -> int:
-    """Images in all three splits: what the data takes in memory."""
-    return len(dataset.X_train) + len(dataset.X_val) + len(dataset.X_test)
-
-
 def saved_state(network: Network, rule: UpdateRule) -> dict[str, np.ndarray]:
     """What model.npz holds: parameters and moving averages by name, and the update rule's
     state under `optimizer.` (e.g. `optimizer.velocity.W1`, `optimizer.steps`)."""
@@ -136,13 +131,7 @@ def open_run(
     n_train = len(dataset.X_train)
     check_batch_size(config.training.batch_size, n_train, "training images of the data")
     n_s = config.training.resolve_n_s(n_train)
-    memory = estimate_memory(
-        config,
-        images=images_of(dataset),
-        features=dataset.n_features,
-        train_images=n_train,
-        members=population,
-    )
+    memory = estimate_memory(config, DataSize.of(dataset), members=population)
     network = build_network(config, dataset.n_features)
     rule = build_update_rule(config)
     start_step, earlier_seconds, earlier_records = 0, 0.0, []
@@ -201,12 +190,7 @@ def train_run(
     """
     if dataset is None:
         dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress)
-    check_memory(
-        config,
-        images=images_of(dataset),
-        features=dataset.n_features,
-        train_images=len(dataset.X_train),
-    )
+    check_memory(config, DataSize.of(dataset))
     run = open_run(
         config, run_dir, dataset, resume=resume, progress=progress, evaluate_test=evaluate_test
     )

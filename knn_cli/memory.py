@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from knn_cli.config import RunConfig
-from knn_cli.data.cifar10 import N_FEATURES, TRAIN_IMAGES
+from knn_cli.data.cifar10 import N_FEATURES, TRAIN_IMAGES, Dataset
 from knn_cli.errors import ConfigError
 from knn_cli.optim import UPDATE_RULES
 from knn_cli.stack import Affine, standard_layers_of
@@ -53,17 +53,30 @@ class MemoryEstimate:
         }
 
 
+@dataclass(frozen=True)
+class DataSize:
+    """What the estimate needs of the data: images in all splits, features, training images."""
+
+    images: int = CIFAR_IMAGES
+    features: int = N_FEATURES
+    train_images: int = CIFAR_TRAIN_IMAGES
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> DataSize:
+        images = len(dataset.X_train) + len(dataset.X_val) + len(dataset.X_test)
+        return cls(images, dataset.n_features, len(dataset.X_train))
+
+
+CIFAR10 = DataSize()
+
+
 def estimate_memory(
-    config: RunConfig,
-    *,
-    images: int = CIFAR_IMAGES,
-    features: int = N_FEATURES,
-    train_images: int = CIFAR_TRAIN_IMAGES,
-    members: int = 1,
+    config: RunConfig, data: DataSize = CIFAR10, *, members: int = 1
 ) -> MemoryEstimate:
     """The run's memory need, from its config and the data's size (CIFAR-10's by default); with
     `members`, that of a population of so many runs of its shapes, which share the data and
     hold their parameters and activations side by side."""
+    features, train_images = data.features, data.train_images
     itemsize = 8 if config.training.dtype == "float64" else 4
     widths = (features, *config.model.hidden, 10)
     # The layers say what they hold and keep; each buffer is as wide as the units it follows.
@@ -91,7 +104,7 @@ def estimate_memory(
     return MemoryEstimate(
         parameters=members * parameter_count * copies * itemsize,
         activations=members * (LANES * step + evaluation) * itemsize,
-        data=(images + members * kept_rows) * features * DATA_ITEMSIZE,
+        data=(data.images + members * kept_rows) * features * DATA_ITEMSIZE,
         baseline=BASELINE_BYTES,
     )
 
@@ -128,17 +141,10 @@ def human(size: float) -> str:
 
 
 def check_memory(
-    config: RunConfig,
-    *,
-    images: int = CIFAR_IMAGES,
-    features: int = N_FEATURES,
-    train_images: int = CIFAR_TRAIN_IMAGES,
-    members: int = 1,
+    config: RunConfig, data: DataSize = CIFAR10, *, members: int = 1
 ) -> MemoryEstimate:
     """The estimate, or a one-line ConfigError when it cannot fit in the memory available."""
-    estimate = estimate_memory(
-        config, images=images, features=features, train_images=train_images, members=members
-    )
+    estimate = estimate_memory(config, data, members=members)
     available = available_memory()
     if available is not None and estimate.total > available:
         who = config.name if members == 1 else f"a population of {members} runs of {config.name}"

@@ -14,7 +14,7 @@ from knn_cli.cli import cli
 from knn_cli.config import config_from_dict
 from knn_cli.errors import ConfigError
 from knn_cli.experiment import build_network
-from knn_cli.memory import check_memory, estimate_memory
+from knn_cli.memory import DataSize, check_memory, estimate_memory
 
 
 def config(**settings: object):  # type: ignore[no-untyped-def]
@@ -33,7 +33,7 @@ def test_the_parameters_counted_are_the_networks() -> None:
     assert estimate.parameters == count * copies * 4
     # The data, and the probe's 1,000 rows the run keeps a copy of.
     assert estimate.data == (60_000 + 1000) * 3072 * 4
-    small = estimate_memory(config(**{"model.hidden": "[50, 50]"}), images=10, train_images=10)
+    small = estimate_memory(config(**{"model.hidden": "[50, 50]"}), DataSize(10, train_images=10))
     assert small.data == (10 + 10) * 3072 * 4
 
 

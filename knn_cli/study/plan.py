@@ -15,7 +15,7 @@ from knn_cli.estimate import (
     runs_seconds,
     work_seconds,
 )
-from knn_cli.memory import check_memory
+from knn_cli.memory import DataSize, check_memory
 from knn_cli.study.parts import (
     CONFIGS,
     GRADCHECK,
@@ -79,7 +79,7 @@ def plan_study(settings: StudySettings, n_images: int) -> list[PlannedPart]:
     final = study_config(settings, "3layer_bn", hold_out)
     nine = study_config(settings, "9layer_bn", hold_out)
     for config in four:  # an impossible size (--set model.hidden=...) stops here, in one line
-        check_memory(config, images=n_images + TEST_IMAGES)
+        check_memory(config, DataSize(images=n_images + TEST_IMAGES))
     trials, seeds = sizes.search_trials, settings.seeds
     # A range test trains like one cycle of its steps, measuring the validation set alone at
     # its points.

@@ -15,8 +15,8 @@ from knn_cli.config import RunConfig, config_from_dict
 from knn_cli.data import load_cifar10
 from knn_cli.data.cifar10 import Dataset
 from knn_cli.executors import Executor, one_line
-from knn_cli.experiment import images_of, open_run, train_population
-from knn_cli.memory import check_memory
+from knn_cli.experiment import open_run, train_population
+from knn_cli.memory import DataSize, check_memory
 from knn_cli.runs import summary_or_empty
 from knn_cli.sweeps.folder import (
     DONE_STATUSES,
@@ -41,13 +41,7 @@ def run_population(jobs: Sequence[TrialJob]) -> list[str]:
     dataset = _dataset_for(configs[0])
     errors = [""] * len(jobs)
     runs = []
-    check_memory(
-        configs[0],
-        images=images_of(dataset),
-        features=dataset.n_features,
-        train_images=len(dataset.X_train),
-        members=len(jobs),
-    )
+    check_memory(configs[0], DataSize.of(dataset), members=len(jobs))
     for k, (job, config) in enumerate(zip(jobs, configs, strict=True)):
         if job.start == NEW:  # never share a folder with another attempt, e.g. a stale task
             Path(job.run_dir).mkdir()

@@ -28,6 +28,7 @@ from knn_cli.cli_options import (
 from knn_cli.cli_range import lr_range
 from knn_cli.cli_study import report, study
 from knn_cli.cli_sweeps import init_sensitivity, lambda_search, sweep
+from knn_cli.data.cifar10 import BATCH_IMAGES, N_FEATURES
 from knn_cli.errors import KnnError, RunFailed
 from knn_cli.interrupts import STOP_SIGNALS
 from knn_cli.locks import folder_lock
@@ -204,14 +205,14 @@ def show_config(config_path: Path | None, overrides: tuple[str, ...]) -> None:
 )
 @click.option(
     "--dims",
-    type=click.IntRange(1, 3072),
+    type=click.IntRange(1, N_FEATURES),
     default=20,
     show_default=True,
     help="Input features used (the first ones of each image).",
 )
 @click.option(
     "--batch",
-    type=click.IntRange(2, 10000),
+    type=click.IntRange(2, BATCH_IMAGES),  # the check reads one batch file
     default=20,
     show_default=True,
     help="Samples in the batch.",

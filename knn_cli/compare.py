@@ -8,7 +8,6 @@ whose config file left a setting out compares equal to one that spelled the defa
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from knn_cli.config_diff import differences_text, differing_settings, setting_text, short_names
 from knn_cli.errors import KnnError, RunFolderError
 from knn_cli.listing import (
     GRADCHECK,
@@ -40,7 +40,6 @@ SPLIT_STYLES = (("train", "training", "--"), ("val", "validation", "-"))
 SPIKE_FACTOR = 3.0
 LONGEST_LABEL = 60  # characters of differences a legend entry may take; else runs go by folder
 LEGEND_CHARACTERS = 180  # fit on one legend line of the figure's width at fontsize 9
-MISSING = object()  # a setting a run's config does not have (made by another version of knn)
 
 
 @dataclass(frozen=True)
@@ -113,62 +112,12 @@ def common_parent(folders: Iterable[Path]) -> Path:
 # -- settings -------------------------------------------------------------------------------------
 
 
-# Sections that watch a run rather than shape it: runs that differ only there trained alike.
-OBSERVING = ("diagnostics",)
-
-
-def flat_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """`section.key` -> value; the name is left out, as it labels a run rather than shapes it,
-    and so are the sections that only watch it."""
-    return {
-        f"{section}.{key}": value
-        for section, values in config.items()
-        if isinstance(values, Mapping) and section not in OBSERVING
-        for key, value in values.items()
-    }
-
-
-def differing_settings(configs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The `section.key` settings whose value is not the same in every config, in config order."""
-    flat = [flat_settings(config) for config in configs]
-    keys = list(dict.fromkeys(key for settings in flat for key in settings))
-    return [key for key in keys if len({_hashable(s.get(key, MISSING)) for s in flat}) > 1]
-
-
-def _hashable(value: Any) -> Any:
-    # Settings may be lists (hidden widths, dropout rates); JSON text compares them by value.
-    return value if value is MISSING else json.dumps(value, sort_keys=True, default=str)
-
-
-def short_names(keys: Sequence[str]) -> dict[str, str]:
-    """`training.lambda` -> `lambda`, unless two sections share the key's name."""
-    last = [key.rsplit(".", 1)[-1] for key in keys]
-    return {
-        key: name if last.count(name) == 1 else key for key, name in zip(keys, last, strict=True)
-    }
-
-
-def value_text(value: Any) -> str:
-    if value is MISSING:
-        return "-"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(value_text(v) for v in value) + "]"
-    return "null" if value is None else str(value)
-
-
 def difference_labels(runs: Sequence[Compared], keys: Sequence[str]) -> list[str]:
     """Each run named by its values of the differing settings; every run by its folder instead
     when some of those are too long to read in a legend or do not tell two runs apart (one
     naming scheme per figure: a mix of the two reads as two kinds of run)."""
     names = short_names(keys)
-    texts = [
-        ", ".join(f"{names[k]}={value_text(flat_settings(r.config).get(k, MISSING))}" for k in keys)
-        for r in runs
-    ]
+    texts = [differences_text(r.config, keys, names) for r in runs]
     readable = all(texts) and max(map(len, texts)) <= LONGEST_LABEL
     return texts if readable and len(set(texts)) == len(texts) else [r.shown for r in runs]
 
@@ -200,7 +149,7 @@ def comparison_table(runs: Sequence[Compared]) -> str:
     rows = [
         [
             run.shown,
-            *(value_text(flat_settings(run.config).get(k, MISSING)) for k in keys),
+            *(setting_text(run.config, k) for k in keys),
             run_status(run.summary),
             percent(run.summary.get("test_accuracy")),
             percent(run.summary.get("final_val_accuracy")),

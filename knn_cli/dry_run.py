@@ -18,8 +18,8 @@ from knn_cli import memory
 from knn_cli.config import RunConfig, commented_yaml, config_from_dict
 from knn_cli.data.cifar10 import N_FEATURES
 from knn_cli.estimate import PlannedRun, Speeds, runs_seconds, train_seconds
-from knn_cli.formatting import duration
-from knn_cli.memory import check_memory, human
+from knn_cli.formatting import byte_size, duration
+from knn_cli.memory import check_memory
 from knn_cli.runs import machine
 from knn_cli.sweeps.lambda_search import FINE_TOP, fine_range, source_records
 from knn_cli.sweeps.plan import LambdaSearchSpec, Trial
@@ -60,13 +60,13 @@ def schedule_line(run: PlannedRun, *, short: bool = False) -> str:
 def memory_line(config: RunConfig) -> str:
     estimate = check_memory(config)  # an impossible size is refused here, in one line
     parts = ", ".join(
-        f"{name} {human(value * 2**20)}"
+        f"{name} {byte_size(value * 2**20)}"
         for name, value in estimate.to_dict().items()
         if name != "total"
     )
     available = memory.available_memory()
-    free = f"; {human(available)} available" if available is not None else ""
-    return f"memory: about {human(estimate.total)} a run ({parts}){free}"
+    free = f"; {byte_size(available)} available" if available is not None else ""
+    return f"memory: about {byte_size(estimate.total)} a run ({parts}){free}"
 
 
 def train_plan(config: RunConfig) -> str:

@@ -1,6 +1,8 @@
-"""How numbers are written for people, in one place: tables (Markdown, and CSV for programs),
-accuracies in percent, a result over seeds as mean +- sd, and durations, so that the terminal,
-the tables of a sweep, `knn runs` and the study's report all say a number the same way."""
+"""How values are written for people, in one place: tables (Markdown, and CSV for programs),
+accuracies in percent, a result over seeds as mean +- sd, durations, byte counts, a setting's
+value in a table or a label, and a user's raw value in an error message, so that the terminal,
+the tables of a sweep, `knn runs`, `knn compare` and the study's report all say a value the same
+way."""
 
 from __future__ import annotations
 
@@ -84,6 +86,61 @@ def duration(seconds: float | None) -> str | None:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def byte_size(size: float) -> str:
+    """A count of bytes in binary units: '512 B', '12 KB', '1.5 MB', '2.0 GB' (whole bytes and
+    kilobytes, a decimal above), for memory needs and what is available."""
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(size) < 1024 or unit == "PB":
+            return f"{size:.0f} {unit}" if unit in ("B", "KB") else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def setting_value(value: Any) -> str:
+    """A config setting's value in a table cell, a legend or a list of changes, as YAML spells
+    it and short: `true`, `null`, `0.01`, `[50,50]` (a number to 4 significant digits, so that
+    a rate made by arithmetic, 0.0031622776601683794, reads 0.003162)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(setting_value(v) for v in value) + "]"
+    return "null" if value is None else str(value)
+
+
+USER_VALUE_LIMIT = 60  # characters of a user's value an error message quotes
+
+
+def user_value(value: Any) -> str:
+    """A value a user wrote (anything YAML can make) quoted in an error message: on one line,
+    at most USER_VALUE_LIMIT characters, and never raising, whatever the value: an integer of
+    thousands of digits or a list nested thousands deep (which `repr` refuses) is described
+    instead of shown."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) and value.bit_length() > 200:  # repr fails past 4300 digits
+        return f"an integer of about {int(value.bit_length() * math.log10(2))} digits"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # a huge integer inside, or thousands of levels deep
+        return f"{value_kind(value)} too large or too deeply nested to show"
+    limit = USER_VALUE_LIMIT
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_KINDS = {list: "a list", tuple: "a list", dict: "a mapping", str: "a string", bool: "a boolean"}
+_KINDS |= {int: "an integer", float: "a number", type(None): "null"}
+
+
+def value_kind(value: Any) -> str:
+    """What kind of YAML value a user gave, in words ('a list', 'a mapping', 'an integer'), for
+    a message that says what was expected instead."""
+    return _KINDS.get(type(value), f"a {type(value).__name__}")
 
 
 def one_line(text: str, limit: int = 200) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from knn_cli.data.batches import read_batch
-from knn_cli.data.cifar10 import N_CLASSES
+from knn_cli.data.cifar10 import N_CLASSES, TRAIN_FILES
 from knn_cli.data.locate import find_data_dir
 from knn_cli.errors import DataError
 from knn_cli.formatting import csv_text, markdown_table
@@ -102,7 +102,7 @@ def gradcheck_problem(settings: GradcheckSettings) -> Problem:
     dims, batch, seed = settings.dims, settings.batch, settings.seed
     try:
         folder = find_data_dir(settings.data_dir, download=False)
-        pixels, labels = read_batch(folder / "data_batch_1")
+        pixels, labels = read_batch(folder / TRAIN_FILES[0])
     except DataError as error:
         if settings.data_dir is not None or os.environ.get("KNN_DATA_DIR"):
             raise  # a source was named and is wrong: say so rather than check other data

@@ -19,6 +19,7 @@ from pathlib import Path
 from knn_cli.config import RunConfig
 from knn_cli.data.cifar10 import N_FEATURES, TRAIN_IMAGES, Dataset
 from knn_cli.errors import ConfigError
+from knn_cli.formatting import byte_size
 from knn_cli.optim import UPDATE_RULES
 from knn_cli.stack import Affine, standard_layers_of
 
@@ -132,14 +133,6 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def human(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(size) < 1024 or unit == "PB":
-            return f"{size:.0f} {unit}" if unit in ("B", "KB") else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
 def check_memory(
     config: RunConfig, data: DataSize = CIFAR10, *, members: int = 1
 ) -> MemoryEstimate:
@@ -149,10 +142,10 @@ def check_memory(
     if available is not None and estimate.total > available:
         who = config.name if members == 1 else f"a population of {members} runs of {config.name}"
         raise ConfigError(
-            f"{who} needs about {human(estimate.total)} of memory (parameters "
-            f"{human(estimate.parameters)}, activations {human(estimate.activations)}, data "
-            f"{human(estimate.data)}); {human(available)} is available: make model.hidden or "
-            "training.batch_size smaller"
+            f"{who} needs about {byte_size(estimate.total)} of memory (parameters "
+            f"{byte_size(estimate.parameters)}, activations {byte_size(estimate.activations)}, "
+            f"data {byte_size(estimate.data)}); {byte_size(available)} is available: make "
+            "model.hidden or training.batch_size smaller"
         )
     return estimate
 
@@ -167,6 +160,6 @@ def check_gradcheck_size(widths: tuple[int, ...]) -> None:
     available = available_memory()
     if available is not None and need > available:
         raise ConfigError(
-            f"a gradient check of widths {list(widths)} needs about {human(need)} of memory; "
-            f"{human(available)} is available: use narrower --hidden layers"
+            f"a gradient check of widths {list(widths)} needs about {byte_size(need)} of memory; "
+            f"{byte_size(available)} is available: use narrower --hidden layers"
         )

@@ -176,7 +176,7 @@ def compare_range_tests(folders: Sequence[Path], figure: Path) -> tuple[str, lis
     """`knn compare` of range tests: their curves in one figure, each test labelled by the
     settings that tell it apart (e.g. batch_norm=true against false), and a table of what each
     suggests."""
-    from knn_cli.compare import differing_settings, flat_settings, short_names, value_text
+    from knn_cli.config_diff import differences_text, differing_settings, short_names
     from knn_cli.formatting import markdown_table
     from knn_cli.listing import run_config
 
@@ -184,7 +184,7 @@ def compare_range_tests(folders: Sequence[Path], figure: Path) -> tuple[str, lis
     keys = differing_settings(configs)
     names = short_names(keys)
     labels = [
-        ", ".join(f"{names[k]}={value_text(flat_settings(c).get(k))}" for k in keys) or folder.name
+        differences_text(c, keys, names) or folder.name
         for c, folder in zip(configs, folders, strict=True)
     ]
     if len(set(labels)) < len(labels):

@@ -19,12 +19,7 @@ from click.testing import CliRunner
 from conftest import write_fake_cifar
 
 from knn_cli.cli import cli
-from knn_cli.compare import (
-    differing_settings,
-    draw_comparison,
-    read_compared,
-    short_names,
-)
+from knn_cli.compare import draw_comparison, read_compared
 from knn_cli.listing import count_text
 
 CONFIG = """
@@ -279,24 +274,6 @@ def test_count_text() -> None:
 
 
 # -- knn compare ----------------------------------------------------------------------------------
-
-
-def test_differing_settings_finds_exactly_the_settings_that_differ() -> None:
-    a = {"name": "a", "model": {"hidden": [50, 50], "batch_norm": True}, "training": {"seed": 0}}
-    b = {"name": "b", "model": {"hidden": [50, 50], "batch_norm": False}, "training": {"seed": 0}}
-    c = {"name": "c", "model": {"hidden": [50, 30], "batch_norm": True}, "training": {"seed": 0}}
-    assert differing_settings([a, a]) == []
-    assert differing_settings([a, b]) == ["model.batch_norm"]  # the names aside
-    assert differing_settings([a, b, c]) == ["model.hidden", "model.batch_norm"]
-    older = {"name": "d", "model": {"hidden": [50, 50]}, "training": {"seed": 0}}
-    assert differing_settings([a, older]) == ["model.batch_norm"]  # one lacks it
-    unset = {**a, "data": {"dir": None}}
-    assert differing_settings([a, unset]) == ["data.dir"]  # absent is not the same as null
-    assert short_names(["model.seed", "training.seed", "training.lambda"]) == {
-        "model.seed": "model.seed",
-        "training.seed": "training.seed",
-        "training.lambda": "lambda",
-    }
 
 
 def test_compare_prints_the_differences_and_writes_figure_and_table(

@@ -282,17 +282,17 @@ def test_gradcheck_bad_hidden_is_usage_error(tmp_path: Path) -> None:
     assert_one_line_error(result, 2, "--hidden")
 
 
-def test_keyboard_interrupt_exits_130_with_a_message(
+def test_ctrl_c_mid_training_exits_130_with_one_line_saying_what_was_saved(
     tmp_path: Path, fake_cifar_dir: Path, monkeypatch
 ) -> None:
-    import knn_cli.experiment as experiment
+    from conftest import interrupt_at
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(experiment, "train_run", interrupted)
+    interrupt_at(monkeypatch, 3)  # of 10 steps
     result = train_on_fake(tmp_path, fake_cifar_dir, tmp_path / "runs")
-    assert_one_line_error(result, EXIT_INTERRUPTED, "interrupted")
+    message = assert_one_line_error(result, EXIT_INTERRUPTED, "interrupted; what was computed")
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert message.endswith(f"continue with: knn train --resume {run_dir}")
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
 
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])

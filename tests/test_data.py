@@ -15,6 +15,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -198,16 +199,31 @@ def test_concurrent_loaders_share_one_entry(fake_cifar_dir: Path) -> None:
     assert len(list(root.iterdir())) == 1  # one entry, no staging folders left behind
 
 
-def test_loser_of_a_cache_race_uses_the_winners_entry(fake_cifar_dir: Path) -> None:
-    winner = load_cifar10(str(fake_cifar_dir), validation_size=40)
+def test_loser_of_a_cache_race_uses_the_winners_entry(
+    fake_cifar_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two loaders of one folder: the second finishes while the first still reads the batches.
+    The first then finds the second's entry and uses it, as it is (not replaced by a copy of its
+    own, which the second may have memory-mapped), leaving nothing of its own behind."""
+    real_read_batch = data.batches.read_batch
+    winner: dict[str, Any] = {}
+
+    def read_while_another_loader_wins(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        if "started" not in winner:
+            winner["started"] = True  # the winner's own reads go straight through
+            winner["dataset"] = load_cifar10(str(fake_cifar_dir), validation_size=40)
+            winner["file"] = os.stat(winner["dataset"].X_train.filename)
+        return real_read_batch(path)
+
+    monkeypatch.setattr(data.batches, "read_batch", read_while_another_loader_wins)
+    loser = load_cifar10(str(fake_cifar_dir), validation_size=40)
+
     (entry,) = _entries()
-    raw = data.batches._read_raw(fake_cifar_dir, 40)
-
-    loser = data.cache._build_entry(entry, raw, winner.source)
-
     assert isinstance(loser.X_train, np.memmap)
     assert Path(loser.X_train.filename).parent == entry
-    assert list(entry.parent.iterdir()) == [entry]
+    assert os.stat(entry / "X_train.npy").st_ino == winner["file"].st_ino  # the winner's file
+    assert list(entry.parent.iterdir()) == [entry]  # the loser's staging folder is gone
+    np.testing.assert_array_equal(loser.X_train, winner["dataset"].X_train)
 
 
 def test_unwritable_cache_falls_back_to_memory(fake_cifar_dir: Path, tmp_path, monkeypatch) -> None:

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -16,7 +17,6 @@ from knn_cli.augment import Augmentation
 from knn_cli.config import TrainingConfig
 from knn_cli.engine import Engine
 from knn_cli.engine import split as split_module
-from knn_cli.engine import step as step_module
 from knn_cli.engine.batches import Batch
 from knn_cli.engine.lanes import Lanes, run_halves
 from knn_cli.engine.split import SPLIT_MIN_MULTIPLY_ADDS
@@ -111,12 +111,18 @@ def _problem(batch_norm: bool) -> tuple[Network, Splits]:
     return network, Splits(X[:240], y[:240], X[240:], y[240:])
 
 
-class CountingLanes(Lanes):
-    helped: int = 0
+def helper_threads() -> set[threading.Thread]:
+    """The lanes' helper threads alive now: one starts when a step first offers it a half."""
+    return {thread for thread in threading.enumerate() if thread.name == "knn-lane"}
 
-    def split(self, half, meanwhile=None) -> None:  # type: ignore[no-untyped-def]
-        CountingLanes.helped += self.helping
-        super().split(half, meanwhile)
+
+def noting_helpers(found: set[threading.Thread]) -> Callable[[int, float], None]:
+    """A listener's `on_step` that notes the helper threads alive between two steps."""
+
+    def note(step: int, eta: float) -> None:
+        found.update(helper_threads())
+
+    return note
 
 
 two_cores = pytest.mark.skipif(
@@ -137,9 +143,8 @@ def blas_threads_unpinned(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("augmented", [False, True], ids=["plain", "augmented"])
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_training_gives_the_same_bits_with_one_lane_or_two(
-    batch_norm: bool, augmented: bool, monkeypatch: pytest.MonkeyPatch
+    batch_norm: bool, augmented: bool
 ) -> None:
-    monkeypatch.setattr(step_module, "Lanes", CountingLanes)
     schedule = TrainingConfig(
         lambda_=0.01,
         batch_size=40,
@@ -155,18 +160,19 @@ def test_training_gives_the_same_bits_with_one_lane_or_two(
     for two_lanes in (False, True):
         network, splits = _problem(batch_norm)
         records: list[dict] = []
-        CountingLanes.helped = 0
+        earlier = helper_threads()
+        helpers: set[threading.Thread] = set()  # seen between steps, started by this training
         outcome = train(
             network,
             splits,
             schedule,
-            listener=Callbacks(records.extend),
+            listener=Callbacks(records.extend, step=noting_helpers(helpers)),
             augmentation=augmentation,
             two_lanes=two_lanes,
         )
         assert outcome.status == "finished"
         results.append((network.state(), records))
-        assert (CountingLanes.helped > 0) == two_lanes  # the helper was offered halves
+        assert bool(helpers - earlier) == two_lanes  # the helper was offered halves
     (one, one_records), (two, two_records) = results
     assert one_records == two_records
     assert one.keys() == two.keys()

@@ -21,6 +21,7 @@ N_FEATURES = 3072  # 3 channels x 32 x 32 pixels
 N_CLASSES = 10
 TRAIN_IMAGES = 50_000  # in the five training batches; the validation set is held out of these
 TEST_IMAGES = 10_000
+BATCH_IMAGES = 10_000  # in each batch file, the test batch's included
 
 
 def missing_files(folder: Path) -> list[str]:

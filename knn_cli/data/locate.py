@@ -11,6 +11,7 @@ from knn_cli.data import cifar10
 from knn_cli.data.cifar10 import FOLDER_NAME, missing_files
 from knn_cli.data.download import download_cifar10
 from knn_cli.errors import DataError
+from knn_cli.formatting import one_line
 
 _HINT = "point the tool at a local copy with --set data.dir=PATH or export KNN_DATA_DIR=PATH"
 
@@ -70,5 +71,4 @@ def find_data_dir(
         fetched = download_cifar10(cache_dir(), url=url, md5=md5, progress=progress)
         return fetched.resolve()
     except DataError as exc:
-        reason = " ".join(str(exc).split())  # the CLI prints one line
-        raise DataError(f"CIFAR-10 not found ({tried}) and {reason}; {_HINT}") from exc
+        raise DataError(f"CIFAR-10 not found ({tried}) and {one_line(str(exc))}; {_HINT}") from exc

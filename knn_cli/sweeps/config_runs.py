@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from knn_cli.config import config_to_dict, load_config
+from knn_cli.config_diff import differences_text, differing_settings
 from knn_cli.errors import ConfigError
 from knn_cli.executors import Executor
 from knn_cli.formatting import csv_text, duration, markdown_table, mean_and_spread, percent
@@ -230,23 +231,9 @@ def changes(
     and the name aside), and which config that is when it is not the row above."""
     if previous is None:
         return "(the start)"
-    changed = [
-        f"{section}.{key}={_short(value)}"
-        for section, settings in config.items()
-        if isinstance(settings, Mapping)
-        for key, value in settings.items()
-        if previous.get(section, {}).get(key) != value and (section, key) != ("training", "seed")
-    ]
-    text = ", ".join(changed) or "(nothing)"
+    changed = differing_settings([previous, config], ignored=("training.seed",))
+    text = differences_text(config, changed) or "(nothing)"
     return text if against is None else f"{text} (from {against})"
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, list):
-        return "[" + ",".join(map(str, value)) + "]"
-    return (
-        "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-    )
 
 
 def mean_duration(values: Sequence[float | None]) -> str:

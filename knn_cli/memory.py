@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from knn_cli.config import RunConfig
-from knn_cli.data.cifar10 import N_FEATURES, TRAIN_IMAGES, Dataset
+from knn_cli.data.cifar10 import N_FEATURES, TEST_IMAGES, TRAIN_IMAGES, Dataset
 from knn_cli.errors import ConfigError
 from knn_cli.formatting import byte_size
 from knn_cli.optim import UPDATE_RULES
 from knn_cli.stack import Affine, standard_layers_of
 
-CIFAR_IMAGES = 60_000  # 50,000 training (validation included) and 10,000 test
+CIFAR_IMAGES = TRAIN_IMAGES + TEST_IMAGES  # the validation set is part of the training files
 CIFAR_TRAIN_IMAGES = TRAIN_IMAGES - 5_000  # the default 5,000 held out
 DATA_ITEMSIZE = 4  # the cache holds float32 whatever the run's dtype
 BASELINE_BYTES = 120 * 2**20  # Python, NumPy, matplotlib and the BLAS, before any array

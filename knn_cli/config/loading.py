@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from knn_cli.errors import ConfigError
-from knn_cli.formatting import one_line
+from knn_cli.formatting import one_line, user_value, value_kind
 from knn_cli.optim import UPDATE_RULES
 
 from . import values as v
@@ -39,9 +39,9 @@ def _reject_unknown(
 ) -> None:
     for key in mapping:
         if not isinstance(key, str) or key not in allowed:
-            dotted = prefix + (key if isinstance(key, str) else v.show(key))
+            dotted = prefix + (key if isinstance(key, str) else user_value(key))
             hint = did_you_mean(key, allowed, prefix, schema)
-            raise ConfigError(f"unknown config key {v.show(dotted)}{hint}")
+            raise ConfigError(f"unknown config key {user_value(dotted)}{hint}")
 
 
 def parse_options(cls: type, raw: Mapping[Any, Any], prefix: str, schema: type) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def resolve_rule_settings(
                 n for n, rule in UPDATE_RULES.items() if LEGACY_RULE_KEYS[old_key] in rule.settings
             ]
             raise ConfigError(
-                f"training.{old_key} ({v.show(value)}): the {optimizer} rule has no setting "
+                f"training.{old_key} ({user_value(value)}): the {optimizer} rule has no setting "
                 f"{LEGACY_RULE_KEYS[old_key]!r}; it is used by training.optimizer "
                 f"{', '.join(users)}"
             )
@@ -90,7 +90,8 @@ def resolve_rule_settings(
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             known = ", ".join(declared) or "none"
             raise ConfigError(
-                f"{where}: {optimizer} has no setting {v.show(name)}{hint}; its settings: {known}"
+                f"{where}: {optimizer} has no setting {user_value(name)}{hint}; "
+                f"its settings: {known}"
             )
     resolved = {}
     for name, setting in declared.items():
@@ -99,8 +100,8 @@ def resolve_rule_settings(
             key, value = f"{where}.{name}", given[name]
             if old_key in legacy and v.as_float(legacy[old_key]) != v.as_float(value):
                 raise ConfigError(
-                    f"training.{old_key} ({v.show(legacy[old_key])}) and {key} "
-                    f"({v.show(value)}) disagree; keep {key} alone"
+                    f"training.{old_key} ({user_value(legacy[old_key])}) and {key} "
+                    f"({user_value(value)}) disagree; keep {key} alone"
                 )
         elif old_key in legacy:
             key, value = f"training.{old_key}", legacy[old_key]
@@ -126,7 +127,7 @@ def config_from_dict(
     if doc is None:
         doc = {}
     if not isinstance(doc, Mapping):
-        raise ConfigError(f"a config must be a mapping of settings, got {v.kind(doc)}")
+        raise ConfigError(f"a config must be a mapping of settings, got {value_kind(doc)}")
     doc = dict(doc)
     apply_overrides(doc, as_overrides(overrides), schema)
     found = sections(schema)
@@ -158,7 +159,9 @@ def load_config(
         raise ConfigError(f"cannot read config file {shown}: {one_line(reason)}") from err
     doc = load_yaml(source, f"config file {shown}")
     if doc is not None and not isinstance(doc, Mapping):
-        raise ConfigError(f"config file {shown} must hold a mapping of settings, got {v.kind(doc)}")
+        raise ConfigError(
+            f"config file {shown} must hold a mapping of settings, got {value_kind(doc)}"
+        )
     return config_from_dict(doc, overrides, default_name=v.name_from_stem(path.stem), schema=schema)
 
 

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from knn_cli.errors import ConfigError
+from knn_cli.formatting import user_value, value_kind
 
-from . import values as v
 from .schema import options, sections
 from .yaml_io import load_yaml
 
@@ -35,20 +35,20 @@ class Override(NamedTuple):
         """`training.lambda=0.01` -> key and value; the value is YAML (`[50, 30]`, `null`)."""
         if not isinstance(text, str):
             raise ConfigError(
-                f"an override must be a string like 'training.lambda=0.01', got {v.show(text)}"
+                f"an override must be a string like 'training.lambda=0.01', got {user_value(text)}"
             )
         key, equals, raw = text.partition("=")
         key = key.strip()
         if not equals or not key:
             raise ConfigError(
-                f"override {v.show(text)} must look like key=value, e.g. training.lambda=0.01"
+                f"override {user_value(text)} must look like key=value, e.g. training.lambda=0.01"
             )
-        return cls(key, load_yaml(raw, f"the value in override {v.show(text)}"), text)
+        return cls(key, load_yaml(raw, f"the value in override {user_value(text)}"), text)
 
     @classmethod
     def of(cls, key: str, value: Any) -> Override:
         """An override made by code (a sweep's trial), shown as the user would have typed it."""
-        return cls(key, value, f"{key}={v.show(value)}")
+        return cls(key, value, f"{key}={user_value(value)}")
 
 
 Overrides = Sequence[str | Override] | Mapping[str, Any] | str
@@ -93,7 +93,7 @@ def section_mapping(section: str, raw: Any) -> Mapping[Any, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{section} must be a mapping of settings, got {v.kind(raw)}")
+        raise ConfigError(f"{section} must be a mapping of settings, got {value_kind(raw)}")
     return raw
 
 
@@ -102,7 +102,7 @@ def apply_overrides(doc: dict[Any, Any], overrides: Iterable[Override], schema: 
     found = sections(schema)
     keys = setting_keys(schema)
     for override in overrides:
-        key, shown = override.key, v.show(override.text)
+        key, shown = override.key, user_value(override.text)
         if key in found:
             first = options(found[key][0])[0].key
             raise ConfigError(f"override {shown} must set one setting, e.g. {key}.{first}=...")
@@ -119,7 +119,7 @@ def apply_overrides(doc: dict[Any, Any], overrides: Iterable[Override], schema: 
             continue
         if key not in keys:
             hint = did_you_mean(key, keys, "", schema)
-            raise ConfigError(f"override {shown}: unknown config key {v.show(key)}{hint}")
+            raise ConfigError(f"override {shown}: unknown config key {user_value(key)}{hint}")
         section, _, leaf = key.rpartition(".")
         if section:
             doc[section] = {**section_mapping(section, doc.get(section)), leaf: override.value}

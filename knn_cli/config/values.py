@@ -13,37 +13,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from knn_cli.errors import ConfigError
+from knn_cli.formatting import user_value
 
 Parser = Callable[[str, Any], Any]
 NAME_MAX = 100  # keeps `<timestamp>_<name>` run folders well inside file-name limits
 
 
-def show(value: Any) -> str:
-    """A short, single-line rendering of a user's value, safe for any YAML-made object."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int) and value.bit_length() > 200:  # repr fails past 4300 digits
-        return f"an integer of about {int(value.bit_length() * math.log10(2))} digits"
-    try:
-        text = repr(value)
-    except (ValueError, RecursionError):  # a huge integer inside, or thousands of levels deep
-        return f"{kind(value)} too large or too deeply nested to show"
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-_KINDS = {list: "a list", tuple: "a list", dict: "a mapping", str: "a string", bool: "a boolean"}
-_KINDS |= {int: "an integer", float: "a number", type(None): "null"}
-
-
-def kind(value: Any) -> str:
-    """What sort of YAML value this is, in words ("a mapping", "an integer")."""
-    return _KINDS.get(type(value), f"a {type(value).__name__}")
-
-
 def invalid(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"{key} must be {allowed}, got {show(value)}")
+    return ConfigError(f"{key} must be {allowed}, got {user_value(value)}")
 
 
 def integer(low: int, below: int | None = None, *, nullable: bool = False) -> Parser:
@@ -111,7 +88,9 @@ def choice(*options: str | Callable[[], Any]) -> Parser:
     def parse(key: str, value: Any) -> str:
         allowed = [o for option in options for o in (option() if callable(option) else [option])]
         if not isinstance(value, str) or value not in allowed:
-            raise ConfigError(f"{key} must be one of: {', '.join(allowed)}; got {show(value)}")
+            raise ConfigError(
+                f"{key} must be one of: {', '.join(allowed)}; got {user_value(value)}"
+            )
         return str(value)
 
     return parse

@@ -86,28 +86,19 @@ def draw_lambda_comparison(
     fig = draw_lambda_search(search.spec, search.search, search.best, search.finals, fit)
     ax = fig.axes[0]
     lambdas = [r.trial.lambda_ for r in (*search.search, *search.finals) if r.finished]
-    if study_search:
-        xs, ys = zip(*study_search, strict=True)
-        ax.scatter(
-            xs,
-            [y / 100 for y in ys],
-            marker="x",
-            color="dimgray",
-            label="the study's search: validation",
-        )
-        lambdas += xs
-    if study_finals:
-        xs, ys = zip(*study_finals, strict=True)
-        ax.scatter(
-            xs,
-            [y / 100 for y in ys],
-            marker="*",
-            s=160,
-            facecolors="none",
-            edgecolors="dimgray",
-            label="the study's final retrains: test",
-        )
-        lambdas += xs
+    theirs = (
+        (study_search, {"marker": "x", "color": "dimgray"}, "the study's search: validation"),
+        (
+            study_finals,
+            {"marker": "*", "s": 160, "facecolors": "none", "edgecolors": "dimgray"},
+            "the study's final retrains: test",
+        ),
+    )
+    for points, style, label in theirs:
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.scatter(xs, [y / 100 for y in ys], label=label, **style)
+            lambdas += xs
     if lambdas:
         # Back to matplotlib's own ticks first: the search alone may have fixed a few round
         # values for its narrow span, which the study's wider one would leave in a heap.

@@ -25,7 +25,7 @@ from knn_cli.compare import (
     read_compared,
     short_names,
 )
-from knn_cli.listing import count_text
+from knn_cli.kinds.base import count_text
 
 CONFIG = """
 name: tiny

@@ -315,10 +315,10 @@ def gradcheck(
 def plot(run_dir: Path) -> None:
     """Redraw a run's cost, loss and accuracy plots from its metrics file (a range test's
     lr_range.png from its lr_range.csv)."""
-    from knn_cli.listing import LR_RANGE, folder_kind
+    from knn_cli.kinds import kind_of, range_test
     from knn_cli.plots import plot_run
 
-    if run_dir.is_dir() and folder_kind(run_dir) == LR_RANGE:
+    if run_dir.is_dir() and kind_of(run_dir) is range_test.KIND:
         from knn_cli.range_plots import plot_range_test
 
         click.echo(str(plot_range_test(run_dir)))

@@ -92,9 +92,9 @@ def compare(folders: Sequence[Path], out: Path | None, runs_dir: Path) -> None:
 
 def _range_tests(folders: Sequence[Path]) -> bool:
     """Whether the folders are range tests (compared as such); a mix with runs is refused."""
-    from knn_cli.listing import LR_RANGE, folder_kind
+    from knn_cli.kinds import kind_of, range_test
 
-    kinds = [folder_kind(f) == LR_RANGE if f.is_dir() else False for f in folders]
+    kinds = [kind_of(f) is range_test.KIND if f.is_dir() else False for f in folders]
     if any(kinds) and not all(kinds):
         raise KnnError("compare range tests with range tests, and runs with runs, not a mix")
     return all(kinds)

@@ -76,8 +76,9 @@ def study(
     then report.md and report.html beside the published numbers."""
     from knn_cli.executors import ProcessExecutor
     from knn_cli.formatting import duration
+    from knn_cli.kinds.study import read_study_file
     from knn_cli.locks import folder_lock
-    from knn_cli.study.folder import read_study_file, start_study, study_settings
+    from knn_cli.study.folder import start_study, study_settings
     from knn_cli.study.plan import estimate_plan, plan_study
     from knn_cli.study.progress import StudyBar
     from knn_cli.study.report import write_report

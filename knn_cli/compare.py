@@ -17,15 +17,8 @@ from typing import Any
 
 from knn_cli.config_diff import differences_text, differing_settings, setting_text, short_names
 from knn_cli.errors import KnnError, RunFolderError
-from knn_cli.listing import (
-    GRADCHECK,
-    RUN,
-    STUDY,
-    folder_kind,
-    run_config,
-    run_status,
-    sweep_records,
-)
+from knn_cli.kinds import gradcheck, kind_of, run, study, sweep
+from knn_cli.kinds.run import run_config, run_status
 from knn_cli.runs import (
     METRICS_FILE,
     atomic_write_text,
@@ -61,18 +54,18 @@ def run_folders(path: Path) -> list[Path]:
     """The run folders `path` stands for: itself, or a sweep's trials that have started."""
     if not path.exists():
         raise RunFolderError(f"{path} does not exist")
-    kind = folder_kind(path) if path.is_dir() else None
-    if kind == RUN:
+    kind = kind_of(path) if path.is_dir() else None
+    if kind is run.KIND:
         return [path]
-    if kind == GRADCHECK:
+    if kind is gradcheck.KIND:
         raise RunFolderError(f"{path} is a gradient check: it has no training curves to compare")
-    if kind == STUDY:
+    if kind is study.KIND:
         raise RunFolderError(
             f"{path} is a study; compare the runs or sweeps in it (`knn runs {path}` lists them)"
         )
-    if kind is None:
+    if kind is not sweep.KIND:  # none, or a range test (compared with range tests alone)
         raise RunFolderError(f"{path} is not a run, sweep or study folder")
-    _, _, records = sweep_records(path)
+    _, _, records = sweep.records(path)
     folders = [r.folder for r in records if r.folder and (r.folder / METRICS_FILE).is_file()]
     if not folders:
         raise RunFolderError(f"{path}: no trial of this sweep has curves yet")

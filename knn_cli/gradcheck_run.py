@@ -20,12 +20,11 @@ from knn_cli.data.locate import find_data_dir
 from knn_cli.errors import DataError
 from knn_cli.formatting import csv_text, markdown_table
 from knn_cli.gradcheck import GradientComparison, check_network_paths, choose_check_point
+from knn_cli.kinds.gradcheck import CSV_FILE, TABLE_FILE
+from knn_cli.kinds.gradcheck import GRADCHECK as GRADCHECK_COMMAND
 from knn_cli.network import Network
 from knn_cli.runs import SUMMARY_FILE, atomic_write_json, atomic_write_text
 from knn_cli.stack import default_hidden
-
-GRADCHECK_COMMAND = "gradcheck"  # summary.json's "command", by which `knn runs` knows the folder
-TABLE_FILE, CSV_FILE = "gradcheck.md", "gradcheck.csv"
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,6 @@ import numpy as np
 from knn_cli.errors import KnnError
 
 LINEAR, EXPONENTIAL = "linear", "exponential"
-# A range test's own settings, written as it starts: what marks its folder as one.
-SETTINGS_FILE = "lr_range.json"
 SCHEDULES = (LINEAR, EXPONENTIAL)
 # Validation points the accuracy rules need at the least: a start, a rise and a peak, each
 # smoothed over a few points.

@@ -178,7 +178,7 @@ def compare_range_tests(folders: Sequence[Path], figure: Path) -> tuple[str, lis
     suggests."""
     from knn_cli.config_diff import differences_text, differing_settings, short_names
     from knn_cli.formatting import markdown_table
-    from knn_cli.listing import run_config
+    from knn_cli.kinds.run import run_config
 
     configs = [run_config(folder) for folder in folders]
     keys = differing_settings(configs)

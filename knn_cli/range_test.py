@@ -43,10 +43,11 @@ from knn_cli.experiment import (
     saved_state,
 )
 from knn_cli.interrupts import StopRequests
+from knn_cli.kinds.range_test import LR_RANGE as RANGE_COMMAND
+from knn_cli.kinds.range_test import SETTINGS_FILE
 from knn_cli.lr_range import (
     EXPONENTIAL,
     LINEAR,
-    SETTINGS_FILE,
     RangeSchedule,
     RangeTestError,
     SmoothedLoss,
@@ -72,7 +73,6 @@ from knn_cli.runs import (
 )
 from knn_cli.trainer import NOISE_STREAM, BatchStream, Checkpointing
 
-RANGE_COMMAND = "lr-range"  # summary.json's "command", by which `knn runs` knows the folder
 ENDED = ("finished", "no suggestion")  # a test with either status has nothing to continue
 RANGE_FILE, RANGE_FIGURE = "lr_range.csv", "lr_range.png"
 FIELDS = ("seed", "step", "eta", "loss", "cost", "smoothed_loss", "val_loss", "val_accuracy")

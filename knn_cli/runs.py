@@ -25,9 +25,14 @@ import numpy as np
 
 from knn_cli.errors import KnnError, RunFolderError
 
-METRICS_FILE = "metrics.csv"
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.yaml"
+# What marks a run folder and reads its summary is the run kind's (light, for `knn runs`).
+from knn_cli.kinds.run import CONFIG_FILE as CONFIG_FILE
+from knn_cli.kinds.run import METRICS_FILE as METRICS_FILE
+from knn_cli.kinds.run import SUMMARY_FILE as SUMMARY_FILE
+from knn_cli.kinds.run import read_summary as read_summary
+from knn_cli.kinds.run import summary_or_empty as summary_or_empty
+from knn_cli.kinds.run import worker_seconds as worker_seconds
+
 MODEL_FILE = "model.npz"
 CHECKPOINT_FILE = "checkpoint.npz"
 _CHECKPOINT_INFO = "checkpoint_info"  # a JSON string among the checkpoint's arrays
@@ -281,33 +286,6 @@ def _step_of(line: str) -> int | None:
         return int(line.split(",", 1)[0])
     except ValueError:  # a record cut short by a crash mid-write
         return None
-
-
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / SUMMARY_FILE
-    if not path.is_file():
-        raise RunFolderError(f"{run_dir} is not a finished run folder: it has no {SUMMARY_FILE}")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise RunFolderError(f"{path} cannot be read: {error}") from None
-
-
-def worker_seconds(summary: Mapping[str, Any]) -> float | None:
-    """A run's share of a worker's time: its wall time over the runs of its population (a run
-    trained alone, or before populations, is a population of one)."""
-    seconds, members = summary.get("wall_seconds"), summary.get("population") or 1
-    if not isinstance(seconds, int | float) or not isinstance(members, int | float):
-        return None
-    return float(seconds) / max(1.0, float(members))
-
-
-def summary_or_empty(run_dir: str | Path) -> dict[str, Any]:
-    """A run folder's summary.json, or {} where it has none (yet) or it cannot be read."""
-    try:
-        return read_summary(run_dir)
-    except RunFolderError:
-        return {}
 
 
 def require_run_dir(run_dir: str | Path, *files: str) -> Path:

@@ -20,7 +20,7 @@ from conftest import write_fake_cifar
 
 from knn_cli.cli import cli
 from knn_cli.compare import draw_comparison, read_compared
-from knn_cli.listing import count_text
+from knn_cli.kinds.base import count_text
 
 CONFIG = """
 name: tiny

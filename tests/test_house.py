@@ -66,3 +66,31 @@ print(len({modules!r}))
     }
     assert files <= set(modules)
     assert int(result.stdout) == len(modules)
+
+
+def test_knn_runs_reads_folders_without_the_heavy_modules(tmp_path: Path) -> None:
+    """Telling folders' kinds apart and summarising a study, a gradient check and a range test
+    take neither NumPy nor the config, training, sweep or study machinery: `knn runs` starts at
+    once (a run's row reads its config, a sweep's its plan, as they must)."""
+    (tmp_path / "check").mkdir()
+    (tmp_path / "check" / "summary.json").write_text('{"command": "gradcheck", "status": "passed"}')
+    (tmp_path / "range").mkdir()
+    (tmp_path / "range" / "lr_range.json").write_text("{}")
+    (tmp_path / "study").mkdir()
+    parts = '{"gradcheck": {"folder": "gradcheck", "kind": "gradcheck", "status": "pending"}}'
+    (tmp_path / "study" / "study.json").write_text(
+        f'{{"kind": "study", "version": 1, "parts": {parts}}}'
+    )
+    script = f"""
+import sys
+from pathlib import Path
+from knn_cli.listing import list_rows, rows_json
+rows, others = list_rows(Path({str(tmp_path)!r}))
+assert sorted(row.kind for row in rows) == ["gradcheck", "lr-range", "study"], rows_json(rows)
+heavy = ("numpy", "yaml", "matplotlib", "knn_cli.config", "knn_cli.runs", "knn_cli.engine",
+         "knn_cli.trainer", "knn_cli.sweeps", "knn_cli.study", "knn_cli.lr_range")
+print([m for m in sys.modules if m.startswith(heavy)])
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

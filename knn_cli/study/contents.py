@@ -1,6 +1,6 @@
 """What a study folder holds, read into plain data: study.json, and each part through the
-readers its own command uses (sweep records, the gradient check's CSV), so the report reads the
-same numbers the parts' own tables show.
+readers its kind describes (`knn_cli.kinds`: sweep records, the gradient check's CSV), so the
+report reads the same numbers the parts' own tables show.
 
 A part that is missing, not started or unreadable is kept as such (with the reason), never an
 error: a half-finished study is reported as far as it got. A folder that is no study is.
@@ -8,7 +8,6 @@ error: a half-finished study is reported as far as it got. A folder that is no s
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -16,16 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from knn_cli.errors import RunFolderError
-from knn_cli.gradcheck_run import CSV_FILE
-from knn_cli.runs import summary_or_empty
-from knn_cli.study.folder import read_study_file
+from knn_cli.kinds import gradcheck, sweep
+from knn_cli.kinds.run import summary_or_empty
+from knn_cli.kinds.study import read_study_file
 from knn_cli.study.parts import CONFIGS, GRADCHECK, GRID, PART_NAMES, RATES, SEARCH, SEARCH_9
 from knn_cli.study.rates import Rates, read_rates
 from knn_cli.sweeps.config_runs import config_trials
 from knn_cli.sweeps.folder import (
     TrialRecord,
     load_sweep_of_kind,
-    read_sweep_file,
     trial_record,
 )
 from knn_cli.sweeps.init_grid import grid_plan
@@ -36,7 +34,6 @@ from knn_cli.sweeps.plan import (
     LAMBDA_SEARCH,
     GridSpec,
     LambdaSearchSpec,
-    Trial,
 )
 
 
@@ -154,17 +151,10 @@ def _read_gradchecks(folder: Path) -> tuple[Gradcheck, ...]:
                 layers=int(summary.get("layers", match.group(1))),
                 hidden=tuple(summary.get("hidden", ())),
                 status=str(summary.get("status", "interrupted")),
-                rows=_csv_rows(sub / CSV_FILE),
+                rows=gradcheck.records(sub),
             )
         )
     return tuple(sorted(checks, key=lambda check: check.layers))
-
-
-def _csv_rows(path: Path) -> tuple[dict[str, str], ...]:
-    if not path.is_file():
-        return ()
-    with path.open(newline="") as handle:
-        return tuple(csv.DictReader(handle))
 
 
 def read_config_sweep(folder: Path) -> tuple[TrialRecord, ...]:
@@ -174,11 +164,10 @@ def read_config_sweep(folder: Path) -> tuple[TrialRecord, ...]:
 
 def _read_lambda_search(folder: Path) -> LambdaSearch:
     spec = load_sweep_of_kind(folder, LAMBDA_SEARCH)
-    doc = read_sweep_file(folder)
-    records = [trial_record(folder, Trial.from_dict(t)) for t in doc["trials"]]
+    _, _, records = sweep.records(folder)
     search = tuple(r for r in records if r.trial.stage != "final")
     ranked = ranked_records(search)
-    fine = doc.get("fine_log_range")
+    fine = sweep.read_sweep_file(folder).get("fine_log_range")
     return LambdaSearch(
         spec=spec,
         search=search,

@@ -19,6 +19,8 @@ import click
 from tqdm import tqdm
 
 from knn_cli.formatting import duration
+from knn_cli.kinds.range_test import LR_RANGE
+from knn_cli.kinds.study import STUDY_FILE
 from knn_cli.runs import SUMMARY_FILE, summary_or_empty
 
 POLL_SECONDS = 1.0
@@ -31,7 +33,7 @@ def runs_done(study_dir: Path) -> int:
     done = 0
     for path in study_dir.rglob(SUMMARY_FILE):
         summary = summary_or_empty(path.parent)
-        if summary.get("command") == "lr-range":
+        if summary.get("command") == LR_RANGE:
             done += len(summary.get("seeds", []))
         elif summary.get("status") in DONE and "total_steps" in summary:
             done += 1
@@ -40,7 +42,7 @@ def runs_done(study_dir: Path) -> int:
 
 def running_parts(study_dir: Path) -> list[str]:
     try:
-        parts = json.loads((study_dir / "study.json").read_text()).get("parts", {})
+        parts = json.loads((study_dir / STUDY_FILE).read_text()).get("parts", {})
     except (OSError, ValueError):
         return []
     return [name for name, part in parts.items() if part.get("status") == "running"]

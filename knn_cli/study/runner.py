@@ -21,10 +21,10 @@ from typing import Any
 from knn_cli.data import load_cifar10
 from knn_cli.errors import KnnError
 from knn_cli.executors import Executor, ProcessExecutor, SharedProcesses
+from knn_cli.kinds.study import read_study_file
 from knn_cli.study.folder import (
     now,
     pending_entry,
-    read_study_file,
     study_settings,
     write_study_file,
 )

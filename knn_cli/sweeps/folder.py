@@ -9,7 +9,6 @@ versions re-ran trials in `003-coarse.2`; those are still read.)"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from knn_cli.config import config_from_dict, config_to_dict
 from knn_cli.errors import ConfigError, RunFolderError
+from knn_cli.kinds.sweep import SWEEP_FILE, SWEEP_FORMAT_VERSION, read_sweep_file
 from knn_cli.runs import (
     CHECKPOINT_FILE,
     SUMMARY_FILE,
@@ -36,12 +36,6 @@ from knn_cli.sweeps.plan import (
     LambdaSearchSpec,
     Trial,
 )
-
-SWEEP_FILE = "sweep.json"
-
-
-SWEEP_FORMAT_VERSION = 1
-
 
 DONE_STATUSES = ("finished", "diverged")  # deterministic ends: re-running changes nothing
 
@@ -154,21 +148,6 @@ def resume_or_start(sweep_dir: Path, kind: str, spec: Spec) -> Spec:
         return load_sweep_of_kind(sweep_dir, kind)
     start_sweep(sweep_dir.parent, kind, spec, sweep_dir.name, exact=True)
     return spec
-
-
-def read_sweep_file(sweep_dir: Path) -> dict[str, Any]:
-    path = sweep_dir / SWEEP_FILE
-    if not sweep_dir.is_dir():
-        raise RunFolderError(f"sweep folder {sweep_dir} does not exist")
-    if not path.is_file():
-        raise RunFolderError(f"{sweep_dir} is not a sweep folder: it has no {SWEEP_FILE}")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise RunFolderError(f"{path} cannot be read: {error}") from None
-    if not isinstance(doc, dict) or doc.get("version") != SWEEP_FORMAT_VERSION:
-        raise RunFolderError(f"{path} is not a sweep plan this version of knn can read")
-    return doc
 
 
 def record_plan(sweep_dir: Path, trials: Sequence[Trial], **notes: Any) -> None:

@@ -10,15 +10,14 @@ from pathlib import Path
 
 from knn_cli.errors import KnnError, RunFolderError
 from knn_cli.executors import Executor
+from knn_cli.kinds import sweep
 from knn_cli.sweeps.figures import lambda_figure
 from knn_cli.sweeps.folder import (
     SWEEP_COMMANDS,
     TrialRecord,
-    load_sweep,
     read_sweep_file,
     record_plan,
     recorded_stage,
-    trial_record,
 )
 from knn_cli.sweeps.lambda_fit import LambdaFit, fit_lambda
 from knn_cli.sweeps.plan import (
@@ -146,13 +145,12 @@ def _final_plan(
 
 def source_records(source: Path) -> list[TrialRecord]:
     """The search trials of an earlier sweep, for `--fine --from` to refine."""
-    kind, _ = load_sweep(source)
+    kind, _, records = sweep.records(source)
     if kind != LAMBDA_SEARCH:
         raise RunFolderError(
             f"{source} was made by {SWEEP_COMMANDS.get(kind, kind)}: --from takes a lambda search"
         )
-    trials = [Trial.from_dict(t) for t in read_sweep_file(source)["trials"]]
-    records = [trial_record(source, t) for t in trials if t.stage in SEARCH_STAGES]
+    records = [r for r in records if r.trial.stage in SEARCH_STAGES]
     if not any(r.finished for r in records):
         raise RunFolderError(f"{source} has no finished search trial to refine")
     return records

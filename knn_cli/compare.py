@@ -117,7 +117,7 @@ def difference_labels(runs: Sequence[Compared], keys: Sequence[str]) -> list[str
 
 def shared_text(runs: Sequence[Compared], differing: Sequence[str]) -> str:
     """The key settings all the runs have in common, in the words of the run plots' titles."""
-    from knn_cli.plots import settings_text
+    from knn_cli.config_diff import settings_text
 
     common = {
         section: {k: v for k, v in values.items() if f"{section}.{k}" not in differing}

@@ -12,8 +12,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
@@ -60,6 +58,8 @@ def seed_statistics(values: Sequence[float | None]) -> tuple[float, float, int] 
     numbers = [float(v) for v in values if v is not None]
     if not numbers:
         return None
+    import numpy as np  # here: `knn runs` imports this module and should not load NumPy
+
     spread = float(np.std(numbers, ddof=1)) if len(numbers) > 1 else 0.0
     return float(np.mean(numbers)), spread, len(numbers)
 

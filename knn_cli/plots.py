@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from knn_cli.config_diff import settings_text
 from knn_cli.diagnostics import ACTIVATION, GRAD_NORM, LANDSCAPE, UPDATE_RATIO, WHOLE
 from knn_cli.errors import KnnError
 from knn_cli.runs import CONFIG_FILE, read_diagnostics, read_metrics, read_summary
@@ -61,51 +62,6 @@ def run_description(run_dir: Path) -> tuple[str, str]:
     except KnnError:  # still training, or cut short before its summary
         n_s = None
     return config["name"], settings_text(config, n_s)
-
-
-def settings_text(config: Mapping[str, Any], n_s: int | None = None) -> str:
-    """The settings that tell the study's runs apart, on one line, defaults left unsaid."""
-    return ", ".join([*model_settings(config), *training_settings(config, n_s)])
-
-
-def model_settings(config: Mapping[str, Any]) -> list[str]:
-    model, augment = config.get("model", {}), config.get("augment", {})
-    parts = []
-    if "hidden" in model:
-        parts.append(f"hidden {list(model['hidden'])}")
-    if model.get("batch_norm"):
-        parts.append("BN after ReLU" if model.get("bn_position") == "after_relu" else "BN")
-    elif "batch_norm" in model:
-        parts.append("no BN")
-    if model.get("init") == "normal":
-        parts.append(f"init normal sigma {model.get('sigma', 0):g}")
-    dropout = model.get("dropout") or 0
-    if any(dropout) if isinstance(dropout, Sequence) else dropout:
-        parts.append(f"dropout {dropout}")
-    if augment.get("flip"):
-        parts.append("flip")
-    if augment.get("translate"):
-        parts.append(f"translate {augment['translate']}")
-    return parts
-
-
-def training_settings(
-    config: Mapping[str, Any], n_s: int | None = None, *, lambda_: bool = True
-) -> list[str]:
-    """`n_s` is the resolved half cycle (a config may leave it to a factor of the epoch size);
-    `lambda_=False` leaves out the one setting a lambda search varies."""
-    training = config.get("training", {})
-    parts = []
-    if lambda_ and "lambda" in training:
-        parts.append(f"lambda {training['lambda']:.3g}")
-    if training.get("optimizer", "sgd") != "sgd":
-        parts.append(str(training["optimizer"]))
-    cycles, n_s = training.get("cycles"), n_s or training.get("n_s")
-    if cycles:
-        parts.append(f"{cycles} cycle{'s' if cycles > 1 else ''}")
-    if n_s:
-        parts.append(f"n_s {n_s}")
-    return parts
 
 
 def draw_curves(

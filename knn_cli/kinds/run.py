@@ -77,7 +77,7 @@ def run_status(summary: Mapping[str, Any]) -> str:
 
 def summary(folder: Path) -> Row:
     """Its status, settings in words, accuracies and wall time."""
-    from knn_cli.plots import settings_text
+    from knn_cli.config_diff import settings_text
 
     found = records(folder)
     try:

@@ -105,7 +105,7 @@ def summary(folder: Path) -> Row:
 
 def sweep_settings(kind: str, spec: Any) -> str:
     """What the sweep varies over and on what network, in one line."""
-    from knn_cli.plots import model_settings
+    from knn_cli.config_diff import model_settings
     from knn_cli.sweeps.plan import CONFIG_SWEEP, INIT_SENSITIVITY, LAMBDA_SEARCH
 
     if kind == LAMBDA_SEARCH:

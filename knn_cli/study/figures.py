@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from knn_cli.plots import DPI, SPLIT_LABELS, training_settings
+from knn_cli.config_diff import training_settings
+from knn_cli.plots import DPI, SPLIT_LABELS
 from knn_cli.study.contents import Grid, LambdaSearch
 from knn_cli.study.why import Watched
 from knn_cli.sweeps.figures import (

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from knn_cli.config_diff import training_settings
 from knn_cli.formatting import in_points, mean_and_spread, percent, seed_statistics
-from knn_cli.plots import training_settings
 from knn_cli.study.contents import (
     Gradcheck,
     Study,

@@ -114,14 +114,14 @@ def draw_fit(ax: Any, fit: LambdaFit, *, retrained: bool = False) -> None:
 
 
 def _schedule(records: Sequence[TrialRecord]) -> str:
-    from knn_cli.plots import training_settings
+    from knn_cli.config_diff import training_settings
 
     n_s = next((r.get("n_s") for r in records if r.get("n_s")), None)
     return ", ".join(training_settings(records[0].trial.config, n_s, lambda_=False))
 
 
 def _search_title(spec: LambdaSearchSpec, records: Sequence[TrialRecord]) -> str:
-    from knn_cli.plots import model_settings, training_settings
+    from knn_cli.config_diff import model_settings, training_settings
 
     config = records[0].trial.config if records else spec.base
     n_s = next((r.get("n_s") for r in records if r.get("n_s")), None)
@@ -185,7 +185,8 @@ def draw_loss_curves(spec: GridSpec, records: Sequence[TrialRecord]) -> Any:
     learns, not fill its panel with the noise of its fourth decimal."""
     import matplotlib.pyplot as plt
 
-    from knn_cli.plots import DPI, training_settings
+    from knn_cli.config_diff import training_settings
+    from knn_cli.plots import DPI
 
     cells = by_cell(records)
     rows = [(k, bn) for k in spec.depths for bn in spec.batch_norms]

@@ -185,7 +185,8 @@ class QueueView:
 
 class QueuedExecutor:
     """A launcher behind the queue: a sweep runs its jobs on the queue's one view; a study's
-    parts share `shared()`."""
+    parts share `shared()`. The launcher holds one queue's workers at a time: callers that run
+    at once share one queue rather than each calling `run`."""
 
     in_process = False
 

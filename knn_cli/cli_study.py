@@ -74,7 +74,6 @@ def study(
 ) -> None:
     """The whole study: gradient check, the four configs, the lambda search, the init grid;
     then report.md and report.html beside the published numbers."""
-    from knn_cli.executors import ProcessExecutor
     from knn_cli.formatting import duration
     from knn_cli.kinds.study import read_study_file
     from knn_cli.locks import folder_lock
@@ -106,7 +105,7 @@ def study(
     images, features, data = study_data(settings)  # the data first: a missing one fails here
     parts = plan_study(settings, images)
     workers = max(1, executor.workers or 1)
-    together = isinstance(executor, ProcessExecutor) and workers > 1
+    together = not executor.in_process  # as run_study runs the parts
     estimates, total = estimate_plan(
         parts, workers, features, together=together, population=populations
     )

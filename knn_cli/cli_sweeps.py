@@ -409,7 +409,6 @@ def init_sensitivity(
     runs_dir: Path,
 ) -> None:
     """Train from normal(0, sigma) inits instead of He, with and without batch norm."""
-    from knn_cli.config import config_from_dict, config_to_dict
     from knn_cli.sweeps.folder import load_sweep_of_kind, start_sweep
     from knn_cli.sweeps.init_grid import run_init_sensitivity
     from knn_cli.sweeps.plan import INIT_SENSITIVITY, GridSpec
@@ -426,16 +425,15 @@ def init_sensitivity(
                 "the grid's widths come from --depths (the study's networks); drop "
                 "--set model.hidden"
             )
-        defaults = GridSpec(base={})
         choices = {"both": (False, True), "on": (True,), "off": (False,)}
-        spec = GridSpec(
-            base=config_to_dict(config_from_dict({"name": "init"}, overrides)),
+        spec = GridSpec.plan(
+            overrides,
             depths=parse_list(
                 depths, int, "--depths", valid=lambda k: k >= 1, example="3,9", what="depths >= 1"
             )
             if depths
-            else defaults.depths,
-            batch_norms=choices[batch_norm or "both"],
+            else None,
+            batch_norms=choices[batch_norm] if batch_norm else None,
             sigmas=parse_list(
                 sigmas,
                 float,
@@ -445,11 +443,11 @@ def init_sensitivity(
                 what="positive sigmas",
             )
             if sigmas
-            else defaults.sigmas,
-            cycles=cycles or defaults.cycles,
+            else None,
+            cycles=cycles,
             n_s=n_s,
-            seed=seed if seed is not None else defaults.seed,
-            seeds=seeds or defaults.seeds,
+            seed=seed,
+            seeds=seeds,
         )
         if dry_run:
             from knn_cli.dry_run import planned_sweep

@@ -150,7 +150,7 @@ def test_the_shared_queue_runs_the_most_urgent_ready_job_first() -> None:
     import threading
     import time
 
-    from knn_cli.executors import SharedProcesses
+    from knn_cli.executors import ProcessExecutor
 
     finished: list[tuple[str, float]] = []
     lock = threading.Lock()
@@ -161,7 +161,7 @@ def test_the_shared_queue_runs_the_most_urgent_ready_job_first() -> None:
             with lock:
                 finished.append((label, item))
 
-    with SharedProcesses(1) as shared:
+    with ProcessExecutor(1).shared() as shared:
         calm = threading.Thread(target=consume, args=(shared.view(5), [0.5, 0.01, 0.02], "calm"))
         calm.start()
         time.sleep(0.3)  # the first job handed to the worker, the other two waiting
@@ -191,14 +191,21 @@ def test_a_part_runs_after_the_part_it_needs_and_others_run_beside_them() -> Non
     ]  # fmt: skip
 
 
-def test_parts_run_together_on_two_workers_in_order_of_need_and_a_failure_stays_its_own(
+def run_files(study: Path) -> dict[str, bytes]:
+    """Every run's metrics and weights in a study folder, by path."""
+    found = [*study.rglob("metrics.csv"), *study.rglob("model.npz")]
+    return {str(path.relative_to(study)): path.read_bytes() for path in found}
+
+
+def test_a_study_runs_on_the_executor_chosen_and_a_failure_stays_its_own(
     tmp_path: Path, fake_cifar_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The quick study on two workers: every part runs, the 9-layer retrain only after the
-    lambda search has chosen; a part that fails (here the gradient check, made to) fails alone
-    and the others finish."""
+    """The quick study on two worker processes (the parts together) and in this process
+    (--workers 1: one after another): every part runs, the 9-layer retrain only after the
+    lambda search has chosen, beside the others where they run together; a part that fails
+    (here the gradient check, made to) fails alone and the others finish; and every run's
+    metrics and weights are the same bytes on both."""
     import dataclasses
-    import json
 
     import knn_cli.study.runner as runner
     from knn_cli.errors import KnnError
@@ -208,24 +215,30 @@ def test_parts_run_together_on_two_workers_in_order_of_need_and_a_failure_stays_
 
     failing = dataclasses.replace(runner.PARTS[0], run=broken)
     monkeypatch.setattr(runner, "PARTS", (failing, *runner.PARTS[1:]))
-    runs = tmp_path / "runs"
-    result = CliRunner().invoke(
-        cli,
-        ["study", "--quick", "--seeds", "1", "--workers", "2", "--runs-dir", str(runs),
-         "--set", f"data.dir={fake_cifar_dir}", "--set", "data.validation_size=30",
-         "--set", "training.n_s=5", "--set", "training.batch_size=20"],
-    )  # fmt: skip
-    (study,) = runs.glob("*_quick-study")
-    doc = json.loads((study / "study.json").read_text())["parts"]
-    statuses = {name: part["status"] for name, part in doc.items()}
-    assert statuses == {
-        "gradcheck": "failed", "configs": "finished", "lambda-search": "finished",
-        "lambda-9layer": "finished", "init-sensitivity": "finished", "usable-rates": "finished",
-    }, result.output  # fmt: skip
-    assert "made to fail" in doc["gradcheck"]["message"]
-    assert doc["lambda-9layer"]["started"] >= doc["lambda-search"]["ended"]
-    assert doc["init-sensitivity"]["started"] < doc["lambda-search"]["ended"]  # beside it
-    assert result.exit_code == 1 and "gradcheck" in result.output
+    files = {}
+    for workers in ("2", "1"):
+        runs = tmp_path / workers
+        result = CliRunner().invoke(
+            cli,
+            ["study", "--quick", "--seeds", "1", "--workers", workers, "--runs-dir", str(runs),
+             "--set", f"data.dir={fake_cifar_dir}", "--set", "data.validation_size=30",
+             "--set", "training.n_s=5", "--set", "training.batch_size=20"],
+        )  # fmt: skip
+        (study,) = runs.glob("*_quick-study")
+        doc = json.loads((study / "study.json").read_text())["parts"]
+        statuses = {name: part["status"] for name, part in doc.items()}
+        assert statuses == {
+            "gradcheck": "failed", "configs": "finished", "lambda-search": "finished",
+            "lambda-9layer": "finished", "init-sensitivity": "finished",
+            "usable-rates": "finished",
+        }, result.output  # fmt: skip
+        assert "made to fail" in doc["gradcheck"]["message"]
+        assert doc["lambda-9layer"]["started"] >= doc["lambda-search"]["ended"]
+        together = doc["init-sensitivity"]["started"] < doc["lambda-search"]["ended"]
+        assert together == (workers == "2")  # beside it on processes, after it here
+        assert result.exit_code == 1 and "gradcheck" in result.output
+        files[workers] = run_files(study)
+    assert len(files["1"]) > 40 and files["2"] == files["1"]
 
 
 def test_a_retrain_takes_the_suggested_bounds_else_a_decade_below_the_divergence() -> None:

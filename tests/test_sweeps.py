@@ -341,6 +341,17 @@ def test_process_executor_leaves_no_worker_behind_when_stopped_early() -> None:
     assert set(multiprocessing.active_children()) - others == set()
 
 
+def test_a_worker_that_dies_fails_its_jobs_and_the_sweep_goes_on() -> None:
+    """A worker killed mid-job (here it exits) breaks the process pool: the job it ran and the
+    ones after it fail with a message, rather than waiting for ever."""
+    import os
+
+    results = list(ProcessExecutor(1).run([3, 4], os._exit))
+    assert sorted(item for item, _ in results) == [3, 4]
+    for _, outcome in results:
+        assert not outcome.ok and outcome.error.startswith("worker process failed: ")
+
+
 def test_make_executor_maps_the_options() -> None:
     assert isinstance(make_executor(1, None), SerialExecutor)
     assert isinstance(make_executor(3, None), ProcessExecutor)

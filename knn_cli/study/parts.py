@@ -235,11 +235,9 @@ def run_grid_part(
     earlier: Any,
 ) -> PartRun:
     """Depth x batch norm x sigma from a normal(0, sigma) init."""
-    overrides = [*STUDY_OVERRIDES, *settings.overrides]
-    base = config_to_dict(config_from_dict({"name": "init"}, overrides))
     sizes = settings.sizes
-    spec = GridSpec(
-        base=base,
+    spec = GridSpec.plan(
+        [*STUDY_OVERRIDES, *settings.overrides],
         cycles=sizes.grid_cycles,
         n_s=sizes.grid_n_s,
         seed=settings.seed,

@@ -3,11 +3,12 @@ its status and wall time recorded in study.json as it goes, so that an interrupt
 where it stopped (a finished part is skipped; an unfinished part's sweep skips its finished
 trials).
 
-On local worker processes the parts run together, each on a thread of its own, their jobs in one
-shared queue (`executors.SharedProcesses`): a part that needs another's result (the 9-layer
-retrain, the lambda search's choice) waits for it, the lambda search's chain of stages goes
-first, and the other parts fill the cores whenever a stage waits for its last trial. On one
-worker, or on Dask, the parts run one after another.
+On the executor the user chose. Where its jobs run elsewhere (local worker processes, Dask) the
+parts run together, each on a thread of its own, their jobs in the executor's one shared queue
+(`executors.JobQueue`): a part that needs another's result (the 9-layer retrain, the lambda
+search's choice) waits for it, the lambda search's chain of stages goes first, and the other
+parts fill the workers whenever a stage waits for its last trial. In this process (one worker)
+the parts run one after another.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from knn_cli.data import load_cifar10
 from knn_cli.errors import KnnError
-from knn_cli.executors import Executor, ProcessExecutor, SharedProcesses
+from knn_cli.executors import Executor, JobQueue, SharedExecutor
 from knn_cli.kinds.study import read_study_file
 from knn_cli.study.folder import (
     now,
@@ -108,11 +109,11 @@ def run_study(
     for part in PARTS:
         if part not in study.pending():
             say(f"{study.heading(part)}: finished before, skipped")
-    if isinstance(executor, ProcessExecutor) and executor.workers > 1:
-        run_together(study, executor.workers, population)
-    else:
+    if executor.in_process:  # one job at a time here: the parts take turns
         for part in study.pending():
             study.run_part(part, Running(executor, population, progress))
+    else:
+        run_together(study, cast(SharedExecutor, executor), population)
     return study.finish()
 
 
@@ -129,20 +130,20 @@ def chains(parts: list[Part]) -> list[list[Part]]:
     return found
 
 
-def run_together(study: StudyRun, workers: int, population: Populations = AUTO) -> None:
-    """Every chain of pending parts on a thread of its own, their jobs in one queue on one
-    pool of `workers` processes. The parts' own progress bars are off: several would fight
-    over the terminal; each part says when it starts and ends."""
+def run_together(study: StudyRun, executor: SharedExecutor, population: Populations = AUTO) -> None:
+    """Every chain of pending parts on a thread of its own, their jobs in the executor's one
+    shared queue, each part at its urgency. The parts' own progress bars are off: several
+    would fight over the terminal; each part says when it starts and ends."""
     errors: list[BaseException] = []
 
-    def run_chain(chain: list[Part], shared: SharedProcesses) -> None:
+    def run_chain(chain: list[Part], shared: JobQueue) -> None:
         try:
             for part in chain:
                 study.run_part(part, Running(shared.view(part.urgency), population))
         except BaseException as error:  # handed to the main thread, which raises the first
             errors.append(error)
 
-    with SharedProcesses(workers) as shared:
+    with executor.shared() as shared:
         threads = [
             threading.Thread(target=run_chain, args=(chain, shared), name=chain[0].name)
             for chain in chains(study.pending())

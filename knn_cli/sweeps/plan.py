@@ -16,6 +16,7 @@ from knn_cli.stack import default_hidden
 LAMBDA_SEARCH = "lambda-search"
 INIT_SENSITIVITY = "init-sensitivity"
 CONFIG_SWEEP = "sweep"
+GRID_NAME = "init"  # the grid's base config, and the first word of each cell's name
 STAGE_CODES = {"coarse": 1, "fine": 2, "final": 3, "grid": 4, "runs": 5}
 SEARCH_STAGES = ("coarse", "fine")
 CHOICES = ("best", "fit")  # the lambda the final retrain takes: the best trial's, or the fit's
@@ -215,7 +216,7 @@ def grid_trials(
                     index=index,
                     stage="grid",
                     label=label,
-                    config=trial_config(base, f"init-{folder}", settings),
+                    config=trial_config(base, f"{GRID_NAME}-{folder}", settings),
                     folder=folder,
                     evaluate_test=True,
                 )
@@ -334,3 +335,12 @@ class GridSpec:
     n_s: int | None = None
     seed: int = 0
     seeds: int = 1  # per cell, the same for every cell (grids planned before: one)
+
+    @classmethod
+    def plan(cls, overrides: Sequence[str], **given: Any) -> GridSpec:
+        """A new grid, as `knn init-sensitivity` and the study plan it: its base the built-in
+        config (no file: each cell's widths come from its depth) with `overrides`, the options
+        given (None: not given), the defaults for the rest."""
+        base = config_to_dict(config_from_dict({"name": GRID_NAME}, overrides))
+        options = {key: value for key, value in given.items() if value is not None}
+        return cls(base=base, **options)

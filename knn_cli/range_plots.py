@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, LogLocator
 
+from knn_cli.kinds.range_test import RANGE_FIGURE, read_range_rows
 from knn_cli.plots import DPI, write_figure
 from knn_cli.runs import SUMMARY_FILE, atomic_write_text, read_summary
 
@@ -35,7 +36,6 @@ class DrawnTest:
 
 
 def read_drawn(run_dir: Path, label: str | None = None) -> DrawnTest:
-    from knn_cli.range_test import read_range_rows
 
     summary = read_summary(run_dir) if (run_dir / SUMMARY_FILE).is_file() else {}
     return DrawnTest(
@@ -46,7 +46,6 @@ def read_drawn(run_dir: Path, label: str | None = None) -> DrawnTest:
 def plot_range_test(run_dir: Path) -> Path:
     """lr_range.png: the loss and the validation accuracy against the rate, every seed, the
     suggestions marked, and the constant-rate grid where it was run."""
-    from knn_cli.range_test import RANGE_FIGURE
 
     test = read_drawn(run_dir)
     schedule = test.summary.get("schedule", {})

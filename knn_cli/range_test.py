@@ -44,7 +44,7 @@ from knn_cli.experiment import (
 )
 from knn_cli.interrupts import StopRequests
 from knn_cli.kinds.range_test import LR_RANGE as RANGE_COMMAND
-from knn_cli.kinds.range_test import SETTINGS_FILE
+from knn_cli.kinds.range_test import RANGE_FILE, SETTINGS_FILE, read_range_rows
 from knn_cli.lr_range import (
     EXPONENTIAL,
     LINEAR,
@@ -74,7 +74,6 @@ from knn_cli.runs import (
 from knn_cli.trainer import NOISE_STREAM, BatchStream, Checkpointing
 
 ENDED = ("finished", "no suggestion")  # a test with either status has nothing to continue
-RANGE_FILE, RANGE_FIGURE = "lr_range.csv", "lr_range.png"
 FIELDS = ("seed", "step", "eta", "loss", "cost", "smoothed_loss", "val_loss", "val_accuracy")
 # Smith ran his linear test over several epochs (8 in his CIFAR-10 example); fastai's
 # exponential one takes 100 steps by default: ours takes 1,000 (2.2 epochs of 45,000 images at
@@ -332,32 +331,6 @@ def _row(
         "val_loss": "",
         "val_accuracy": "",
     }
-
-
-def read_range_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """lr_range.csv's rows, typed; a line cut short by a crash mid-write is left out."""
-    path = run_dir / RANGE_FILE
-    if not path.is_file():
-        raise RunFolderError(f"{run_dir} is not a range test: it has no {RANGE_FILE}")
-    rows = []
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            try:
-                rows.append(
-                    {
-                        "seed": int(row["seed"]),
-                        "step": int(row["step"]),
-                        "eta": float(row["eta"]),
-                        "loss": float(row["loss"]),
-                        "cost": float(row["cost"]),
-                        "smoothed_loss": float(row["smoothed_loss"]),
-                        "val_loss": float(row["val_loss"]) if row["val_loss"] else None,
-                        "val_accuracy": float(row["val_accuracy"]) if row["val_accuracy"] else None,
-                    }
-                )
-            except (KeyError, TypeError, ValueError):
-                continue
-    return rows
 
 
 # -- stop and continue ---------------------------------------------------------------------------

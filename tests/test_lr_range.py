@@ -249,7 +249,7 @@ def test_seeds_side_by_side_are_each_the_test_alone(tmp_path: Path, fake_cifar_d
     both = lr_range(tmp_path, fake_cifar_dir, "both", "--seeds", "2")
     alone = lr_range(tmp_path, fake_cifar_dir, "alone", "--set", "training.seed=4")
     assert both.exit_code == 0 and alone.exit_code == 0, both.output + alone.output
-    from knn_cli.range_test import read_range_rows
+    from knn_cli.kinds.range_test import read_range_rows
 
     rows = read_range_rows(only_folder(tmp_path / "both"))
     assert {row["seed"] for row in rows} == {3, 4}

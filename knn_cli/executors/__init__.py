@@ -19,13 +19,12 @@ from knn_cli.executors.jobs import (
     Executor,
     Outcome,
     SerialExecutor,
-    SharedExecutor,
     default_workers,
     guarded,
     one_line,
 )
 from knn_cli.executors.processes import ProcessExecutor
-from knn_cli.executors.queue import JobQueue
+from knn_cli.executors.queue import JobQueue, SharedExecutor
 
 __all__ = [
     "DaskExecutor",

@@ -13,12 +13,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from knn_cli import formatting
-
-if TYPE_CHECKING:
-    from knn_cli.executors.queue import JobQueue
 
 T = TypeVar("T")
 
@@ -56,7 +53,7 @@ class Executor(Protocol):
     # True when jobs run in this process one at a time: a job may then use every core (training
     # evaluates on a second thread), and callers that would share the executor take turns;
     # otherwise jobs share the cores, each keeps to one, and `shared()` gives the queue that
-    # several callers can fill at once.
+    # several callers can fill at once (`queue.SharedExecutor`).
     in_process: bool
 
     def check(self) -> None:
@@ -65,14 +62,6 @@ class Executor(Protocol):
         ...
 
     def run(self, items: Sequence[T], fn: Callable[[T], Any]) -> Iterator[tuple[T, Outcome]]: ...
-
-
-class SharedExecutor(Executor, Protocol):
-    """An executor whose jobs run elsewhere (worker processes, a cluster): several callers at
-    once -- a study's parts, each on a thread -- share it through one queue, the most urgent
-    job first."""
-
-    def shared(self, at_most: int | None = None) -> JobQueue: ...
 
 
 def default_workers() -> int:

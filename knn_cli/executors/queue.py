@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
-from knn_cli.executors.jobs import Outcome, one_line
+from knn_cli.executors.jobs import Executor, Outcome, one_line
 
 T = TypeVar("T")
 
@@ -158,6 +158,14 @@ class JobQueue:
         for _, _, item, _, results in waiting:
             results.put((item, Stopped()))
         self.launcher.close(terminate=terminate)
+
+
+class SharedExecutor(Executor, Protocol):
+    """An executor whose jobs run elsewhere (worker processes, a cluster): several callers at
+    once -- a study's parts, each on a thread -- share it through one queue, the most urgent
+    job first."""
+
+    def shared(self, at_most: int | None = None) -> JobQueue: ...
 
 
 class QueueView:

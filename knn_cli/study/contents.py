@@ -20,7 +20,7 @@ from knn_cli.kinds.run import summary_or_empty
 from knn_cli.kinds.study import read_study_file
 from knn_cli.study.parts import CONFIGS, GRADCHECK, GRID, PART_NAMES, RATES, SEARCH, SEARCH_9
 from knn_cli.study.rates import Rates, read_rates
-from knn_cli.sweeps.config_runs import config_trials
+from knn_cli.sweeps.config_runs import read_config_sweep
 from knn_cli.sweeps.folder import (
     TrialRecord,
     load_sweep_of_kind,
@@ -29,7 +29,6 @@ from knn_cli.sweeps.folder import (
 from knn_cli.sweeps.init_grid import grid_plan
 from knn_cli.sweeps.lambda_search import ranked_records
 from knn_cli.sweeps.plan import (
-    CONFIG_SWEEP,
     INIT_SENSITIVITY,
     LAMBDA_SEARCH,
     GridSpec,
@@ -155,11 +154,6 @@ def _read_gradchecks(folder: Path) -> tuple[Gradcheck, ...]:
             )
         )
     return tuple(sorted(checks, key=lambda check: check.layers))
-
-
-def read_config_sweep(folder: Path) -> tuple[TrialRecord, ...]:
-    spec = load_sweep_of_kind(folder, CONFIG_SWEEP)
-    return tuple(trial_record(folder, trial) for trial in config_trials(spec))
 
 
 def _read_lambda_search(folder: Path) -> LambdaSearch:

@@ -35,6 +35,7 @@ from knn_cli.study.parts import (
     TITLES,
 )
 from knn_cli.study.render import NOT_RUN, Block, Figure, Section, Table, Text
+from knn_cli.sweeps.config_runs import read_config_sweep
 from knn_cli.sweeps.folder import TrialRecord
 
 STUDY_BOUNDS = (1e-5, 0.1)  # the assignment's eta_min and eta_max, in every config
@@ -58,8 +59,6 @@ class Rates:
 
 
 def read_rates(folder: Path) -> Rates:
-    from knn_cli.study.contents import read_config_sweep
-
     tests: dict[str, DrawnTest | None] = {}
     for name in RANGE_NETWORKS:
         where = folder / f"range-{name}"

@@ -33,8 +33,8 @@ from knn_cli.errors import ConfigError
 from knn_cli.executors import Executor
 from knn_cli.formatting import csv_text, duration, markdown_table, mean_and_spread, percent
 from knn_cli.runs import atomic_write_text, worker_seconds
-from knn_cli.sweeps.folder import TrialRecord
-from knn_cli.sweeps.plan import ConfigSweepSpec, Trial, trial_config
+from knn_cli.sweeps.folder import TrialRecord, load_sweep_of_kind, trial_record
+from knn_cli.sweeps.plan import CONFIG_SWEEP, ConfigSweepSpec, Trial, trial_config
 from knn_cli.sweeps.populations import AUTO, Populations
 from knn_cli.sweeps.running import run_trials
 from knn_cli.sweeps.tables import shown_folder
@@ -110,6 +110,12 @@ def config_trials(spec: ConfigSweepSpec) -> list[Trial]:
                 )
             )
     return trials
+
+
+def read_config_sweep(folder: Path) -> tuple[TrialRecord, ...]:
+    """A config sweep's trials, each with its done (else latest) attempt's record."""
+    spec = load_sweep_of_kind(folder, CONFIG_SWEEP)
+    return tuple(trial_record(folder, trial) for trial in config_trials(spec))
 
 
 def run_config_sweep(

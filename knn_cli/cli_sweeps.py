@@ -23,7 +23,6 @@ from knn_cli.cli_options import (
     set_option,
     with_options,
 )
-from knn_cli.locks import folder_lock
 
 DEFAULT_SEARCH_CONFIG = Path("configs/3layer_bn.yaml")
 EXECUTOR_OPTIONS = ("workers", "scheduler", "population", "resume", "runs_dir")
@@ -61,8 +60,12 @@ executor_options = with_options(
 )
 
 
-def _reject_plan_options_with_resume(ctx: click.Context) -> None:
-    """With --resume the plan is the recorded one; a changed --trials would be silently ignored."""
+def resumed_sweep(resume: Path, kind: str) -> Any:
+    """The sweep folder's recorded plan, refusing plan options given with --resume: a changed
+    --trials would be silently ignored."""
+    from knn_cli.sweeps.folder import load_sweep_of_kind
+
+    ctx = click.get_current_context()
     given = [
         f"--{name.replace('_', '-')}"
         for name, value in ctx.params.items()
@@ -74,6 +77,7 @@ def _reject_plan_options_with_resume(ctx: click.Context) -> None:
         raise click.UsageError(
             f"--resume takes the plan from the sweep folder; drop {', '.join(given)}"
         )
+    return load_sweep_of_kind(resume, kind)
 
 
 def executor_for(workers: int | None, scheduler: str | None) -> Any:
@@ -220,17 +224,14 @@ def lambda_search(
     runs_dir: Path,
 ) -> None:
     """Coarse-to-fine random search for lambda on validation accuracy, each trial a run."""
-    from knn_cli.sweeps.folder import load_sweep_of_kind, start_sweep
+    from knn_cli.sweeps.folder import load_sweep_of_kind
     from knn_cli.sweeps.lambda_search import run_lambda_search
     from knn_cli.sweeps.plan import LAMBDA_SEARCH, LambdaSearchSpec
     from knn_cli.sweeps.tables import lambda_table
 
-    ctx = click.get_current_context()
-    executor = executor_for(workers, scheduler)
-    populations = populations_for(population)
+    running = running_for(workers, scheduler, population)
     if resume is not None:
-        _reject_plan_options_with_resume(ctx)
-        spec, sweep_dir = load_sweep_of_kind(resume, LAMBDA_SEARCH), resume
+        spec, sweep_dir = resumed_sweep(resume, LAMBDA_SEARCH), resume
     else:
         if not coarse and not fine:
             raise click.UsageError("choose --coarse, --fine (with --from), or both")
@@ -273,16 +274,11 @@ def lambda_search(
         if dry_run:
             from knn_cli.dry_run import lambda_search_plan
 
-            click.echo(lambda_search_plan(spec, executor.workers or 1, populations), nl=False)
+            workers_ = running.executor.workers or 1
+            click.echo(lambda_search_plan(spec, workers_, running.population), nl=False)
             return
-        data_found([spec.base])  # a sweep that cannot start makes no folder
-        sweep_dir = start_sweep(runs_dir, LAMBDA_SEARCH, spec)
-    with folder_lock(sweep_dir):
-        click.echo(f"sweep folder: {sweep_dir}")
-        remember_resume("lambda-search", sweep_dir)
-        result = run_lambda_search(
-            spec, sweep_dir, executor, progress=progress_wanted(), population=populations
-        )
+        sweep_dir = new_sweep_folder(runs_dir, LAMBDA_SEARCH, spec, [spec.base])
+    result = run_sweep("lambda-search", sweep_dir, run_lambda_search, spec, running)
     # table.md ends with the finals' mean +- sd; here that line comes last, after each final's.
     click.echo(lambda_table([*result.records, *result.finals]))
     if result.fine_log_range is not None:
@@ -299,6 +295,40 @@ def lambda_search(
         _echo_finals(result.finals)
     click.echo(f"written: {sweep_dir}/trials.csv, table.md, lambda_vs_accuracy.png")
     _fail_unless_usable(result.records, sweep_dir)
+
+
+def running_for(workers: int | None, scheduler: str | None, population: str) -> Any:
+    """How the command's runs are run, from its executor options."""
+    from knn_cli.sweeps.running import Running
+
+    executor = executor_for(workers, scheduler)
+    return Running(executor, populations_for(population), progress_wanted())
+
+
+def new_sweep_folder(
+    runs_dir: Path,
+    kind: str,
+    spec: Any,
+    configs: Sequence[Mapping[str, Any]],
+    name: str | None = None,
+) -> Path:
+    """The new sweep's folder, made only once its data is found: a sweep that cannot start
+    fails in one line and leaves nothing behind."""
+    from knn_cli.sweeps.folder import start_sweep
+
+    data_found(configs)
+    return start_sweep(runs_dir, kind, spec, name)
+
+
+def run_sweep(command: str, sweep_dir: Path, run: Any, spec: Any, running: Any) -> Any:
+    """Run the sweep in its folder (locked), saying where and how to continue it."""
+    from knn_cli.sweeps.running import run_sweep_in
+
+    def announce() -> None:
+        click.echo(f"sweep folder: {sweep_dir}")
+        remember_resume(command, sweep_dir)
+
+    return run_sweep_in(sweep_dir, run, spec, running, started=announce)
 
 
 def data_found(configs: Sequence[Mapping[str, Any]]) -> None:
@@ -409,16 +439,12 @@ def init_sensitivity(
     runs_dir: Path,
 ) -> None:
     """Train from normal(0, sigma) inits instead of He, with and without batch norm."""
-    from knn_cli.sweeps.folder import load_sweep_of_kind, start_sweep
     from knn_cli.sweeps.init_grid import run_init_sensitivity
     from knn_cli.sweeps.plan import INIT_SENSITIVITY, GridSpec
 
-    ctx = click.get_current_context()
-    executor = executor_for(workers, scheduler)
-    populations = populations_for(population)
+    running = running_for(workers, scheduler, population)
     if resume is not None:
-        _reject_plan_options_with_resume(ctx)
-        spec, sweep_dir = load_sweep_of_kind(resume, INIT_SENSITIVITY), resume
+        spec, sweep_dir = resumed_sweep(resume, INIT_SENSITIVITY), resume
     else:
         if any(o.split("=", 1)[0].strip() == "model.hidden" for o in overrides):
             raise click.UsageError(
@@ -454,17 +480,13 @@ def init_sensitivity(
             from knn_cli.sweeps.init_grid import grid_plan
 
             resolved = {"spec": asdict(spec)}
-            workers_ = executor.workers or 1
-            click.echo(planned_sweep(resolved, grid_plan(spec), workers_, populations), nl=False)
+            workers_ = running.executor.workers or 1
+            click.echo(
+                planned_sweep(resolved, grid_plan(spec), workers_, running.population), nl=False
+            )
             return
-        data_found([spec.base])
-        sweep_dir = start_sweep(runs_dir, INIT_SENSITIVITY, spec)
-    with folder_lock(sweep_dir):
-        click.echo(f"sweep folder: {sweep_dir}")
-        remember_resume("init-sensitivity", sweep_dir)
-        records = run_init_sensitivity(
-            spec, sweep_dir, executor, progress=progress_wanted(), population=populations
-        )
+        sweep_dir = new_sweep_folder(runs_dir, INIT_SENSITIVITY, spec, [spec.base])
+    records = run_sweep("init-sensitivity", sweep_dir, run_init_sensitivity, spec, running)
     click.echo("final test accuracy (rows: layers and batch norm; columns: init sigma)")
     click.echo((sweep_dir / "results.md").read_text())
     failed = [r for r in records if r.status not in ("finished",)]
@@ -497,11 +519,10 @@ def sweep(
     from knn_cli.config import config_from_dict
     from knn_cli.memory import check_memory
     from knn_cli.sweeps.config_runs import read_plan, run_config_sweep
-    from knn_cli.sweeps.folder import load_sweep_of_kind, start_sweep
+    from knn_cli.sweeps.folder import load_sweep_of_kind
     from knn_cli.sweeps.plan import CONFIG_SWEEP
 
-    executor = executor_for(workers, scheduler)
-    populations = populations_for(population)
+    running = running_for(workers, scheduler, population)
     if resume is not None:
         if plan is not None:
             raise click.UsageError("--resume takes the plan from the sweep folder; drop PLAN")
@@ -517,19 +538,15 @@ def sweep(
             from knn_cli.sweeps.config_runs import config_trials
 
             resolved = {"name": spec.name, "runs": list(spec.runs)}
+            workers_ = running.executor.workers or 1
             click.echo(
-                planned_sweep(resolved, config_trials(spec), executor.workers or 1, populations),
+                planned_sweep(resolved, config_trials(spec), workers_, running.population),
                 nl=False,
             )
             return
-        data_found([entry["config"] for entry in spec.runs])
-        sweep_dir = start_sweep(runs_dir, CONFIG_SWEEP, spec, name=spec.name)
-    with folder_lock(sweep_dir):
-        click.echo(f"sweep folder: {sweep_dir}")
-        remember_resume("sweep", sweep_dir)
-        records = run_config_sweep(
-            spec, sweep_dir, executor, progress=progress_wanted(), population=populations
-        )
+        configs = [entry["config"] for entry in spec.runs]
+        sweep_dir = new_sweep_folder(runs_dir, CONFIG_SWEEP, spec, configs, name=spec.name)
+    records = run_sweep("sweep", sweep_dir, run_config_sweep, spec, running)
     click.echo((sweep_dir / "results.md").read_text())
     click.echo(f"written: {sweep_dir}/results.csv, results.md")
     _fail_unless_usable(records, sweep_dir)

@@ -17,9 +17,7 @@ from typing import Any
 
 from knn_cli.config import RunConfig, config_from_dict, config_to_dict, with_overrides
 from knn_cli.data import load_cifar10
-from knn_cli.executors import Executor
 from knn_cli.gradcheck_run import GRADCHECK_COMMAND, GradcheckSettings, run_gradcheck
-from knn_cli.locks import folder_lock
 from knn_cli.lr_range import EXPONENTIAL
 from knn_cli.range_test import ENDED as RANGE_ENDED
 from knn_cli.range_test import RangeSettings, run_range_test, write_settings
@@ -45,7 +43,7 @@ from knn_cli.sweeps.plan import (
     GridSpec,
     LambdaSearchSpec,
 )
-from knn_cli.sweeps.populations import AUTO, Populations
+from knn_cli.sweeps.running import Running, run_sweep_in
 
 
 @dataclass
@@ -55,16 +53,6 @@ class PartRun:
     status: str
     message: str = ""
     notes: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Running:
-    """How a part's runs are run: on which executor, in which populations, with progress bars
-    or not."""
-
-    executor: Executor
-    population: Populations = AUTO
-    progress: bool = False
 
 
 # What runs a part: its folder, the study's settings, how its runs are run, and what the parts
@@ -116,15 +104,7 @@ def _sweep_status(records: Sequence[TrialRecord]) -> PartRun:
 
 def _run_configs(folder: Path, spec: ConfigSweepSpec, running: Running) -> PartRun:
     spec = resume_or_start(folder, CONFIG_SWEEP, spec)
-    with folder_lock(folder):  # a `--resume` of the part's own sweep must wait for the study
-        records = run_config_sweep(
-            spec,
-            folder,
-            running.executor,
-            progress=running.progress,
-            population=running.population,
-        )
-        return _sweep_status(records)
+    return _sweep_status(run_sweep_in(folder, run_config_sweep, spec, running))
 
 
 def run_configs_part(
@@ -182,14 +162,7 @@ def run_search_part(
 ) -> PartRun:
     """The coarse and fine search on the 3-layer BN network, and the best lambda retrained."""
     spec = resume_or_start(folder, LAMBDA_SEARCH, search_spec(settings))
-    with folder_lock(folder):
-        result = run_lambda_search(
-            spec,
-            folder,
-            running.executor,
-            progress=running.progress,
-            population=running.population,
-        )
+    result = run_sweep_in(folder, run_lambda_search, spec, running)
     run = _sweep_status([*result.records, *result.finals])
     if result.best is not None and result.finals:
         seeds = [r.trial.config["training"]["seed"] for r in result.finals]
@@ -244,15 +217,7 @@ def run_grid_part(
         seeds=settings.seeds,
     )
     spec = resume_or_start(folder, INIT_SENSITIVITY, spec)
-    with folder_lock(folder):
-        records = run_init_sensitivity(
-            spec,
-            folder,
-            running.executor,
-            progress=running.progress,
-            population=running.population,
-        )
-        return _sweep_status(records)
+    return _sweep_status(run_sweep_in(folder, run_init_sensitivity, spec, running))
 
 
 # -- the usable rates: range tests, and retrains at the bounds they suggest -----------------------

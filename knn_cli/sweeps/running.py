@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -16,6 +17,7 @@ from knn_cli.data import load_cifar10
 from knn_cli.data.cifar10 import Dataset
 from knn_cli.executors import Executor, one_line
 from knn_cli.experiment import open_run, train_population
+from knn_cli.locks import folder_lock
 from knn_cli.memory import DataSize, check_memory
 from knn_cli.runs import summary_or_empty
 from knn_cli.sweeps.folder import (
@@ -28,6 +30,38 @@ from knn_cli.sweeps.folder import (
 )
 from knn_cli.sweeps.plan import NEW, RESUME, Trial, TrialJob
 from knn_cli.sweeps.populations import AUTO, Populations, plan_populations
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Running:
+    """How a sweep's runs are run: on which executor, in which populations, with progress bars
+    or not."""
+
+    executor: Executor
+    population: Populations = AUTO
+    progress: bool = False
+
+
+def run_sweep_in(
+    folder: Path,
+    run: Callable[..., T],
+    spec: Any,
+    running: Running,
+    *,
+    started: Callable[[], None] | None = None,
+) -> T:
+    """`run(spec, folder, executor, progress=..., population=...)` -- a lambda search, an init
+    grid or a config sweep -- holding the folder's lock, so that a second process given the same
+    folder (a `--resume` while it runs) is refused rather than joining it; `started` says so
+    once the lock is held."""
+    with folder_lock(folder):
+        if started is not None:
+            started()
+        return run(
+            spec, folder, running.executor, progress=running.progress, population=running.population
+        )
 
 
 def run_population(jobs: Sequence[TrialJob]) -> list[str]:

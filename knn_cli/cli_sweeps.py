@@ -439,6 +439,7 @@ def init_sensitivity(
     runs_dir: Path,
 ) -> None:
     """Train from normal(0, sigma) inits instead of He, with and without batch norm."""
+    from knn_cli.config import Override
     from knn_cli.sweeps.init_grid import run_init_sensitivity
     from knn_cli.sweeps.plan import INIT_SENSITIVITY, GridSpec
 
@@ -446,7 +447,7 @@ def init_sensitivity(
     if resume is not None:
         spec, sweep_dir = resumed_sweep(resume, INIT_SENSITIVITY), resume
     else:
-        if any(o.split("=", 1)[0].strip() == "model.hidden" for o in overrides):
+        if any(Override.key_of(o) == "model.hidden" for o in overrides):
             raise click.UsageError(
                 "the grid's widths come from --depths (the study's networks); drop "
                 "--set model.hidden"

@@ -33,6 +33,16 @@ class Override(NamedTuple):
     @classmethod
     def parse(cls, text: Any) -> Override:
         """`training.lambda=0.01` -> key and value; the value is YAML (`[50, 30]`, `null`)."""
+        key, raw = cls._split(text)
+        return cls(key, load_yaml(raw, f"the value in override {user_value(text)}"), text)
+
+    @classmethod
+    def key_of(cls, text: Any) -> str:
+        """The key an override sets, its value left unread (asking whether `--set` names one)."""
+        return cls._split(text)[0]
+
+    @staticmethod
+    def _split(text: Any) -> tuple[str, str]:
         if not isinstance(text, str):
             raise ConfigError(
                 f"an override must be a string like 'training.lambda=0.01', got {user_value(text)}"
@@ -43,7 +53,7 @@ class Override(NamedTuple):
             raise ConfigError(
                 f"override {user_value(text)} must look like key=value, e.g. training.lambda=0.01"
             )
-        return cls(key, load_yaml(raw, f"the value in override {user_value(text)}"), text)
+        return key, raw
 
     @classmethod
     def of(cls, key: str, value: Any) -> Override:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from knn_cli.config import RunConfig, config_from_dict, load_config
+from knn_cli.config import Override, RunConfig, config_from_dict, load_config
 from knn_cli.errors import ConfigError, KnnError
 
 CONFIG_NAMES = ("3layer", "3layer_bn", "9layer", "9layer_bn")
@@ -64,7 +64,7 @@ class StudySettings:
 
     def sets(self, key: str) -> bool:
         """Whether a --set of the study names `key`."""
-        return any(text.partition("=")[0].strip() == key for text in self.overrides)
+        return any(Override.key_of(text) == key for text in self.overrides)
 
 
 # Settings the study decides in each part (its protocol): a --set of them would reach some

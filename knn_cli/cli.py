@@ -167,11 +167,8 @@ def train(
 def show_config(config_path: Path | None, overrides: tuple[str, ...]) -> None:
     """Print every config key with its value and what it does: CONFIG's with the --set
     overrides, else the defaults. The output is a config file that loads back to the same."""
-    from knn_cli.config import commented_yaml, defaults_yaml, load_config
+    from knn_cli.config import commented_yaml, load_config
 
-    if config_path is None and not overrides:
-        click.echo(defaults_yaml(), nl=False)
-        return
     click.echo(commented_yaml(load_config(config_path, overrides)), nl=False)
 
 

@@ -305,8 +305,8 @@ def test_eta_min_above_eta_max() -> None:
         ("eta_min", -1e-5, ">= 0"),
         ("eta_max", 0, "> 0"),
         ("n_s_factor", 0, "> 0"),
-        ("lambda", float("nan"), ">= 0"),
-        ("eta_max", float("inf"), "> 0"),
+        ("lambda", float("nan"), ">= 0 (a finite one)"),
+        ("eta_max", float("inf"), "> 0 (a finite one)"),
         ("lambda", ".inf", ">= 0"),
         pytest.param("lambda", 10**5000, ">= 0", id="huge-int"),
     ],
@@ -620,7 +620,8 @@ def test_an_earlier_spelling_the_rule_does_not_use_is_refused_unless_at_its_defa
     ("overrides", "expected"),
     [
         (["training.optimizer=sgd", "training.optimizer_settings.momentum=0.5"],
-         "training.optimizer_settings: sgd has no setting 'momentum'; its settings: none"),
+         "training.optimizer_settings: sgd has no setting 'momentum' (it is a setting of "
+         "training.optimizer momentum, nesterov); its settings: none"),
         (["training.optimizer=adam", "training.optimizer_settings.betaa1=0.5"],
          "adam has no setting 'betaa1' (did you mean 'beta1'?); its settings: beta1, beta2, eps"),
         (["training.optimizer=momentum", "training.optimizer_settings.momentum=1"],

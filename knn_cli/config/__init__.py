@@ -1,23 +1,23 @@
 """Run settings: YAML plus `key=value` overrides in, frozen and validated dataclasses out.
 
 `schema.py` declares every option once (default, parser, help); `values.py` holds the parsers;
-`overrides.py` the one `key=value` grammar; `loading.py` turns documents into configs and back;
-`docs.py` writes the full set of keys for the README.
+`rule_settings.py` checks the update rule's settings against the rule chosen (and reads the keys
+earlier versions wrote for them); `overrides.py` is the one `key=value` grammar; `loading.py`
+turns documents into configs and back; `docs.py` writes every key with its help (`knn config`,
+the README's block); `yaml_io.py` reads a user's YAML and writes it as people write it.
 """
 
 from .docs import commented_yaml, defaults_yaml
 from .loading import (
-    LEGACY_DEFAULTS,
     config_from_dict,
     config_to_dict,
     dump_config,
     load_config,
     with_overrides,
 )
-from .overrides import LEGACY_RULE_KEYS, Override, setting_keys
+from .overrides import Override, setting_keys
+from .rule_settings import LEGACY_DEFAULTS, LEGACY_RULE_KEYS
 from .schema import (
-    DTYPES,
-    LANDSCAPE_STEPS,
     AugmentConfig,
     DataConfig,
     DiagnosticsConfig,
@@ -32,8 +32,6 @@ from .schema import (
 )
 
 __all__ = [
-    "DTYPES",
-    "LANDSCAPE_STEPS",
     "LEGACY_DEFAULTS",
     "LEGACY_RULE_KEYS",
     "AugmentConfig",

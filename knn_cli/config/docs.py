@@ -17,13 +17,16 @@ WIDTH = 99
 
 
 def _line(text: str, help: str) -> list[str]:
-    """`text` with its help beside it, wrapped under the help's column."""
+    """`text` with its help beside it; what does not fit goes on under the help's column."""
     if not help:
         return [text]
-    start = max(COMMENT_COLUMN, len(text) + 1)
-    wrapped = textwrap.wrap(help, WIDTH - start - 2) or [""]
-    first = f"{text:<{start}}# {wrapped[0]}"
-    return [first, *(" " * COMMENT_COLUMN + f"# {rest}" for rest in wrapped[1:])]
+    first = (
+        f"{text:<{COMMENT_COLUMN}} # "
+        if len(text) >= COMMENT_COLUMN
+        else f"{text:<{COMMENT_COLUMN}}# "
+    )
+    rest = " " * COMMENT_COLUMN + "# "
+    return textwrap.wrap(help, WIDTH, initial_indent=first, subsequent_indent=rest)
 
 
 def _value(key: str, value: Any) -> str:
@@ -47,6 +50,6 @@ def commented_yaml(cfg: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def defaults_yaml(name: str = "3layer_bn", schema: type = RunConfig) -> str:
-    """Every key at its default (the run named `name`), each with its help: the README's block."""
-    return commented_yaml(schema(name=name))
+def defaults_yaml(schema: type = RunConfig) -> str:
+    """Every key at its default, each with its help: `knn config`, and the README's block."""
+    return commented_yaml(schema())

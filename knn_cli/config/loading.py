@@ -8,30 +8,24 @@ the value given and what is allowed; no other exception escapes for any document
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from knn_cli.errors import ConfigError
 from knn_cli.formatting import one_line, user_value, value_kind
-from knn_cli.optim import UPDATE_RULES
 
 from . import values as v
 from .overrides import (
-    LEGACY_RULE_KEYS,
     Overrides,
     apply_overrides,
     as_overrides,
     did_you_mean,
     section_mapping,
 )
+from .rule_settings import LEGACY_RULE_KEYS, resolve_rule_settings
 from .schema import RunConfig, check_together, options, sections
 from .yaml_io import dump_yaml, load_yaml
-
-# What the version with the legacy rule keys wrote into every run's config.yaml, whatever the
-# rule: a key the chosen rule does not use still loads when it holds this value.
-LEGACY_DEFAULTS = {"momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "adam_eps": 1e-8}
 
 
 def _reject_unknown(
@@ -52,6 +46,9 @@ def parse_options(cls: type, raw: Mapping[Any, Any], prefix: str, schema: type) 
 
 
 def _parse_section(name: str, cls: type, raw: Any, schema: type) -> Any:
+    """The section's options, each through its parser; in `training`, the rule's settings are
+    then checked against the rule chosen (`rule_settings.py`), the one option whose allowed
+    values depend on another."""
     settings = dict(section_mapping(name, raw))
     legacy = {}
     if name == "training":
@@ -62,57 +59,6 @@ def _parse_section(name: str, cls: type, raw: Any, schema: type) -> Any:
             parsed.get("optimizer", "sgd"), parsed.get("optimizer_settings", {}), legacy
         )
     return cls(**parsed)
-
-
-def resolve_rule_settings(
-    optimizer: str, given: Mapping[str, Any], legacy: Mapping[str, Any]
-) -> dict[str, float]:
-    """Every setting the rule declares, from `given`, else from an earlier version's key, else
-    its default; a setting the rule does not declare is an error, and so is a legacy key the
-    rule does not use unless it holds that version's default (every config that version wrote
-    holds all four: those still load)."""
-    declared = UPDATE_RULES[optimizer].settings
-    where = "training.optimizer_settings"
-    for old_key, value in legacy.items():
-        unused = LEGACY_RULE_KEYS[old_key] not in declared
-        if unused and v.as_float(value) != LEGACY_DEFAULTS[old_key]:
-            users = [
-                n for n, rule in UPDATE_RULES.items() if LEGACY_RULE_KEYS[old_key] in rule.settings
-            ]
-            raise ConfigError(
-                f"training.{old_key} ({user_value(value)}): the {optimizer} rule has no setting "
-                f"{LEGACY_RULE_KEYS[old_key]!r}; it is used by training.optimizer "
-                f"{', '.join(users)}"
-            )
-    for name in given:
-        if name not in declared:
-            close = difflib.get_close_matches(name, list(declared), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            known = ", ".join(declared) or "none"
-            raise ConfigError(
-                f"{where}: {optimizer} has no setting {user_value(name)}{hint}; "
-                f"its settings: {known}"
-            )
-    resolved = {}
-    for name, setting in declared.items():
-        old_key = next((k for k, value in LEGACY_RULE_KEYS.items() if value == name), None)
-        if name in given:
-            key, value = f"{where}.{name}", given[name]
-            if old_key in legacy and v.as_float(legacy[old_key]) != v.as_float(value):
-                raise ConfigError(
-                    f"training.{old_key} ({user_value(legacy[old_key])}) and {key} "
-                    f"({user_value(value)}) disagree; keep {key} alone"
-                )
-        elif old_key in legacy:
-            key, value = f"training.{old_key}", legacy[old_key]
-        else:
-            resolved[name] = setting.default
-            continue
-        number = v.as_float(value)
-        if number is None or not setting.allows(number):
-            raise v.invalid(key, value, setting.describe())
-        resolved[name] = number
-    return resolved
 
 
 def config_from_dict(

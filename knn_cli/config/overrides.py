@@ -8,19 +8,16 @@ entry at a time: `training.optimizer_settings.momentum=0.95`.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from knn_cli.errors import ConfigError
 from knn_cli.formatting import user_value, value_kind
 
+from . import values as v
+from .rule_settings import LEGACY_RULE_KEYS
 from .schema import options, sections
 from .yaml_io import load_yaml
-
-# The update rules' settings as earlier versions spelled them, one key each beside
-# `training.optimizer`; config files of earlier runs hold all four (`loading.py` resolves them).
-LEGACY_RULE_KEYS = {"momentum": "momentum", "beta1": "beta1", "beta2": "beta2", "adam_eps": "eps"}
 
 
 class Override(NamedTuple):
@@ -87,9 +84,9 @@ def setting_keys(schema: type) -> list[str]:
 def did_you_mean(key: Any, allowed: Sequence[str], prefix: str, schema: type) -> str:
     if not isinstance(key, str):
         return ""
-    close = difflib.get_close_matches(key, allowed, n=1)
+    close = v.closest(key, allowed)
     if close:
-        return f" (did you mean {prefix + close[0]!r}?)"
+        return f" (did you mean {prefix + close!r}?)"
     # A setting written outside its section, e.g. `lambda: 0.01` at the top level.
     if prefix == "":
         for name, (cls, _) in sections(schema).items():

@@ -168,7 +168,7 @@ class TrainingConfig:
     )
     checkpoint_minutes: float | None = setting(
         5.0,
-        v.number_or_null(0, low_open=True),
+        v.number(0, low_open=True, nullable=True),
         "how often to save for --resume; null: only when interrupted",
     )
     optimizer: str = setting("sgd", v.choice(_rule_names), _rules_help)
@@ -194,7 +194,7 @@ class AugmentConfig:
     """Random changes to each training image, drawn anew every time it is used."""
 
     flip: bool = setting(False, v.boolean, "mirror left to right with probability 1/2")
-    translate: int = setting(0, v.integer(0, 16), "shift by up to this many pixels each way")
+    translate: int = setting(0, v.integer(0, below=16), "shift by up to this many pixels each way")
     padding: str = setting(
         "zero", v.choice(*PADDINGS), "zero (the training mean at that pixel) | edge"
     )
@@ -267,7 +267,7 @@ class DataConfig:
         None, v.folder_or_null, "cifar-10-batches-py folder; null: $KNN_DATA_DIR, else the cache"
     )
     validation_size: int = setting(
-        5000, v.integer(1, TRAIN_IMAGES), "the last 5,000 training images"
+        5000, v.integer(1, below=TRAIN_IMAGES), "the last 5,000 training images"
     )
 
     @property

@@ -6,10 +6,11 @@ declaration reads as its type and bounds.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from knn_cli.errors import ConfigError
@@ -19,11 +20,18 @@ Parser = Callable[[str, Any], Any]
 NAME_MAX = 100  # keeps `<timestamp>_<name>` run folders well inside file-name limits
 
 
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice `name` is most likely a typo of, if any: the did-you-mean of every message."""
+    found = difflib.get_close_matches(name, list(choices), n=1)
+    return found[0] if found else None
+
+
 def invalid(key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"{key} must be {allowed}, got {user_value(value)}")
 
 
-def integer(low: int, below: int | None = None, *, nullable: bool = False) -> Parser:
+def integer(low: int, *, below: int | None = None, nullable: bool = False) -> Parser:
+    """An integer >= low (and < below); null too where `nullable`."""
     allowed = f"an integer >= {low}" + (f" and < {below}" if below is not None else "")
     allowed += " or null" if nullable else ""
 
@@ -54,11 +62,24 @@ def as_float(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def number(low: float, *, low_open: bool = False, below: float | None = None) -> Parser:
+def _infinite_or_nan(value: Any) -> bool:
+    try:
+        return not isinstance(value, bool) and not math.isfinite(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def number(
+    low: float, *, low_open: bool = False, below: float | None = None, nullable: bool = False
+) -> Parser:
+    """A finite number >= low (> low where `low_open`; < below); null too where `nullable`."""
     allowed = f"a number {'>' if low_open else '>='} {low}"
     allowed += f" and < {below}" if below is not None else ""
+    allowed += " or null" if nullable else ""
 
-    def parse(key: str, value: Any) -> float:
+    def parse(key: str, value: Any) -> float | None:
+        if value is None and nullable:
+            return None
         parsed = as_float(value)
         if (
             parsed is None
@@ -66,17 +87,9 @@ def number(low: float, *, low_open: bool = False, below: float | None = None) ->
             or (low_open and parsed == low)
             or (below is not None and parsed >= below)
         ):
-            raise invalid(key, value, allowed)
+            finite = " (a finite one)" if _infinite_or_nan(value) else ""
+            raise invalid(key, value, allowed + finite)
         return parsed
-
-    return parse
-
-
-def number_or_null(low: float, *, low_open: bool = False) -> Parser:
-    parse_number = number(low, low_open=low_open)
-
-    def parse(key: str, value: Any) -> float | None:
-        return None if value is None else parse_number(key, value)
 
     return parse
 

@@ -17,10 +17,9 @@ from typing import Any
 
 from knn_cli.config_diff import differences_text, differing_settings, setting_text, short_names
 from knn_cli.errors import KnnError, RunFolderError
-from knn_cli.kinds import gradcheck, kind_of, run, study, sweep
+from knn_cli.kinds import curves_of
 from knn_cli.kinds.run import run_config, run_status
 from knn_cli.runs import (
-    METRICS_FILE,
     atomic_write_text,
     read_diagnostics,
     read_metrics,
@@ -54,22 +53,7 @@ def run_folders(path: Path) -> list[Path]:
     """The run folders `path` stands for: itself, or a sweep's trials that have started."""
     if not path.exists():
         raise RunFolderError(f"{path} does not exist")
-    kind = kind_of(path) if path.is_dir() else None
-    if kind is run.KIND:
-        return [path]
-    if kind is gradcheck.KIND:
-        raise RunFolderError(f"{path} is a gradient check: it has no training curves to compare")
-    if kind is study.KIND:
-        raise RunFolderError(
-            f"{path} is a study; compare the runs or sweeps in it (`knn runs {path}` lists them)"
-        )
-    if kind is not sweep.KIND:  # none, or a range test (compared with range tests alone)
-        raise RunFolderError(f"{path} is not a run, sweep or study folder")
-    _, _, records = sweep.records(path)
-    folders = [r.folder for r in records if r.folder and (r.folder / METRICS_FILE).is_file()]
-    if not folders:
-        raise RunFolderError(f"{path}: no trial of this sweep has curves yet")
-    return folders
+    return curves_of(path)
 
 
 def read_compared(paths: Sequence[Path]) -> list[Compared]:

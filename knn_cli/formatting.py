@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -100,14 +100,17 @@ def byte_size(size: float) -> str:
 
 def setting_value(value: Any) -> str:
     """A config setting's value in a table cell, a legend or a list of changes, as YAML spells
-    it and short: `true`, `null`, `0.01`, `[50,50]` (a number to 4 significant digits, so that
-    a rate made by arithmetic, 0.0031622776601683794, reads 0.003162)."""
+    it and short: `true`, `null`, `0.01`, `[50,50]`, `{beta1: 0.9, eps: 1e-08}` (a number to 4
+    significant digits, so that a rate made by arithmetic, 0.0031622776601683794, reads
+    0.003162)."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(setting_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {setting_value(v)}" for k, v in value.items()) + "}"
     return "null" if value is None else str(value)
 
 

@@ -14,11 +14,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from knn_cli.errors import RunFolderError
-from knn_cli.kinds import base, gradcheck, kind_of, range_test, run, study, summary
+from knn_cli.kinds import rows_in
 from knn_cli.kinds.base import Row
-
-# Files that mark a folder as derived from runs rather than an experiment: `knn compare`'s.
-DERIVED_MARKERS = ("compare.md",)
 
 
 def list_rows(parent: Path) -> tuple[list[Row], int]:
@@ -30,39 +27,13 @@ def list_rows(parent: Path) -> tuple[list[Row], int]:
         raise RunFolderError(f"folder {parent} does not exist")
     if not parent.is_dir():
         raise RunFolderError(f"{parent} is a file, not a folder of runs")
-    kind = kind_of(parent)
-    if kind in (run.KIND, gradcheck.KIND, range_test.KIND):
-        return [summary(parent)], 0
-    if kind is study.KIND:
-        return newest_first(_part_rows(parent)), 0
-    rows, others = [], 0
-    for child in sorted(parent.iterdir()):
-        if not child.is_dir() or child.name.startswith("."):
-            continue
-        if kind_of(child) is not None:
-            rows.append(summary(child))
-        elif not any((child / name).is_file() for name in DERIVED_MARKERS):
-            others += 1
+    rows, others = rows_in(parent)
     return newest_first(rows), others
 
 
 def newest_first(rows: Iterable[Row]) -> list[Row]:
     # Rows with no known start go last; names break ties so the order never depends on disk.
     return sorted(rows, key=lambda row: (row.started or "", row.name), reverse=True)
-
-
-def _part_rows(folder: Path) -> list[Row]:
-    """A row per part: the part's folder's own when it is a run or sweep, else what study.json
-    says of it (a part not started, or one that is a folder of gradient checks)."""
-    rows = []
-    for name, part in study.records(folder).items():
-        where = folder / str(part.get("folder") or name)
-        if where.is_dir() and kind_of(where) is not None:
-            rows.append(summary(where))
-            continue
-        kind, status = str(part.get("kind") or "part"), str(part.get("status") or "pending")
-        rows.append(base.row(where, kind, status, "", wall_seconds=part.get("seconds")))
-    return rows
 
 
 # -- output ---------------------------------------------------------------------------------------

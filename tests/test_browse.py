@@ -196,6 +196,16 @@ def test_runs_lists_newest_first_by_the_folder_stamp(zoo: Zoo, tmp_path: Path) -
     assert list(table_rows(run("runs", parent).output)) == names
 
 
+def test_runs_of_a_folder_of_runs_folders_says_where_to_look(zoo: Zoo, tmp_path: Path) -> None:
+    parent = tmp_path / "experiments"
+    shutil.copytree(zoo.bn, parent / "monday" / zoo.bn.name)
+    (parent / "notes").mkdir()
+    output = run("runs", parent).output
+    assert "no runs, sweeps or studies under" in output
+    assert "(2 other folders there not made by knn)" in output
+    assert f"(knn folders one level down: knn runs {parent / 'monday'})" in output
+
+
 def test_runs_of_a_sweep_lists_its_trials_and_of_a_study_its_parts(zoo: Zoo) -> None:
     trials = json.loads(run("runs", zoo.search, "--json").output)
     assert sorted(row["name"] for row in trials) == [

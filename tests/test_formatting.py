@@ -43,6 +43,7 @@ def test_byte_size_in_binary_units(size: float, text: str) -> None:
         ([[1, 2], [3]], "[[1,2],[3]]"),
         ("he", "he"),
         (12, "12"),
+        ({"beta1": 0.9, "eps": 1e-08}, "{beta1: 0.9, eps: 1e-08}"),  # a rule's settings
     ],
 )
 def test_setting_value_as_yaml_spells_it(value: Any, text: str) -> None:

@@ -24,14 +24,16 @@ from knn_cli.executors.jobs import (
     one_line,
 )
 from knn_cli.executors.processes import ProcessExecutor
-from knn_cli.executors.queue import JobQueue, SharedExecutor
+from knn_cli.executors.queue import JobQueue, Launcher, QueuedExecutor, SharedExecutor
 
 __all__ = [
     "DaskExecutor",
     "Executor",
     "JobQueue",
+    "Launcher",
     "Outcome",
     "ProcessExecutor",
+    "QueuedExecutor",
     "SerialExecutor",
     "SharedExecutor",
     "default_workers",

@@ -42,4 +42,39 @@ def summary(folder: Path) -> Row:
         return row(folder, kind.shown_as(folder), status, "", written=FIRST_WRITTEN)
 
 
-__all__ = ["KINDS", "Kind", "Row", "kind_of", "summary"]
+# Files that mark a folder as derived from runs rather than an experiment: `knn compare`'s.
+DERIVED_MARKERS = ("compare.md",)
+
+
+def rows_in(folder: Path) -> tuple[list[Row], int]:
+    """What `knn runs FOLDER` lists, and how many folders there knn did not make: the folder's
+    contents where its kind says them (a study's parts), its own row where it holds no folders
+    (a run, a gradient check, a range test), else a row for each folder under it knn made (a
+    runs folder, a sweep's trials)."""
+    kind = kind_of(folder)
+    if kind is not None and kind.contents is not None:
+        return kind.contents(folder), 0
+    if kind is not None and not kind.holds_folders:
+        return [summary(folder)], 0
+    rows, others = [], 0
+    for child in sorted(folder.iterdir()):
+        if not child.is_dir() or child.name.startswith("."):
+            continue
+        if kind_of(child) is not None:
+            rows.append(summary(child))
+        elif not any((child / name).is_file() for name in DERIVED_MARKERS):
+            others += 1
+    return rows, others
+
+
+def curves_of(folder: Path) -> list[Path]:
+    """The run folders whose training curves `knn compare` draws for `folder`."""
+    kind = kind_of(folder) if folder.is_dir() else None
+    if kind is None:
+        raise RunFolderError(f"{folder} is not a run, sweep or study folder")
+    if kind.curves is None:
+        raise RunFolderError(f"{folder} {kind.no_curves.format(folder=folder)}")
+    return kind.curves(folder)
+
+
+__all__ = ["KINDS", "Kind", "Row", "curves_of", "kind_of", "rows_in", "summary"]

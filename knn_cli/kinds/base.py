@@ -50,12 +50,21 @@ class Row:
 class Kind:
     """A kind of folder knn leaves, described by its own module: `recognise` looks only at
     which files are there (and at most one small file's content), `summary` reads the folder
-    into its row. `shown` names a folder whose kind is recorded inside it (a sweep's)."""
+    into its row. `shown` names a folder whose kind is recorded inside it (a sweep's).
+
+    What `knn runs FOLDER` lists for it: `contents` where the kind says (a study: its parts,
+    as study.json names them); else the folders knn made under it where `holds_folders` (a
+    sweep's trials); else its own row. What `knn compare` draws of it: `curves`, the run
+    folders with training curves it stands for; where None, `no_curves` says why not."""
 
     name: str
     recognise: Callable[[Path], bool]
     summary: Callable[[Path], Row]
     shown: Callable[[Path], str] | None = None
+    contents: Callable[[Path], list[Row]] | None = None
+    holds_folders: bool = False
+    curves: Callable[[Path], list[Path]] | None = None
+    no_curves: str = "has no training curves to compare"
 
     def shown_as(self, folder: Path) -> str:
         return self.shown(folder) if self.shown is not None else self.name

@@ -41,4 +41,9 @@ def summary(folder: Path) -> Row:
     return row(folder, GRADCHECK, status, ", ".join(parts), written=RUN_FILES)
 
 
-KIND = Kind(GRADCHECK, recognise, summary)
+KIND = Kind(
+    GRADCHECK,
+    recognise,
+    summary,
+    no_curves="is a gradient check: it has no training curves to compare",
+)

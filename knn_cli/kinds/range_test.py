@@ -87,4 +87,10 @@ def summary(folder: Path) -> Row:
     )
 
 
-KIND = Kind(LR_RANGE, recognise, summary)
+KIND = Kind(
+    LR_RANGE,
+    recognise,
+    summary,
+    no_curves="is a range test: compare it with range tests alone (its curves are against the "
+    "rate, not the step)",
+)

@@ -97,4 +97,4 @@ def summary(folder: Path) -> Row:
     )
 
 
-KIND = Kind(RUN, recognise, summary)
+KIND = Kind(RUN, recognise, summary, curves=lambda folder: [folder])

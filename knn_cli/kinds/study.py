@@ -78,4 +78,27 @@ def _iso(text: str) -> str | None:
     return moment.replace(microsecond=0).isoformat()
 
 
-KIND = Kind(STUDY, recognise, summary)
+def part_rows(folder: Path) -> list[Row]:
+    """A row per part: the part's folder's own when it is a folder of a kind (a run, a sweep),
+    else what study.json says of it (a part not started, or a folder of gradient checks)."""
+    from knn_cli.kinds import kind_of
+    from knn_cli.kinds import summary as summary_of
+
+    rows = []
+    for name, part in records(folder).items():
+        where = folder / str(part.get("folder") or name)
+        if where.is_dir() and kind_of(where) is not None:
+            rows.append(summary_of(where))
+            continue
+        kind, status = str(part.get("kind") or "part"), str(part.get("status") or "pending")
+        rows.append(row(where, kind, status, "", wall_seconds=part.get("seconds")))
+    return rows
+
+
+KIND = Kind(
+    STUDY,
+    recognise,
+    summary,
+    contents=part_rows,
+    no_curves="is a study; compare the runs or sweeps in it (`knn runs {folder}` lists them)",
+)

@@ -130,4 +130,23 @@ def sweep_settings(kind: str, spec: Any) -> str:
     return ", ".join(parts)
 
 
-KIND = Kind(SWEEP, recognise, summary, shown=recorded_kind)
+def trials_with_curves(sweep_dir: Path) -> list[Path]:
+    """The folders of the trials that have started (their metrics.csv written), each the
+    attempt that counts."""
+    from knn_cli.kinds.run import METRICS_FILE
+
+    _, _, found = records(sweep_dir)
+    folders = [r.folder for r in found if r.folder and (r.folder / METRICS_FILE).is_file()]
+    if not folders:
+        raise RunFolderError(f"{sweep_dir}: no trial of this sweep has curves yet")
+    return folders
+
+
+KIND = Kind(
+    SWEEP,
+    recognise,
+    summary,
+    shown=recorded_kind,
+    holds_folders=True,
+    curves=trials_with_curves,
+)

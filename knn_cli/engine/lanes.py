@@ -17,7 +17,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from types import TracebackType
 
 import numpy as np
 
@@ -115,12 +114,7 @@ class Lanes:
     def __enter__(self) -> Lanes:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def _post(self, job: _Job) -> None:

@@ -665,7 +665,7 @@ def test_knn_config_prints_every_key_with_its_help_and_loads_back(tmp_path: Path
     assert "  optimizer_settings: {beta1: 0.9, beta2: 0.999, eps: 1.0e-08}" in result.output
 
     defaults = CliRunner().invoke(cli, ["config"])
-    assert config_from_dict(yaml.safe_load(defaults.output)) == RunConfig(name="3layer_bn")
+    assert config_from_dict(yaml.safe_load(defaults.output)) == RunConfig()
     bad = CliRunner().invoke(cli, ["config", "--set", "model.hiden=[10]"])
     assert bad.exit_code == 2 and len(bad.output.splitlines()) == 1
     assert "did you mean 'model.hidden'" in bad.output

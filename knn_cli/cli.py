@@ -74,8 +74,10 @@ class KnnGroup(click.Group):
             if error.errno not in DISK_ERRORS:
                 raise
             where = f" {error.filename}" if error.filename else ""
+            # A permission error may come from reading (`knn runs` on a folder it cannot open).
+            verb = "cannot use" if error.errno in (errno.EACCES, errno.EPERM) else "cannot write"
             raise UserFacingError(
-                f"cannot write{where}: {error.strerror}; what was written before is intact", 1
+                f"{verb}{where}: {error.strerror}; what was written before is intact", 1
             ) from None
 
 

@@ -122,6 +122,7 @@ def folders_holding_knn_folders(folder: Path) -> list[str]:
         child.name
         for child in sorted(folder.iterdir())
         if child.is_dir()
+        and not child.name.startswith(".")
         and kind_of(child) is None
         and any(g.is_dir() and kind_of(g) is not None for g in child.iterdir())
     ]

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from knn_cli.config_diff import differences_text, differing_settings, setting_text, short_names
+from knn_cli.config_diff import (
+    differences_text,
+    differing_settings,
+    setting_text,
+    settings_text,
+    short_names,
+)
 from knn_cli.errors import KnnError, RunFolderError
 from knn_cli.kinds import curves_of
 from knn_cli.kinds.run import run_config, run_status
@@ -101,8 +107,6 @@ def difference_labels(runs: Sequence[Compared], keys: Sequence[str]) -> list[str
 
 def shared_text(runs: Sequence[Compared], differing: Sequence[str]) -> str:
     """The key settings all the runs have in common, in the words of the run plots' titles."""
-    from knn_cli.config_diff import settings_text
-
     common = {
         section: {k: v for k, v in values.items() if f"{section}.{k}" not in differing}
         for section, values in runs[0].config.items()

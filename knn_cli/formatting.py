@@ -132,6 +132,7 @@ def user_value(value: Any) -> str:
         text = repr(value)
     except (ValueError, RecursionError):  # a huge integer inside, or thousands of levels deep
         return f"{value_kind(value)} too large or too deeply nested to show"
+    # Cut, not made one line: repr already escapes newlines, and a user's spaces are kept.
     limit = USER_VALUE_LIMIT
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -13,6 +13,8 @@ from typing import Any
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + (
     (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
 )
+# Those a terminal sends the whole process group (Ctrl-C, a closed terminal), workers included.
+GROUP_SIGNALS = tuple(n for n in STOP_SIGNALS if n != signal.SIGTERM)
 
 
 class StopRequests:

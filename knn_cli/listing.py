@@ -2,9 +2,10 @@
 
 A row is built from the files each command leaves (summary.json, sweep.json, study.json), never
 from a cache of its own, so it is right however the folder came to be: copied, resumed, half
-written. Which kind a folder is, and its row, each kind says itself (`knn_cli.kinds`); here only
-which folders are listed, in what order, and how. A folder whose files cannot be read still gets
-its row, with the reason as its status: one damaged folder must not hide the others.
+written. Which kind a folder is, its row and what is listed inside it, each kind says itself
+(`knn_cli.kinds.rows_in`); here only the order and the output, a table or JSON. A folder whose
+files cannot be read still gets its row, with the reason as its status: one damaged folder must
+not hide the others.
 """
 
 from __future__ import annotations

@@ -97,8 +97,8 @@ print([m for m in sys.modules if m.startswith(heavy)])
 
 
 def test_a_runs_row_in_knn_runs_draws_nothing(tmp_path: Path) -> None:
-    """A run's row reads its config (the config machinery, hence NumPy) to say its settings,
-    but its words come from `config_diff`, not from the plotting module: no matplotlib."""
+    """A run's row reads its config.yaml as written to say its settings in words (from
+    `config_diff`): neither the config machinery nor NumPy nor the plotting module."""
     run = tmp_path / "2026-01-01_00-00-00_r"
     run.mkdir()
     (run / "config.yaml").write_text("name: r\nmodel: {hidden: [20]}\n")
@@ -109,7 +109,8 @@ from pathlib import Path
 from knn_cli.listing import list_rows
 rows, others = list_rows(Path({str(tmp_path)!r}))
 assert [row.kind for row in rows] == ["run"] and "hidden [20]" in rows[0].settings, rows
-print([m for m in sys.modules if m.startswith(("matplotlib", "knn_cli.plots"))])
+heavy = ("matplotlib", "knn_cli.plots", "numpy", "knn_cli.config.")
+print([m for m in sys.modules if m.startswith(heavy) or m == "knn_cli.config"])
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -168,6 +168,13 @@ def test_a_damaged_folder_keeps_its_kind_and_says_why(tmp_path: Path) -> None:
     doc = json.loads((future / "study.json").read_text())
     (future / "study.json").write_text(json.dumps({**doc, "version": 2}))
     assert summary(future).status.startswith("unreadable: ") and summary(future).kind == "study"
+    # A summary.json of the right name but another shape (edited, or cut short by hand).
+    odd = tmp_path / "range"
+    odd.mkdir()
+    (odd / "lr_range.json").write_text("{}")
+    (odd / "summary.json").write_text('{"schedule": {"low": 1e-5}, "seeds": [{"suggestions": 1}]}')
+    shown = summary(odd)
+    assert shown.kind == "lr-range" and shown.status.startswith("unreadable: KeyError")
 
 
 def test_knn_runs_shows_every_kind(tmp_path: Path) -> None:

@@ -307,6 +307,10 @@ def test_serial_process_and_dask_executors_give_identical_tables(
             "processes": ProcessExecutor(2),
             "dask": DaskExecutor(cluster.scheduler_address),
         }
+        # Its workers known once checked, before the queue opens: a sweep plans its
+        # populations for them.
+        executors["dask"].check()
+        assert executors["dask"].workers == 2
         for name, executor in executors.items():
             sweep_dir = start_sweep(tmp_path / name, LAMBDA_SEARCH, spec)
             result = run_lambda_search(spec, sweep_dir, executor)
@@ -341,15 +345,24 @@ def test_process_executor_leaves_no_worker_behind_when_stopped_early() -> None:
     assert set(multiprocessing.active_children()) - others == set()
 
 
-def test_a_worker_that_dies_fails_its_jobs_and_the_sweep_goes_on() -> None:
-    """A worker killed mid-job (here it exits) breaks the process pool: the job it ran and the
-    ones after it fail with a message, rather than waiting for ever."""
+def exit_on_negative(number: int) -> int:
+    """A job whose worker dies (as one killed, or out of memory) on a negative number."""
     import os
 
-    results = list(ProcessExecutor(1).run([3, 4], os._exit))
-    assert sorted(item for item, _ in results) == [3, 4]
-    for _, outcome in results:
-        assert not outcome.ok and outcome.error.startswith("worker process failed: ")
+    if number < 0:
+        os._exit(3)
+    return number
+
+
+def test_a_worker_that_dies_fails_its_job_and_the_sweep_goes_on() -> None:
+    """A worker killed mid-job breaks the process pool: that job fails with a message rather
+    than waiting for ever, and the jobs after it run on a fresh pool."""
+    results = dict(ProcessExecutor(1).run([-1, 4, -2, 5], exit_on_negative))
+    assert sorted(results) == [-2, -1, 4, 5]
+    for number in (-1, -2):
+        assert not results[number].ok
+        assert results[number].error.startswith("worker process failed: ")
+    assert results[4].ok and results[4].value == 4 and results[5].value == 5
 
 
 def test_make_executor_maps_the_options() -> None:

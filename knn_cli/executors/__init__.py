@@ -20,8 +20,8 @@ from knn_cli.executors.jobs import (
     Outcome,
     SerialExecutor,
     default_workers,
+    error_line,
     guarded,
-    one_line,
 )
 from knn_cli.executors.processes import ProcessExecutor
 from knn_cli.executors.queue import JobQueue, Launcher, QueuedExecutor, SharedExecutor
@@ -37,9 +37,9 @@ __all__ = [
     "SerialExecutor",
     "SharedExecutor",
     "default_workers",
+    "error_line",
     "guarded",
     "make_executor",
-    "one_line",
 ]
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from knn_cli.errors import KnnError
-from knn_cli.executors.jobs import guarded, one_line
+from knn_cli.executors.jobs import error_line, guarded
 from knn_cli.executors.queue import QueuedExecutor
 
 DASK_EXTRA_HINT = "install the extra from the checkout: pip install -e '.[dask]'"
@@ -47,18 +47,22 @@ class DaskLauncher:
         except OSError as error:
             reason = error.strerror or str(error) or type(error).__name__
             raise KnnError(f"cannot reach the Dask scheduler at {self.address}: {reason}") from None
+        # How many workers there are, now: a sweep plans its populations (how its trials are
+        # grouped into jobs) for them before the queue opens.
+        with self._client_of(_import_distributed()) as client:
+            self.workers = _worker_count(client)
 
-    def open(self, at_most: int | None) -> None:
-        distributed = _import_distributed()
+    def _client_of(self, distributed: Any) -> Any:
         try:
-            self._client = distributed.Client(
-                self.address, timeout=self.timeout, set_as_default=False
-            )
+            return distributed.Client(self.address, timeout=self.timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as error:
             raise KnnError(
-                f"cannot reach the Dask scheduler at {self.address}: {one_line(error)}"
+                f"cannot reach the Dask scheduler at {self.address}: {error_line(error)}"
             ) from None
-        self.workers = len(self._client.scheduler_info().get("workers", {}))
+
+    def open(self, at_most: int | None) -> None:
+        self._client = self._client_of(_import_distributed())
+        self.workers = _worker_count(self._client)
         return None  # every job at once: the scheduler orders them by priority
 
     def start(self, fn: Callable[[Any], Any], item: Any, priority: int) -> Any:
@@ -75,6 +79,10 @@ class DaskLauncher:
                 self._client.cancel(self._futures)
         self._client.close()
         self._client, self._futures = None, []
+
+
+def _worker_count(client: Any) -> int:
+    return len(client.scheduler_info().get("workers", {}))
 
 
 class DaskExecutor(QueuedExecutor):

@@ -31,7 +31,7 @@ class Outcome:
     error: str = ""
 
 
-def one_line(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
     """`Type: message` on one line, short enough for a table cell and a terminal."""
     return formatting.one_line(f"{type(error).__name__}: {error}", _ERROR_LIMIT)
 
@@ -45,7 +45,7 @@ def guarded(fn: Callable[[T], Any], item: T) -> Outcome:
     try:
         return Outcome(True, fn(item))
     except Exception as error:
-        return Outcome(False, error=one_line(error))
+        return Outcome(False, error=error_line(error))
 
 
 class Executor(Protocol):

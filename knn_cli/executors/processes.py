@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from knn_cli.executors.jobs import Outcome, default_workers, guarded
@@ -21,19 +22,27 @@ class ProcessLauncher:
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
+        self._size = workers
         self._pool: WorkerPool | None = None
 
     def check(self) -> None:
         pass
 
     def open(self, at_most: int | None) -> int:
-        size = min(self.workers, at_most) if at_most else self.workers
-        self._pool = WorkerPool(size)
-        return size
+        self._size = min(self.workers, at_most) if at_most else self.workers
+        self._pool = WorkerPool(self._size)
+        return self._size
 
     def start(self, fn: Callable[[Any], Any], item: Any, priority: int) -> Future[Outcome]:
         assert self._pool is not None, "start() before open()"
-        return self._pool.submit(guarded, fn, item)
+        try:
+            return self._pool.submit(guarded, fn, item)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory) and broke the pool: the jobs it held have
+            # failed; the ones still to come run on a fresh pool rather than failing unrun.
+            self._pool.end(terminate=True)
+            self._pool = WorkerPool(self._size)
+            return self._pool.submit(guarded, fn, item)
 
     def close(self, *, terminate: bool) -> None:
         if self._pool is not None:

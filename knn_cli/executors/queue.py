@@ -13,9 +13,9 @@ import heapq
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from knn_cli.executors.jobs import Executor, Outcome, one_line
+from knn_cli.executors.jobs import Executor, Outcome, error_line
 
 T = TypeVar("T")
 
@@ -131,13 +131,16 @@ class JobQueue:
             return Stopped()
         try:
             return future.result()  # type: ignore[no-any-return]
-        except Exception as error:  # the worker died (killed, out of memory), or was lost
+        # The worker died (killed, out of memory) or was lost; or, past `guarded`, a job ended
+        # its worker's interpreter (SystemExit): either way its caller must hear, and its slot
+        # be freed, or both would wait for ever.
+        except BaseException as error:
             return self._failed(error)
 
-    def _failed(self, error: Exception) -> Outcome | Stopped:
+    def _failed(self, error: BaseException) -> Outcome | Stopped:
         if self._stopped:
             return Stopped()
-        return Outcome(False, error=f"{self.launcher.failure}: {one_line(error)}")
+        return Outcome(False, error=f"{self.launcher.failure}: {error_line(error)}")
 
     def _deliver(self, item: Any, results: Any, outcome: Outcome | Stopped) -> None:
         # Once the queue is ended by an interrupt, a job cut short is stopped, not failed: its
@@ -160,6 +163,7 @@ class JobQueue:
         self.launcher.close(terminate=terminate)
 
 
+@runtime_checkable
 class SharedExecutor(Executor, Protocol):
     """An executor whose jobs run elsewhere (worker processes, a cluster): several callers at
     once -- a study's parts, each on a thread -- share it through one queue, the most urgent

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 from knn_cli.blas import one_thread_environment
-from knn_cli.interrupts import STOP_SIGNALS
+from knn_cli.interrupts import GROUP_SIGNALS
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 PARENT_POLL_SECONDS = 1.0
@@ -39,7 +39,7 @@ def _worker_start(parent: int) -> None:
     parent dies; a thread polling the parent's pid covers the other platforms and the instant
     before the signal was asked for.
     """
-    for number in STOP_SIGNALS[::2]:  # SIGINT and SIGHUP reach the whole process group
+    for number in GROUP_SIGNALS:  # the sweep's process hears them and ends its workers itself
         signal.signal(number, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):

@@ -39,7 +39,10 @@ def summary(folder: Path) -> Row:
         return kind.summary(folder)
     except KnnError as error:
         status = f"unreadable: {error}"
-        return row(folder, kind.shown_as(folder), status, "", written=FIRST_WRITTEN)
+    # A file of the right name but not the shape this version writes (edited, cut short).
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        status = f"unreadable: {type(error).__name__}: {error}"
+    return row(folder, kind.shown_as(folder), status, "", written=FIRST_WRITTEN)
 
 
 # Files that mark a folder as derived from runs rather than an experiment: `knn compare`'s.

@@ -134,7 +134,7 @@ def total(values: Iterable[Any]) -> float | None:
     return sum(known) if known else None
 
 
-def count_text(statuses: Sequence[str], total: int, *, running: bool = False) -> str:
+def count_text(statuses: Sequence[str], planned: int, *, running: bool = False) -> str:
     """'3/5 finished', then the other ends reached ('1 diverged'); pending ones go unsaid, and
     so do stopped ones while the sweep runs: it is training them."""
     finished = sum(status in DONE for status in statuses)
@@ -143,5 +143,5 @@ def count_text(statuses: Sequence[str], total: int, *, running: bool = False) ->
     for status in statuses:
         if status not in DONE and status not in unsaid:
             others[status] = others.get(status, 0) + 1
-    counts = [f"{finished}/{total} finished", *(f"{n} {s}" for s, n in others.items())]
+    counts = [f"{finished}/{planned} finished", *(f"{n} {s}" for s, n in others.items())]
     return ", ".join(counts + ["running"] * running)

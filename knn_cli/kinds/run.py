@@ -6,12 +6,13 @@ summary, whichever it has got to; its record is summary.json, written as it ends
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from knn_cli.errors import KnnError, RunFolderError
+from knn_cli.errors import RunFolderError
 from knn_cli.kinds.base import Kind, Row, row
 
 RUN = "run"
@@ -75,15 +76,29 @@ def run_status(summary: Mapping[str, Any]) -> str:
     return str(summary.get("status") or "unfinished")
 
 
+def written_config(folder: Path) -> dict[str, Any] | None:
+    """config.yaml as written (every key, as the version that ran it wrote them), read without
+    the config machinery: a row's words need no defaults filled in, and `knn runs` stays light.
+    None where it cannot be read."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def summary(folder: Path) -> Row:
     """Its status, settings in words, accuracies and wall time."""
     from knn_cli.config_diff import settings_text
 
     found = records(folder)
-    try:
-        settings = settings_text(run_config(folder))
-    except KnnError:
-        settings = "(config unreadable)"
+    config = written_config(folder)
+    settings = "(config unreadable)"
+    # A section or value of another shape than knn writes leaves the words unsaid.
+    with contextlib.suppress(AttributeError, TypeError, ValueError):
+        settings = settings_text(config, found.get("n_s")) if config is not None else settings
     return row(
         folder,
         RUN,

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from knn_cli.data import load_cifar10
 from knn_cli.errors import KnnError
@@ -109,11 +109,11 @@ def run_study(
     for part in PARTS:
         if part not in study.pending():
             say(f"{study.heading(part)}: finished before, skipped")
-    if executor.in_process:  # one job at a time here: the parts take turns
+    if isinstance(executor, SharedExecutor) and not executor.in_process:
+        run_together(study, executor, population)  # the parts side by side on its queue
+    else:  # one job at a time here: the parts take turns
         for part in study.pending():
             study.run_part(part, Running(executor, population, progress))
-    else:
-        run_together(study, cast(SharedExecutor, executor), population)
     return study.finish()
 
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from knn_cli.config import RunConfig, config_from_dict
 from knn_cli.data import load_cifar10
 from knn_cli.data.cifar10 import Dataset
-from knn_cli.executors import Executor, one_line
+from knn_cli.executors import Executor, error_line
 from knn_cli.experiment import open_run, train_population
 from knn_cli.locks import folder_lock
 from knn_cli.memory import DataSize, check_memory
@@ -91,7 +91,7 @@ def run_population(jobs: Sequence[TrialJob]) -> list[str]:
                 )
             )
         except Exception as error:
-            errors[k] = one_line(error)
+            errors[k] = error_line(error)
     if runs:
         in_process = jobs[0].in_process
         train_population(

@@ -140,10 +140,11 @@ def blas_threads_unpinned(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @two_cores
 @pytest.mark.usefixtures("blas_threads_unpinned")
+@pytest.mark.parametrize("background", [False, True], ids=["evaluating-here", "background"])
 @pytest.mark.parametrize("augmented", [False, True], ids=["plain", "augmented"])
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_training_gives_the_same_bits_with_one_lane_or_two(
-    batch_norm: bool, augmented: bool
+    batch_norm: bool, augmented: bool, background: bool
 ) -> None:
     schedule = TrainingConfig(
         lambda_=0.01,
@@ -169,10 +170,15 @@ def test_training_gives_the_same_bits_with_one_lane_or_two(
             listener=Callbacks(records.extend, step=noting_helpers(helpers)),
             augmentation=augmentation,
             two_lanes=two_lanes,
+            background_evaluation=background,
         )
         assert outcome.status == "finished"
         results.append((network.state(), records))
-        assert bool(helpers - earlier) == two_lanes  # the helper was offered halves
+        # The helper was offered halves. With evaluations in the background it need not be: one
+        # in flight on the other core turns it off for the steps it overlaps, on a slow machine
+        # every step.
+        if not background:
+            assert bool(helpers - earlier) == two_lanes
     (one, one_records), (two, two_records) = results
     assert one_records == two_records
     assert one.keys() == two.keys()

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from knn_cli.cli_options import progress_wanted, remember_resume, runs_dir_option, set_option
+from knn_cli.cli_options import (
+    dry_run_option,
+    progress_wanted,
+    remember_resume,
+    runs_dir_option,
+    set_option,
+)
 from knn_cli.errors import KnnError, RunFailed
 from knn_cli.locks import folder_lock
 
@@ -60,6 +66,7 @@ from knn_cli.locks import folder_lock
     metavar="TEST_DIR",
     help="Continue an interrupted range test in its folder.",
 )
+@dry_run_option
 @runs_dir_option
 def lr_range(
     config_path: Path | None,
@@ -75,6 +82,7 @@ def lr_range(
     grid: bool,
     write_config: Path | None,
     resume: Path | None,
+    dry_run: bool,
     runs_dir: Path,
 ) -> None:
     """Find the cyclical schedule's bounds: train CONFIG's network while the rate rises from
@@ -85,7 +93,6 @@ def lr_range(
     """
     from knn_cli.config import dump_config, load_config
     from knn_cli.data import load_cifar10
-    from knn_cli.lr_range import MIN_POINTS
     from knn_cli.range_test import (
         RangeSettings,
         resumable_range_test,
@@ -99,6 +106,8 @@ def lr_range(
         raise click.UsageError("give a CONFIG to test or --resume TEST_DIR, not both")
     if config_path is None and resume is None:
         raise click.UsageError("give a CONFIG to test, or --resume TEST_DIR to continue a test")
+    if resume is not None and dry_run:
+        raise click.UsageError("--dry-run shows a new test; drop --resume")
     if resume is not None:
         given = [name for name in RANGE_OPTIONS if _given(name)]
         if given or overrides:
@@ -124,15 +133,13 @@ def lr_range(
         config = load_config(config_path, overrides)
     if write_config is not None and not write_config.parent.is_dir():
         raise KnnError(f"cannot write {write_config}: {write_config.parent} is not a folder")
+    if dry_run:
+        from knn_cli.dry_run import range_plan
+
+        click.echo(range_plan(config, settings), nl=False)
+        return
     dataset = load_cifar10(config.data.dir, config.data.validation_size, progress=progress_wanted())
-    schedule_used = settings.schedule_for(len(dataset.X_train), config.training.batch_size)
-    points = schedule_used.steps // settings.every(schedule_used.steps)
-    if points < MIN_POINTS:
-        raise KnnError(
-            f"{schedule_used.steps} steps with a validation point every "
-            f"{settings.every(schedule_used.steps)} give {points} points: too few to suggest "
-            f"anything (at least {MIN_POINTS}; a smaller --eval-every)"
-        )
+    schedule_used = settings.planned(len(dataset.X_train), config.training.batch_size)
     run_dir = resume or new_run_dir(runs_dir, f"lr-range-{config.name}")
     click.echo(
         f"{'continuing' if resume else 'range test folder:'} {run_dir}\n"

@@ -17,9 +17,11 @@ import yaml
 from knn_cli import memory
 from knn_cli.config import RunConfig, commented_yaml, config_from_dict
 from knn_cli.data.cifar10 import N_FEATURES
-from knn_cli.estimate import PlannedRun, Speeds, runs_seconds, train_seconds
+from knn_cli.estimate import PlannedRun, Speeds, population_seconds, runs_seconds, train_seconds
 from knn_cli.formatting import byte_size, duration
 from knn_cli.memory import check_memory
+from knn_cli.range_grid import GRID_RATES, constant_rate_config, grid_rates
+from knn_cli.range_test import RangeSettings, as_planned_run
 from knn_cli.runs import machine
 from knn_cli.sweeps.lambda_search import FINE_TOP, fine_range, source_records
 from knn_cli.sweeps.plan import LambdaSearchSpec, Trial
@@ -57,8 +59,9 @@ def schedule_line(run: PlannedRun, *, short: bool = False) -> str:
     )
 
 
-def memory_line(config: RunConfig) -> str:
-    estimate = check_memory(config)  # an impossible size is refused here, in one line
+def memory_line(config: RunConfig, members: int = 1) -> str:
+    """The run's memory need (a population's, of `members` runs), and what is available."""
+    estimate = check_memory(config, members=members)  # an impossible size: refused, one line
     parts = ", ".join(
         f"{name} {byte_size(value * 2**20)}"
         for name, value in estimate.to_dict().items()
@@ -66,7 +69,8 @@ def memory_line(config: RunConfig) -> str:
     )
     available = memory.available_memory()
     free = f"; {byte_size(available)} available" if available is not None else ""
-    return f"memory: about {byte_size(estimate.total)} a run ({parts}){free}"
+    what = "a run" if members == 1 else f"for {members} runs side by side"
+    return f"memory: about {byte_size(estimate.total)} {what} ({parts}){free}"
 
 
 def train_plan(config: RunConfig) -> str:
@@ -80,6 +84,40 @@ def train_plan(config: RunConfig) -> str:
         f"time: about {duration(seconds)} on this machine ({machine()}), from a training step "
         "and an evaluation timed here",
     ]
+    return commented_yaml(config) + comment("\n".join(plan)) + "\n"
+
+
+def range_plan(config: RunConfig, settings: RangeSettings) -> str:
+    """`knn lr-range --dry-run`: the resolved config, then the test as planned -- the rate's
+    rise, its validation points, the seeds side by side, and the constant-rate grid if asked."""
+    n_train, batch = config.data.n_train, config.training.batch_size
+    schedule = settings.planned(n_train, batch)
+    every = settings.every(schedule.steps)
+    seeds = [
+        PlannedRun.of(as_planned_run(config, schedule.steps, every), n_train, looks_at_test=False)
+    ] * settings.seeds
+    populations = [seeds]
+    epochs = schedule.steps * batch / n_train
+    plan = [
+        f"the range test as planned ({NOTHING_RAN}):",
+        f"rate {schedule.low:g} to {schedule.high:g}, {schedule.shape}, {schedule.steps:,} "
+        f"steps in batches of {batch}: {epochs:.1f} epochs of {n_train:,} training images",
+        f"validation every {every} step{'s' * (every > 1)}: {schedule.steps // every} points"
+        + (f"; {settings.seeds} seeds side by side" if settings.seeds > 1 else ""),
+    ]
+    if settings.grid:
+        rates = grid_rates(schedule)
+        grid = [
+            PlannedRun.of(constant_rate_config(config, r, schedule.steps), n_train) for r in rates
+        ]
+        populations.append(grid)
+        plan.append(f"then {len(rates)} runs at constant rates over the range, side by side")
+    plan.append(memory_line(config, members=max(settings.seeds, GRID_RATES * settings.grid)))
+    seconds = sum(population_seconds(p, Speeds(N_FEATURES)) for p in populations)
+    plan.append(
+        f"time: about {duration(seconds)} on this machine ({machine()}), from a training step "
+        "and an evaluation timed here"
+    )
     return commented_yaml(config) + comment("\n".join(plan)) + "\n"
 
 

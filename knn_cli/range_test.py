@@ -48,6 +48,7 @@ from knn_cli.kinds.range_test import RANGE_FILE, SETTINGS_FILE, read_range_rows
 from knn_cli.lr_range import (
     EXPONENTIAL,
     LINEAR,
+    MIN_POINTS,
     RangeSchedule,
     RangeTestError,
     SmoothedLoss,
@@ -105,6 +106,20 @@ class RangeSettings:
 
     def every(self, steps: int) -> int:
         return self.eval_every or max(1, steps // POINTS)
+
+    def planned(self, n_train: int, batch_size: int) -> RangeSchedule:
+        """The schedule for this data, or a one-line error where its validation points are too
+        few to suggest anything."""
+        schedule = self.schedule_for(n_train, batch_size)
+        every = self.every(schedule.steps)
+        points = schedule.steps // every
+        if points < MIN_POINTS:
+            raise RangeTestError(
+                f"{schedule.steps} steps with a validation point every {every} give {points} "
+                f"points: too few to suggest anything (at least {MIN_POINTS}; a smaller "
+                "--eval-every)"
+            )
+        return schedule
 
     def check(self) -> None:
         """The settings' own checks, before any data is loaded or folder made."""
@@ -503,6 +518,20 @@ def suggestions_of(
         [r["val_accuracy"] for r in points],
         None if diverged_step is None else len(kept),
         memory=memory,
+    )
+
+
+def as_planned_run(config: RunConfig, steps: int, every: int) -> RunConfig:
+    """A range test of `steps` steps as the time and memory estimates see it: a run of one
+    cycle, measuring the validation set alone every `every` steps."""
+    return with_overrides(
+        config,
+        {
+            "training.n_s": max(1, steps // 2),
+            "training.cycles": 1,
+            "training.eval_every": every,
+            "evaluation.train_curve_rows": 0,
+        },
     )
 
 

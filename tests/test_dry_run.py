@@ -118,3 +118,36 @@ def test_study_dry_run_prints_its_plan_and_makes_no_folder(
                  "--set", "data.validation_size=30")  # fmt: skip
     assert "as planned (nothing was trained and no folder was made)" in output
     assert "5. init-sensitivity" in output and "in all on this machine" in output
+
+
+def test_lr_range_prints_its_config_and_the_test_as_planned(tmp_path: Path) -> None:
+    output = dry(
+        tmp_path, "lr-range", str(CONFIGS / "3layer_bn.yaml"), "--seeds", "2", "--grid",
+        "--set", "training.batch_size=50",
+    )  # fmt: skip
+    expected = load_config(CONFIGS / "3layer_bn.yaml", ["training.batch_size=50"])
+    assert config_from_dict(yaml.safe_load(output)) == expected
+    plan = [line for line in output.splitlines() if line.startswith("#")]
+    assert plan[1] == (
+        "# rate 1e-05 to 10, exponential, 1,000 steps in batches of 50: 1.1 epochs of 45,000 "
+        "training images"
+    )
+    assert plan[2] == "# validation every 10 steps: 100 points; 2 seeds side by side"
+    assert plan[3] == "# then 12 runs at constant rates over the range, side by side"
+    assert plan[4].startswith("# memory: about ") and "for 12 runs side by side" in plan[4]
+    assert plan[5].startswith("# time: about ")
+    linear = dry(tmp_path, "lr-range", str(CONFIGS / "9layer.yaml"), "--schedule", "linear")
+    assert "linear, 3,600 steps in batches of 100: 8.0 epochs" in linear  # 8 epochs of 450
+
+
+def test_lr_range_dry_run_refuses_too_few_points_and_resume(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    few = CliRunner().invoke(
+        cli, ["lr-range", str(CONFIGS / "9layer.yaml"), "--steps", "100", "--eval-every", "20",
+              "--dry-run", "--runs-dir", str(runs)],
+    )  # fmt: skip
+    assert few.exit_code == 2 and len(few.output.splitlines()) == 1
+    assert "give 5 points: too few to suggest anything" in few.output
+    resumed = CliRunner().invoke(cli, ["lr-range", "--resume", str(tmp_path), "--dry-run"])
+    assert resumed.exit_code == 2 and "--dry-run shows a new test; drop --resume" in resumed.output
+    assert not runs.exists()

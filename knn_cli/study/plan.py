@@ -16,6 +16,7 @@ from knn_cli.estimate import (
     work_seconds,
 )
 from knn_cli.memory import DataSize, check_memory
+from knn_cli.range_test import as_planned_run
 from knn_cli.study.parts import (
     CONFIGS,
     GRADCHECK,
@@ -131,17 +132,8 @@ def plan_study(settings: StudySettings, n_images: int) -> list[PlannedPart]:
 
 
 def study_config_of(config: RunConfig, steps: int) -> RunConfig:
-    """A range test of `steps` steps as the estimate sees it: a run of one cycle."""
-    every = max(1, steps // RANGE_POINTS)
-    return with_overrides(
-        config,
-        {
-            "training.n_s": steps // 2,
-            "training.cycles": 1,
-            "training.eval_every": every,
-            "evaluation.train_curve_rows": 0,
-        },
-    )
+    """A range test of the study's as the estimate sees it: a run of one cycle."""
+    return as_planned_run(config, steps, max(1, steps // RANGE_POINTS))
 
 
 def estimate_seconds(

@@ -220,11 +220,31 @@ def range_report(summary: dict) -> str:
             f"eta_max {suggested['eta_max']['value']:.3g} (config: "
             f"{summary['config_bounds']['eta_min']:g} to {summary['config_bounds']['eta_max']:g})"
         )
+        floor = first_point_floor(summary.get("schedule") or {}, suggested["eta_min"]["value"])
+        if floor is not None:
+            lines.append(floor)
     for point in summary.get("grid", []):
         accuracy = point["final_val_accuracy"]
         shown = "diverged" if accuracy is None else f"{accuracy:.2%}"
         lines.append(f"  constant rate {point['eta']:.3g}: final val accuracy {shown}")
     return "\n".join(lines)
+
+
+def first_point_floor(schedule: dict, eta_min: float) -> str | None:
+    """A caveat where a linear rise's eta_min is its first validation points' rate: the test
+    saw nothing below about --high/100, so the real bound may lie lower."""
+    from knn_cli.lr_range import LINEAR, RangeSchedule
+
+    if schedule.get("shape") != LINEAR:
+        return None
+    rise = RangeSchedule(schedule["low"], schedule["high"], schedule["steps"], LINEAR)
+    first = rise.rate(schedule["eval_every"])
+    if eta_min > 2 * first:
+        return None
+    return (
+        f"note: a linear rise measures its first validation point at rate {first:.3g}, so "
+        f"eta_min {eta_min:.3g} may lie lower; the exponential schedule (the default) sees it"
+    )
 
 
 def collapse_text(suggestions: dict) -> str:

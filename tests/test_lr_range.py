@@ -421,3 +421,14 @@ def test_knn_compare_overlays_range_tests_and_tabulates_them(
     assert figure.is_file() and "learns up to" in figure.with_suffix(".md").read_text()
     mixed = run("compare", folders[0], str(tmp_path))
     assert_one_line_error(mixed, 2)
+
+
+def test_a_linear_rise_says_its_eta_min_may_lie_below_its_first_point() -> None:
+    from knn_cli.cli_range import first_point_floor
+
+    linear = {"shape": "linear", "low": 1e-5, "high": 10.0, "steps": 3600, "eval_every": 36}
+    note = first_point_floor(linear, 0.197)  # the second point: at the floor
+    assert note is not None and "first validation point at rate 0.1," in note
+    assert first_point_floor(linear, 0.5) is None  # well above the first points
+    exponential = {**linear, "shape": "exponential", "steps": 1000, "eval_every": 10}
+    assert first_point_floor(exponential, 1e-4) is None

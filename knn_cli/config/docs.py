@@ -20,18 +20,15 @@ def _line(text: str, help: str) -> list[str]:
     """`text` with its help beside it; what does not fit goes on under the help's column."""
     if not help:
         return [text]
-    first = (
-        f"{text:<{COMMENT_COLUMN}} # "
-        if len(text) >= COMMENT_COLUMN
-        else f"{text:<{COMMENT_COLUMN}}# "
-    )
+    first = f"{text:<{COMMENT_COLUMN - 1}} # "  # a space before the '#' however long the text
     rest = " " * COMMENT_COLUMN + "# "
     return textwrap.wrap(help, WIDTH, initial_indent=first, subsequent_indent=rest)
 
 
 def _value(key: str, value: Any) -> str:
     """`key: value` on one line (a mapping too, `{momentum: 0.9}`), so its help fits beside."""
-    return yaml.safe_dump({key: value}, default_flow_style=True, width=1000)[1:-2]
+    flow = yaml.safe_dump({key: value}, default_flow_style=True, width=1000)  # "{key: value}\n"
+    return flow.strip()[1:-1]
 
 
 def commented_yaml(cfg: Any) -> str:

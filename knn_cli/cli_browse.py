@@ -41,10 +41,10 @@ def list_runs(folder: Path | None, as_json: bool) -> None:
     else:
         click.echo(f"no runs, sweeps or studies under {folder}")
     if others:
-        click.echo(f"({others} other folder{'s' * (others > 1)} there not made by knn)")
-        holding = folders_holding_knn_folders(folder)
+        click.echo(f"({len(others)} other folder{'s' * (len(others) > 1)} there not made by knn)")
+        holding = holding_knn_folders(others)
         if holding:
-            shown = ", ".join(str(folder / name) for name in holding[:3])
+            shown = ", ".join(str(path) for path in holding[:3])
             more = ", ..." if len(holding) > 3 else ""
             click.echo(f"(knn folders one level down: knn runs {shown}{more})")
 
@@ -113,16 +113,9 @@ def _check_figure_format(path: Path) -> None:
         raise KnnError(f"--out {path}: name a figure file, e.g. ending in .png, .pdf or .svg")
 
 
-def folders_holding_knn_folders(folder: Path) -> list[str]:
-    """The names of the folders under `folder` that knn did not make but that hold folders it
-    made (a folder of runs folders): where `knn runs` should look instead."""
+def holding_knn_folders(folders: list[Path]) -> list[Path]:
+    """Those of `folders` (none made by knn) that hold folders knn made (a folder of runs
+    folders): where `knn runs` should look instead."""
     from knn_cli.kinds import kind_of
 
-    return [
-        child.name
-        for child in sorted(folder.iterdir())
-        if child.is_dir()
-        and not child.name.startswith(".")
-        and kind_of(child) is None
-        and any(g.is_dir() and kind_of(g) is not None for g in child.iterdir())
-    ]
+    return [f for f in folders if any(g.is_dir() and kind_of(g) is not None for g in f.iterdir())]

@@ -19,8 +19,8 @@ from knn_cli.kinds import rows_in
 from knn_cli.kinds.base import Row
 
 
-def list_rows(parent: Path) -> tuple[list[Row], int]:
-    """The rows under `parent`, newest first, and how many of its folders are not knn's.
+def list_rows(parent: Path) -> tuple[list[Row], list[Path]]:
+    """The rows under `parent`, newest first, and those of its folders that are not knn's.
 
     `parent` itself may be a run (listed alone), a sweep (its trials are the folders under
     it) or a study (its parts, as study.json names them)."""

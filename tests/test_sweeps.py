@@ -365,6 +365,23 @@ def test_a_worker_that_dies_fails_its_job_and_the_sweep_goes_on() -> None:
     assert results[4].ok and results[4].value == 4 and results[5].value == 5
 
 
+def test_a_job_that_ends_its_worker_s_interpreter_is_a_failure_not_a_hang() -> None:
+    """SystemExit passes `guarded` (it is no Exception); its outcome must still reach the
+    caller, or the sweep would wait for ever."""
+    import sys
+    import threading
+
+    found: list = []
+    sweep = threading.Thread(
+        target=lambda: found.extend(ProcessExecutor(1).run([3, 4], sys.exit)), daemon=True
+    )
+    sweep.start()
+    sweep.join(timeout=60)
+    assert not sweep.is_alive(), "the sweep waited for ever"
+    assert sorted(item for item, _ in found) == [3, 4]
+    assert all(not outcome.ok and "SystemExit" in outcome.error for _, outcome in found)
+
+
 def test_make_executor_maps_the_options() -> None:
     assert isinstance(make_executor(1, None), SerialExecutor)
     assert isinstance(make_executor(3, None), ProcessExecutor)

@@ -15,8 +15,7 @@ from .loading import (
     load_config,
     with_overrides,
 )
-from .overrides import Override, setting_keys
-from .rule_settings import LEGACY_DEFAULTS, LEGACY_RULE_KEYS
+from .overrides import Override
 from .schema import (
     AugmentConfig,
     DataConfig,
@@ -32,8 +31,6 @@ from .schema import (
 )
 
 __all__ = [
-    "LEGACY_DEFAULTS",
-    "LEGACY_RULE_KEYS",
     "AugmentConfig",
     "DataConfig",
     "DiagnosticsConfig",
@@ -52,6 +49,5 @@ __all__ = [
     "section",
     "sections",
     "setting",
-    "setting_keys",
     "with_overrides",
 ]

@@ -49,24 +49,25 @@ def summary(folder: Path) -> Row:
 DERIVED_MARKERS = ("compare.md",)
 
 
-def rows_in(folder: Path) -> tuple[list[Row], int]:
-    """What `knn runs FOLDER` lists, and how many folders there knn did not make: the folder's
+def rows_in(folder: Path) -> tuple[list[Row], list[Path]]:
+    """What `knn runs FOLDER` lists, and the folders there knn did not make: the folder's
     contents where its kind says them (a study's parts), its own row where it holds no folders
     (a run, a gradient check, a range test), else a row for each folder under it knn made (a
     runs folder, a sweep's trials)."""
     kind = kind_of(folder)
     if kind is not None and kind.contents is not None:
-        return kind.contents(folder), 0
+        return kind.contents(folder), []
     if kind is not None and not kind.holds_folders:
-        return [summary(folder)], 0
-    rows, others = [], 0
+        return [summary(folder)], []
+    rows: list[Row] = []
+    others: list[Path] = []
     for child in sorted(folder.iterdir()):
         if not child.is_dir() or child.name.startswith("."):
             continue
         if kind_of(child) is not None:
             rows.append(summary(child))
         elif not any((child / name).is_file() for name in DERIVED_MARKERS):
-            others += 1
+            others.append(child)
     return rows, others
 
 
